@@ -1,0 +1,109 @@
+"""Checkpoints as Hub-style folders: config.json + model.safetensors + README.md (model card).
+
+`save_pretrained(model, folder)` writes the layout atomically; `load_checkpoint_folder(folder)`
+rebuilds the model from config.json alone and loads the weights strictly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import ConfigError, ModelConfig
+from .segmentor import SegmentationModel
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded: missing or broken files, wrong keys or shapes."""
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call write(tmp_path), then move tmp_path over `path`: readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_pretrained(model: SegmentationModel, folder: str | Path, card: str | None = None,
+                    dtype: torch.dtype | None = None) -> Path:
+    """Write config.json, model.safetensors (optionally cast, e.g. fp16) and README.md to `folder`."""
+    folder = Path(folder)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    config = json.dumps(model.config.to_dict(), indent=2) + "\n"
+    atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
+    atomic_write(folder / CONFIG_NAME, lambda p: Path(p).write_text(config))
+    atomic_write(folder / CARD_NAME, lambda p: Path(p).write_text(card or default_card(model.config)))
+    return folder
+
+
+def default_card(config: ModelConfig) -> str:
+    name = "FPN + IFA" if config.architecture == "ifa" else "Semantic FPN"
+    return (f"---\nlibrary_name: pytorch\ntags:\n- semantic-segmentation\n- ifa\n---\n\n"
+            f"# {name}, {config.backbone}, {config.num_classes} classes\n\n"
+            f"Load with `ifa.load_model(path_or_repo_id)`.\n")
+
+
+def read_config(folder: str | Path) -> ModelConfig:
+    path = Path(folder) / CONFIG_NAME
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: a checkpoint folder needs {CONFIG_NAME} and {WEIGHTS_NAME}")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err})") from err
+    try:
+        return ModelConfig.from_dict(data)
+    except (ConfigError, TypeError) as err:
+        raise CheckpointError(f"{path}: {err}") from err
+
+
+def load_checkpoint_folder(folder: str | Path, num_classes: int | None = None) -> SegmentationModel:
+    """Rebuild the model described by folder/config.json and load folder/model.safetensors strictly.
+
+    `num_classes`, when given, must match the checkpoint's. Returns the model in eval mode, fp32, CPU.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint folder {folder} does not exist")
+    config = read_config(folder)
+    if num_classes is not None and num_classes != config.num_classes:
+        raise CheckpointError(f"{folder} predicts {config.num_classes} classes, expected {num_classes}")
+    weights = folder / WEIGHTS_NAME
+    if not weights.is_file():
+        raise CheckpointError(f"{weights} is missing")
+    try:
+        state = load_file(weights)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{weights} is unreadable or truncated ({err})") from err
+    model = SegmentationModel(config)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(f"{weights} does not match its config ({config.architecture}, {config.backbone}): "
+                              f"missing keys {missing[:8]}{'...' if len(missing) > 8 else ''}, "
+                              f"unexpected keys {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}")
+    wrong = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items() if state[k].shape != v.shape]
+    if wrong:
+        raise CheckpointError(f"{weights} has tensors of the wrong shape (checkpoint vs config): {wrong[:5]}")
+    model.load_state_dict(state, strict=True)
+    return model.float().eval()

@@ -1,0 +1,227 @@
+"""The IFA head (Hu et al., ECCV 2022): an implicit function of multi-level features and offsets.
+
+Conventions: feature levels are a list of maps (B, C, h_l, w_l), finest first. A query point q is
+in normalised coordinates (y, x) in [-1, 1]; grid row i of a size-h grid has centre
+y = -1 + (2i + 1) / h. For each level the head reads the feature z_l of the cell containing q
+(nearest, not interpolated) and the offset r_l = (q - v_l) * (h_l, w_l) to that cell's centre v_l,
+so each component of r_l lies in [-1, 1]. The MLP input is [PE(r_1), z_1, ..., PE(r_4), z_4].
+
+Two evaluations of the same function:
+- fast (`forward`, `query_points`): the first MLP layer is linear, so it is split per level; the
+  feature part is projected at each level's own resolution and gathered, and the encoding part is
+  computed once per distinct offset (a grid repeats its offsets with a small period).
+- reference (`forward_reference`): the formula written out, concatenation and all. Tests hold the
+  two equal.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+POSITION_ENCODINGS = ("none", "coord", "sine", "cosine", "fixed", "learned")
+# A query centre exactly on a cell boundary belongs to the upper cell (as in `grid_cells`' exact
+# integer rule); the epsilon absorbs the rounding of the floating-point coordinate.
+_TIE_EPS = 1e-4
+
+
+class PositionEncoding(nn.Module):
+    """PE(r) for offsets r (..., 2) in (y, x) order -> (..., out_dim).
+
+    E holds n = dim / 4 frequencies 2^linspace(0, 6, n) per axis: rows 0..n-1 act on y, rows
+    n..2n-1 on x. 'sine' / 'cosine' give [r, sin(r E^T)] / [r, cos(r E^T)]; 'fixed' and 'learned'
+    give [r, sin(r E^T), cos(r E^T)] with E constant or trainable; 'coord' gives r; 'none' nothing.
+    """
+
+    def __init__(self, kind: str = "learned", dim: int = 24):
+        super().__init__()
+        if kind not in POSITION_ENCODINGS:
+            raise ValueError(f"unknown position encoding {kind!r}; valid: {', '.join(POSITION_ENCODINGS)}")
+        self.kind = kind
+        self.dim = dim
+        if kind in ("none", "coord"):
+            self.out_dim = 0 if kind == "none" else 2
+            return
+        if dim <= 0 or dim % 4:
+            raise ValueError(f"position encoding width must be a positive multiple of 4, got {dim}")
+        n = dim // 4
+        freqs = 2.0 ** torch.linspace(0, 6, n)
+        emb = torch.zeros(2 * n, 2)
+        emb[:n, 0] = freqs
+        emb[n:, 1] = freqs
+        if kind == "learned":
+            self.emb = nn.Parameter(emb)
+        else:
+            self.register_buffer("emb", emb)
+        self.out_dim = 2 + (dim if kind in ("fixed", "learned") else dim // 2)
+
+    def forward(self, r: torch.Tensor) -> torch.Tensor:
+        if self.kind == "none":
+            return r[..., :0]
+        if self.kind == "coord":
+            return r
+        phase = r @ self.emb.to(r.dtype).t()
+        parts = [r]
+        if self.kind in ("sine", "fixed", "learned"):
+            parts.append(torch.sin(phase))
+        if self.kind in ("cosine", "fixed", "learned"):
+            parts.append(torch.cos(phase))
+        return torch.cat(parts, dim=-1)
+
+
+def grid_cells(n_query: int, n_level: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Along one axis: the level cell containing each query centre, and the offset to its centre.
+
+    Query i of an n_query grid has centre (2i + 1) / (2 n_query) in [0, 1] units; its cell is
+    k = floor((2i + 1) n_level / (2 n_query)) (exact integer arithmetic) and the offset is
+    r = (2i + 1) n_level / n_query - (2k + 1), in [-1, 1]. Returns (k long (n_query,), r float (n_query,)).
+    """
+    odd = 2 * torch.arange(n_query, device=device) + 1
+    k = torch.div(odd * n_level, 2 * n_query, rounding_mode="floor").clamp_(max=n_level - 1)
+    r = odd.double() * n_level / n_query - (2 * k + 1)
+    return k, r.float()
+
+
+class IFAHead(nn.Module):
+    """MLP 4(C + P) -> hidden... -> num_classes over aligned multi-level features.
+
+    `in_channels` gives C per level; hidden layers are 1x1 convs + BatchNorm + ReLU (paper:
+    512, 256, 256). Inputs are level maps (B, C_l, h_l, w_l); outputs are logits.
+    """
+
+    def __init__(self, in_channels: list[int], num_classes: int, hidden: tuple[int, ...] = (512, 256, 256),
+                 pos_encoding: str = "learned", pos_dim: int = 24, chunk_size: int = 2 ** 17):
+        super().__init__()
+        if not hidden:
+            raise ValueError("the IFA MLP needs at least one hidden layer")
+        self.in_channels = list(in_channels)
+        self.pos = nn.ModuleList(PositionEncoding(pos_encoding, pos_dim) for _ in in_channels)
+        self.chunk_size = chunk_size
+        widths = [sum(c + pe.out_dim for c, pe in zip(in_channels, self.pos)), *hidden]
+        layers: list[nn.Module] = []
+        for w_in, w_out in zip(widths[:-1], widths[1:]):
+            layers += [nn.Conv2d(w_in, w_out, 1), nn.BatchNorm2d(w_out), nn.ReLU(inplace=True)]
+        self.hidden = nn.Sequential(*layers)  # hidden[0] is the first, per-level-split layer
+        self.classifier = nn.Conv2d(widths[-1], num_classes, 1)
+
+    # --- the first layer, split per level -------------------------------------------------------
+    def _split_first_layer(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per level (W_pe (D, P), W_z (D, C)) blocks of the first layer's weight."""
+        weight = self.hidden[0].weight[:, :, 0, 0]
+        blocks, start = [], 0
+        for c, pe in zip(self.in_channels, self.pos):
+            blocks.append((weight[:, start:start + pe.out_dim], weight[:, start + pe.out_dim:start + pe.out_dim + c]))
+            start += pe.out_dim + c
+        return blocks
+
+    def level_projections(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """W_z,l z for every cell of every level: list of (B, D, h_l, w_l), at each level's resolution."""
+        self._check(feats)
+        return [F.conv2d(f, w_z[:, :, None, None]) for f, (_, w_z) in zip(feats, self._split_first_layer())]
+
+    def _encoding_table(self, level: int, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor | None:
+        """W_pe,l PE(r) for offsets rows (a,) x cols (b,) -> (D, a, b); None when P = 0."""
+        pe = self.pos[level]
+        if pe.out_dim == 0:
+            return None
+        w_pe = self._split_first_layer()[level][0]
+        r = torch.stack(torch.broadcast_tensors(rows[:, None], cols[None, :]), dim=-1).to(w_pe.dtype)
+        return (pe(r) @ w_pe.t()).permute(2, 0, 1)
+
+    def first_layer_terms(self, feats: list[torch.Tensor], size: tuple[int, int],
+                          rows: slice | None = None) -> list[torch.Tensor]:
+        """Per level contribution to the first layer's pre-activation on a size-(h, w) query grid.
+
+        Returns a list of (B, D, n_rows, w) tensors, one per level (bias excluded); their sum plus
+        the bias is exactly the first layer's output. `rows` restricts to a slice of grid rows.
+        """
+        projections = self.level_projections(feats)
+        return [self._level_term(i, p, size, rows) for i, p in enumerate(projections)]
+
+    def _level_term(self, level: int, projection: torch.Tensor, size: tuple[int, int],
+                    rows: slice | None) -> torch.Tensor:
+        h, w = size
+        h_l, w_l = projection.shape[-2:]
+        device = projection.device
+        ky, ry = grid_cells(h, h_l, device)
+        kx, rx = grid_cells(w, w_l, device)
+        row_ids = torch.arange(h, device=device)[rows if rows is not None else slice(None)]
+        term = projection.index_select(2, ky[row_ids]).index_select(3, kx)
+        # Offsets repeat with period h / gcd(h, h_l) rows and w / gcd(w, w_l) columns.
+        py, px = h // math.gcd(h, h_l), w // math.gcd(w, w_l)
+        table = self._encoding_table(level, ry[:py], rx[:px])
+        if table is not None:
+            table = table.to(term.dtype)[:, row_ids % py]  # (D, n_rows, px)
+            b, d, n = term.shape[:3]
+            term = (term.view(b, d, n, w // px, px) + table[None, :, :, None, :]).view(b, d, n, w)
+        return term
+
+    # --- fast evaluation ------------------------------------------------------------------------
+    def decode_features(self, feats: list[torch.Tensor], size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Last hidden features on a size-(h, w) query grid (default: the finest level's): (B, D_last, h, w).
+
+        Inference evaluates the grid in row chunks of about `chunk_size` queries (bounded memory);
+        training evaluates it whole so BatchNorm sees the full batch.
+        """
+        h, w = size if size is not None else feats[0].shape[-2:]
+        projections = self.level_projections(feats)
+        step = h if self.training else max(1, self.chunk_size // max(w, 1))
+        chunks = []
+        for start in range(0, h, step):
+            rows = slice(start, min(h, start + step))
+            pre = sum(self._level_term(i, p, (h, w), rows) for i, p in enumerate(projections))
+            pre = pre + self.hidden[0].bias.to(pre.dtype)[None, :, None, None]
+            chunks.append(self.hidden[1:](pre))
+        return torch.cat(chunks, dim=2) if len(chunks) > 1 else chunks[0]
+
+    def forward(self, feats: list[torch.Tensor], size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Logits on a size-(h, w) query grid (default: the finest level's grid): (B, K, h, w)."""
+        return self.classifier(self.decode_features(feats, size))
+
+    def query_points(self, feats: list[torch.Tensor], coords: torch.Tensor) -> torch.Tensor:
+        """Logits at arbitrary points: coords (B, N, 2) normalised (y, x) in [-1, 1] -> (B, K, N)."""
+        projections = self.level_projections(feats)
+        blocks = self._split_first_layer()
+        outputs = []
+        for start in range(0, coords.shape[1], self.chunk_size):
+            q = coords[:, start:start + self.chunk_size]
+            pre = self.hidden[0].bias[None, :, None]
+            for level, (proj, (w_pe, _)) in enumerate(zip(projections, blocks)):
+                size = torch.tensor(proj.shape[-2:], device=q.device, dtype=q.dtype)
+                cell = ((q + 1) / 2 * size + _TIE_EPS).floor().clamp_(min=0).minimum(size - 1)
+                r = (q - (-1 + (2 * cell + 1) / size)) * size
+                flat = (cell[..., 0] * proj.shape[-1] + cell[..., 1]).long()  # (B, n)
+                gathered = proj.flatten(2).gather(2, flat[:, None, :].expand(-1, proj.shape[1], -1))
+                pre = pre + gathered
+                if self.pos[level].out_dim:
+                    pre = pre + (self.pos[level](r) @ w_pe.t().to(r.dtype)).transpose(1, 2)
+            outputs.append(self.classifier(self.hidden[1:](pre[..., None]))[..., 0])
+        return torch.cat(outputs, dim=2)
+
+    # --- the formula, written out ---------------------------------------------------------------
+    def forward_reference(self, feats: list[torch.Tensor], size: tuple[int, int] | None = None) -> torch.Tensor:
+        """The straightforward formula: gather, encode, concatenate 4(C + P) channels, run the MLP."""
+        self._check(feats)
+        h, w = size if size is not None else feats[0].shape[-2:]
+        device = feats[0].device
+        ys = -1 + (2 * torch.arange(h, device=device, dtype=torch.float64) + 1) / h
+        xs = -1 + (2 * torch.arange(w, device=device, dtype=torch.float64) + 1) / w
+        q = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(-1, 2)  # (N, 2)
+        parts = []
+        for f, pe in zip(feats, self.pos):
+            size_l = torch.tensor(f.shape[-2:], device=device, dtype=torch.float64)
+            cell = ((q + 1) / 2 * size_l + _TIE_EPS).floor().clamp(min=0).minimum(size_l - 1)
+            centre = -1 + (2 * cell + 1) / size_l
+            r = ((q - centre) * size_l).to(f.dtype)
+            z = f[:, :, cell[:, 0].long(), cell[:, 1].long()]  # (B, C, N)
+            parts += [pe(r).t()[None].expand(f.shape[0], -1, -1), z]
+        x = torch.cat(parts, dim=1)[..., None]  # (B, 4(C + P), N, 1)
+        return self.classifier(self.hidden(x)).view(x.shape[0], -1, h, w)
+
+    def _check(self, feats: list[torch.Tensor]) -> None:
+        channels = [f.shape[1] for f in feats]
+        if channels != self.in_channels:
+            raise ValueError(f"IFA head expects levels with {self.in_channels} channels, got {channels}")

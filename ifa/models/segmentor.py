@@ -1,0 +1,126 @@
+"""SegmentationModel: backbone + (Semantic FPN | IFA) head + upsampling to the input size.
+
+`model(x)`: x is a normalised batch (B, 3, H, W); returns logits (B, K, H, W).
+IFA models also answer `predict_grid(x, size)` (logits on any query grid, e.g. the full input
+resolution) and `query_points(x, coords)` (logits at arbitrary normalised (y, x) points).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .backbones import create_backbone
+from .config import ModelConfig
+from .fpn import AuxHead, FPNNeck, SemanticFPNHead, conv_bn_relu
+from .ifa import IFAHead
+
+
+class IFADecoder(nn.Module):
+    """Per-level 1x1 conv + BN + ReLU to C channels (no top-down pathway), then the IFA head."""
+
+    def __init__(self, in_channels: list[int], config: ModelConfig):
+        super().__init__()
+        self.reduce = nn.ModuleList(conv_bn_relu(c, config.neck_channels, 1) for c in in_channels)
+        self.head = IFAHead([config.neck_channels] * len(in_channels), config.num_classes,
+                            tuple(config.mlp_channels), config.pos_encoding, config.pos_dim)
+
+    def levels(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The head's inputs: list of (B, C, h_l, w_l)."""
+        return [reduce(f) for reduce, f in zip(self.reduce, feats)]
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        return self.head(self.levels(feats))
+
+
+class FPNDecoder(nn.Module):
+    """FPN neck + semantic head; logits at the stride-4 grid."""
+
+    def __init__(self, in_channels: list[int], config: ModelConfig):
+        super().__init__()
+        self.neck = FPNNeck(in_channels, config.neck_channels)
+        self.head = SemanticFPNHead(config.neck_channels, config.head_channels, config.num_classes,
+                                    num_levels=len(in_channels))
+
+    def levels(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The head's inputs: the FPN neck outputs, list of (B, C, h_l, w_l)."""
+        return self.neck(feats)
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        return self.head(self.levels(feats))
+
+
+_DECODERS = {"fpn": FPNDecoder, "ifa": IFADecoder}
+
+
+class SegmentationModel(nn.Module):
+    def __init__(self, config: ModelConfig, pretrained_backbone: bool = False):
+        super().__init__()
+        self.config = config
+        self.backbone = create_backbone(config.backbone, pretrained=pretrained_backbone)
+        self.decoder = _DECODERS[config.architecture](self.backbone.channels, config)
+        self.aux_head = (AuxHead(self.backbone.channels[2], config.aux_channels, config.num_classes)
+                         if config.aux_channels > 0 else None)
+        # HRNet's branches need sizes divisible by 32; other backbones take any size.
+        self.size_divisor = 32 if config.backbone.startswith("hrnet") else 1
+
+    @property
+    def is_ifa(self) -> bool:
+        return self.config.architecture == "ifa"
+
+    def _upsample(self, logits: torch.Tensor, size) -> torch.Tensor:
+        return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=self.config.align_corners)
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        d = self.size_divisor
+        pad_h, pad_w = -x.shape[-2] % d, -x.shape[-1] % d
+        return F.pad(x, (0, pad_w, 0, pad_h)) if pad_h or pad_w else x
+
+    def levels(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The head's per-level inputs for a normalised batch (B, 3, H, W): list of (B, C, h_l, w_l)."""
+        return self.decoder.levels(self.backbone(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, K, H, W) at the input size (stride-4 logits bilinearly upsampled)."""
+        h, w = x.shape[-2:]
+        padded = self._pad(x)
+        logits = self._upsample(self.decoder(self.backbone(padded)), padded.shape[-2:])
+        return logits[..., :h, :w]
+
+    def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Training: (logits (B, K, H, W), auxiliary logits at stride 16 or None)."""
+        feats = self.backbone(x)
+        logits = self._upsample(self.decoder(feats), x.shape[-2:])
+        return logits, (self.aux_head(feats[2]) if self.aux_head is not None else None)
+
+    def decode_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Final per-pixel features before the classifier, at the stride-4 grid: (B, D, h_1, w_1)."""
+        return self.decoder.head.decode_features(self.levels(x))
+
+    # --- IFA only: arbitrary-resolution querying -------------------------------------------------
+    def _ifa_levels(self, x: torch.Tensor) -> list[torch.Tensor]:
+        if not self.is_ifa:
+            raise ValueError("arbitrary-resolution querying needs an IFA model (architecture 'ifa')")
+        if x.shape[-2] % self.size_divisor or x.shape[-1] % self.size_divisor:
+            raise ValueError(f"input size must be divisible by {self.size_divisor} for {self.config.backbone}")
+        return self.levels(x)
+
+    def predict_grid(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """IFA logits queried on a size-(h, w) grid over the image (default stride 4): (B, K, h, w).
+
+        size=x.shape[-2:] queries every input pixel; memory stays bounded (row chunks).
+        """
+        return self.decoder.head(self._ifa_levels(x), size)
+
+    def query_points(self, x: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        """IFA logits at points coords (B, N, 2), normalised (y, x) in [-1, 1]: (B, K, N)."""
+        return self.decoder.head.query_points(self._ifa_levels(x), coords)
+
+
+def create_model(config: ModelConfig | dict | None = None, pretrained_backbone: bool = False,
+                 **overrides) -> SegmentationModel:
+    """Build a model from a ModelConfig, a dict or keyword arguments (e.g. architecture="ifa")."""
+    data = config.to_dict() if isinstance(config, ModelConfig) else dict(config or {})
+    data.update(overrides)
+    return SegmentationModel(ModelConfig.from_dict(data), pretrained_backbone=pretrained_backbone)
