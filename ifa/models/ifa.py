@@ -148,11 +148,19 @@ class IFAHead(nn.Module):
         device = projection.device
         ky, ry = grid_cells(h, h_l, device)
         kx, rx = grid_cells(w, w_l, device)
-        row_ids = torch.arange(h, device=device)[rows if rows is not None else slice(None)]
-        term = projection.index_select(2, ky[row_ids]).index_select(3, kx)
         # Offsets repeat with period h / gcd(h, h_l) rows and w / gcd(w, w_l) columns.
         py, px = h // math.gcd(h, h_l), w // math.gcd(w, w_l)
         table = self._encoding_table(level, ry[:py], rx[:px])
+        start, stop, _ = (rows or slice(None)).indices(h)
+        if h % h_l == 0 and w % w_l == 0 and start % py == 0 and stop % py == 0:
+            # Integer ratios: cell k holds queries k*s .. k*s + s - 1, so gathering is a broadcast.
+            b, d = projection.shape[:2]
+            term = projection[:, :, start // py:stop // py, None, :, None]
+            if table is not None:
+                term = term + table.to(term.dtype)[None, :, None, :, None, :]
+            return term.expand(b, d, (stop - start) // py, py, w_l, px).reshape(b, d, stop - start, w)
+        row_ids = torch.arange(start, stop, device=device)
+        term = projection.index_select(2, ky[row_ids]).index_select(3, kx)
         if table is not None:
             table = table.to(term.dtype)[:, row_ids % py]  # (D, n_rows, px)
             b, d, n = term.shape[:3]

@@ -1,0 +1,201 @@
+"""Segmentation datasets in their standard on-disk layouts.
+
+Every dataset yields (image uint8 (H, W, 3) RGB numpy, label uint8/int64 (H, W) numpy) with the
+dataset's train ids and 255 for ignored pixels, and knows its `info` (class names, palette).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .classes import DatasetInfo, get_dataset_info
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+class DatasetError(ValueError):
+    """A dataset root or split that does not have the expected layout."""
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """An image file as uint8 (H, W, 3) RGB."""
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def read_label(path: str | Path) -> np.ndarray:
+    """A single-channel label PNG as (H, W) integer array (values as stored)."""
+    with Image.open(path) as img:
+        if img.mode not in ("L", "P", "I", "I;16"):
+            raise DatasetError(f"{path}: labels must be single-channel, got mode {img.mode}")
+        return np.asarray(img).astype(np.int64)
+
+
+class SegmentationDataset:
+    """A list of (image path, label path) pairs plus a label mapping to train ids (255 = ignore)."""
+
+    name = ""
+
+    def __init__(self, root: str | Path, split: str):
+        self.root = Path(root)
+        self.split = split
+        self.info: DatasetInfo = get_dataset_info(self.name)
+        if not self.root.is_dir():
+            raise DatasetError(f"{self.name} root {self.root} does not exist")
+        self.pairs = self._find_pairs()
+        if not self.pairs:
+            raise DatasetError(f"{self.name}: no images for split {split!r} under {self.root} "
+                               f"(expected {self.layout_hint()})")
+
+    def _find_pairs(self) -> list[tuple[Path, Path]]:
+        raise NotImplementedError
+
+    def layout_hint(self) -> str:
+        raise NotImplementedError
+
+    def map_label(self, raw: np.ndarray) -> np.ndarray:
+        """Stored label values -> train ids with 255 for ignored pixels."""
+        return raw
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        image_path, label_path = self.pairs[index]
+        return read_image(image_path), self.map_label(read_label(label_path)).astype(np.uint8)
+
+    def image_name(self, index: int) -> str:
+        return self.pairs[index][0].name
+
+
+def _require_dir(path: Path, what: str, hint: str) -> Path:
+    if not path.is_dir():
+        raise DatasetError(f"{what}: {path} does not exist (expected {hint})")
+    return path
+
+
+def _pair_by_name(images: Path, labels: Path, label_name) -> list[tuple[Path, Path]]:
+    pairs = []
+    for image in sorted(p for p in images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+        label = labels / image.relative_to(images).parent / label_name(image.name)
+        if not label.is_file():
+            raise DatasetError(f"label {label} for image {image} is missing")
+        pairs.append((image, label))
+    return pairs
+
+
+class CamVid(SegmentationDataset):
+    """SegNet CamVid: {split}/NAME.png with {split}annot/NAME.png; class 11 (Unlabelled) ignored."""
+
+    name = "camvid"
+
+    def layout_hint(self) -> str:
+        return f"{self.split}/*.png and {self.split}annot/*.png"
+
+    def _find_pairs(self):
+        hint = self.layout_hint()
+        images = _require_dir(self.root / self.split, f"camvid split {self.split!r}", hint)
+        labels = _require_dir(self.root / f"{self.split}annot", f"camvid split {self.split!r} labels", hint)
+        return _pair_by_name(images, labels, lambda name: name)
+
+    def map_label(self, raw):
+        out = raw.copy()
+        out[(raw < 0) | (raw >= self.info.num_classes)] = 255
+        return out
+
+
+class Cityscapes(SegmentationDataset):
+    """leftImg8bit/{split}/CITY/*_leftImg8bit.png with gtFine/{split}/CITY/*_gtFine_labelIds.png."""
+
+    name = "cityscapes"
+    # label id -> train id (cityscapesScripts' labels.py); everything else is ignored.
+    ID_TO_TRAIN_ID = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,
+                      25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+
+    def layout_hint(self) -> str:
+        return f"leftImg8bit/{self.split}/CITY/*_leftImg8bit.png and gtFine/{self.split}/CITY/*_gtFine_labelIds.png"
+
+    def _find_pairs(self):
+        hint = self.layout_hint()
+        images = _require_dir(self.root / "leftImg8bit" / self.split, f"cityscapes split {self.split!r}", hint)
+        labels = _require_dir(self.root / "gtFine" / self.split, f"cityscapes split {self.split!r} labels", hint)
+        return _pair_by_name(images, labels, lambda n: n.replace("_leftImg8bit", "_gtFine_labelIds"))
+
+    def map_label(self, raw):
+        lut = np.full(256, 255, dtype=np.int64)
+        for label_id, train_id in self.ID_TO_TRAIN_ID.items():
+            lut[label_id] = train_id
+        return lut[np.clip(raw, 0, 255)]
+
+
+class ADE20K(SegmentationDataset):
+    """ADEChallengeData2016: images/{training,validation}/*.jpg, annotations/.../*.png; 0 ignored, shifted by -1."""
+
+    name = "ade20k"
+    SPLITS = {"train": "training", "val": "validation", "training": "training", "validation": "validation"}
+
+    def layout_hint(self) -> str:
+        return "ADEChallengeData2016 with images/{training,validation}/*.jpg and annotations/.../*.png"
+
+    def _find_pairs(self):
+        if self.split not in self.SPLITS:
+            raise DatasetError(f"ade20k split must be one of {sorted(self.SPLITS)}, got {self.split!r}")
+        root = self.root / "ADEChallengeData2016" if (self.root / "ADEChallengeData2016").is_dir() else self.root
+        sub = self.SPLITS[self.split]
+        images = _require_dir(root / "images" / sub, f"ade20k split {self.split!r}", self.layout_hint())
+        labels = _require_dir(root / "annotations" / sub, f"ade20k split {self.split!r} labels", self.layout_hint())
+        return _pair_by_name(images, labels, lambda n: Path(n).with_suffix(".png").name)
+
+    def map_label(self, raw):
+        return np.where((raw == 0) | (raw > 150), 255, raw - 1)
+
+
+class PascalContext(SegmentationDataset):
+    """Prepared PASCAL Context: JPEGImages/*.jpg, SegmentationClassContext/*.png (0 = background),
+    ImageSets/SegmentationContext/{train,val}.txt. 59 classes: background ignored, ids shifted by -1."""
+
+    name = "pascal_context"
+
+    def layout_hint(self) -> str:
+        return ("VOC2010 layout: JPEGImages/, SegmentationClassContext/ and "
+                f"ImageSets/SegmentationContext/{self.split}.txt")
+
+    def _find_pairs(self):
+        root = self.root / "VOC2010" if (self.root / "VOC2010").is_dir() else self.root
+        split_file = root / "ImageSets" / "SegmentationContext" / f"{self.split}.txt"
+        if not split_file.is_file():
+            raise DatasetError(f"pascal_context split file {split_file} is missing (expected {self.layout_hint()})")
+        images = _require_dir(root / "JPEGImages", "pascal_context images", self.layout_hint())
+        labels = _require_dir(root / "SegmentationClassContext", "pascal_context labels", self.layout_hint())
+        pairs = []
+        for stem in split_file.read_text().split():
+            image, label = images / f"{stem}.jpg", labels / f"{stem}.png"
+            for path in (image, label):
+                if not path.is_file():
+                    raise DatasetError(f"pascal_context: {path} listed in {split_file.name} is missing")
+            pairs.append((image, label))
+        return pairs
+
+    def map_label(self, raw):
+        return np.where((raw == 0) | (raw > 59), 255, raw - 1)
+
+
+class PascalContext60(PascalContext):
+    """PASCAL Context with background as class 0 (60 classes)."""
+
+    name = "pascal_context_60"
+
+    def map_label(self, raw):
+        return np.where(raw > 59, 255, raw)
+
+
+DATASET_CLASSES = {cls.name: cls for cls in (CamVid, Cityscapes, ADE20K, PascalContext, PascalContext60)}
+
+
+def build_dataset(name: str, root: str | Path, split: str) -> SegmentationDataset:
+    if name not in DATASET_CLASSES:
+        raise DatasetError(f"unknown dataset {name!r}; valid: {', '.join(DATASET_CLASSES)}")
+    return DATASET_CLASSES[name](root, split)

@@ -1,0 +1,138 @@
+"""Predictor: device, precision, normalisation, whole-image / sliding-window, multi-scale and flip.
+
+Images are uint8 (H, W, 3) RGB numpy arrays (or PIL images); results are at the image's size:
+labels (H, W) int64 and class probabilities (K, H, W) float32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .data.transforms import normalize, to_tensor
+from .models.segmentor import SegmentationModel
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+MODES = ("whole", "slide")
+IFA_RESOLUTIONS = ("stride4", "full")
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class Prediction:
+    labels: np.ndarray  # (H, W) int64 class index per pixel
+    probs: torch.Tensor  # (K, H, W) float32 class probabilities, on the CPU
+
+
+class Predictor:
+    """Runs a SegmentationModel on images of any size.
+
+    precision: "auto" = fp16 autocast on CUDA, fp32 on CPU. mode "slide" uses `window` crops with
+    `stride` (default 2/3 of the window). scales multiply the image size; flip adds left-right
+    flipped copies; probabilities are averaged over all views. ifa_resolution "full" queries the
+    IFA head at every pixel instead of upsampling the stride-4 grid (IFA models only).
+    """
+
+    def __init__(self, model: SegmentationModel, device: str | torch.device | None = None,
+                 precision: str = "auto", mode: str = "whole", window: tuple[int, int] = (512, 512),
+                 stride: tuple[int, int] | None = None, scales: tuple[float, ...] = (1.0,), flip: bool = False,
+                 ifa_resolution: str = "stride4"):
+        for value, valid, what in ((precision, PRECISIONS, "precision"), (mode, MODES, "mode"),
+                                   (ifa_resolution, IFA_RESOLUTIONS, "ifa_resolution")):
+            if value not in valid:
+                raise ValueError(f"unknown {what} {value!r}; valid: {', '.join(valid)}")
+        if ifa_resolution == "full" and not model.is_ifa:
+            raise ValueError("ifa_resolution='full' needs an IFA model")
+        if not scales or any(s <= 0 for s in scales):
+            raise ValueError(f"scales must be positive, got {scales}")
+        self.device = torch.device(device) if device is not None else default_device()
+        self.model = model.to(self.device).eval()
+        self.precision = precision
+        self.mode = mode
+        self.window = tuple(window)
+        self.stride = tuple(stride) if stride else tuple(max(1, w * 2 // 3) for w in self.window)
+        self.scales = tuple(scales)
+        self.flip = flip
+        self.ifa_resolution = ifa_resolution
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def _autocast(self):
+        if self.device.type != "cuda" or self.precision == "fp32":
+            return torch.autocast(self.device.type, enabled=False)
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+
+    def preprocess(self, image) -> torch.Tensor:
+        """uint8 (H, W, 3) RGB (or PIL) -> normalised (1, 3, H, W) on the device."""
+        if isinstance(image, Image.Image):
+            image = np.asarray(image.convert("RGB"))
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected a uint8 (H, W, 3) RGB image, got {image.dtype} {image.shape}")
+        x = to_tensor(image).to(self.device)
+        return normalize(x, self.config.mean, self.config.std)[None]
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, K, h, w) at x's size for one view."""
+        if self.ifa_resolution == "full":
+            padded = self.model._pad(x)
+            return self.model.predict_grid(padded, padded.shape[-2:])[..., :x.shape[-2], :x.shape[-1]]
+        return self.model(x)
+
+    def _slide(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        wh, ww = min(self.window[0], h), min(self.window[1], w)
+        sh, sw = self.stride
+        logits = counts = None
+        for top in _starts(h, wh, sh):
+            for left in _starts(w, ww, sw):
+                out = self._run(x[..., top:top + wh, left:left + ww]).float()
+                if logits is None:
+                    logits = x.new_zeros((x.shape[0], out.shape[1], h, w), dtype=torch.float32)
+                    counts = x.new_zeros((1, 1, h, w), dtype=torch.float32)
+                logits[..., top:top + wh, left:left + ww] += out
+                counts[..., top:top + wh, left:left + ww] += 1
+        return logits / counts
+
+    @torch.inference_mode()
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """Averaged class probabilities (B, K, H, W) float32 for a normalised batch x (B, 3, H, W)."""
+        h, w = x.shape[-2:]
+        total = None
+        for scale in self.scales:
+            size = (max(1, round(h * scale)), max(1, round(w * scale)))
+            xs = x if size == (h, w) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            for flipped in ((False, True) if self.flip else (False,)):
+                view = xs.flip(-1) if flipped else xs
+                with self._autocast():
+                    logits = self._slide(view) if self.mode == "slide" else self._run(view)
+                logits = logits.float()
+                if flipped:
+                    logits = logits.flip(-1)
+                if logits.shape[-2:] != (h, w):
+                    logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+                probs = logits.softmax(dim=1)
+                total = probs if total is None else total + probs
+        return total / (len(self.scales) * (2 if self.flip else 1))
+
+    def predict(self, image) -> Prediction:
+        """Label map and probabilities for one uint8 RGB image at its own size."""
+        probs = self.probabilities(self.preprocess(image))[0]
+        return Prediction(labels=probs.argmax(0).cpu().numpy().astype(np.int64), probs=probs.cpu())
+
+
+def _starts(size: int, window: int, stride: int) -> list[int]:
+    """Window origins covering [0, size) with the last window flush with the end."""
+    starts = list(range(0, max(size - window, 0) + 1, stride))
+    if starts[-1] + window < size:
+        starts.append(size - window)
+    return starts

@@ -1,0 +1,411 @@
+"""Train a Semantic FPN or FPN + IFA model from a YAML recipe, on CPU, one GPU or many (torchrun).
+
+python -m ifa.train --config configs/X.yaml [--resume] [key.sub=value ...]
+torchrun --nproc_per_node N -m ifa.train --config configs/X.yaml
+
+Iteration-based: SGD or AdamW with warmup + poly decay, OHEM cross-entropy, auxiliary head.
+Data order and augmentation depend only on (seed, iteration), so `--resume` continues exactly
+where the last checkpoint (written atomically every `train.ckpt_interval` iterations) stopped.
+Only rank 0 writes: out_dir/last.pt, out_dir/metrics.jsonl, out_dir/train.log, out_dir/final/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .data.datasets import DatasetError, build_dataset
+from .data.transforms import TrainAugment
+from .distributed import DistributedContext
+from .evaluate import evaluate
+from .inference import Predictor
+from .losses import ohem_cross_entropy
+from .metrics import summarize
+from .models.checkpoint import atomic_write, save_pretrained
+from .models.config import ConfigError, ModelConfig
+from .models.segmentor import SegmentationModel
+
+DEFAULTS: dict = {
+    "name": "run",
+    "model": {},
+    "pretrained_backbone": True,
+    "data": {"dataset": "camvid", "root": "../shared/data/camvid", "train_split": "train", "val_split": "val",
+             "crop_size": [256, 320], "scale_range": [0.5, 2.0], "base_size": None, "flip": True,
+             "photometric": False, "workers": 1},
+    "optim": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "head_lr_mult": 1.0,
+              "decay_norm_bias": True},
+    "schedule": {"iters": 1000, "warmup_iters": 0, "power": 0.9, "min_lr": 0.0},
+    "loss": {"ohem": True, "ohem_thresh": 0.7, "ohem_min_kept": 100000, "aux_weight": 0.4},
+    "train": {"batch_size": 8, "seed": 0, "amp": True, "sync_bn": True, "log_interval": 20, "ckpt_interval": 100,
+              "eval_interval": 0, "eval_limit": None, "out_dir": None},
+    "eval": {"scales": [1.0], "flip": False, "mode": "whole"},
+}
+
+
+# --- configuration ---------------------------------------------------------------------------------
+def _merge(base: dict, update: dict, path: str = "") -> dict:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if key not in base:
+            raise ConfigError(f"unknown config key {path + key!r}; valid here: {sorted(base)}")
+        if isinstance(base[key], dict) and key != "model":
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key {path + key!r} must be a mapping")
+            out[key] = _merge(base[key], value, f"{path}{key}.")
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> dict:
+    """DEFAULTS updated by the YAML file, then by `key.sub=value` overrides (values parsed as YAML)."""
+    cfg = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        cfg = _merge(cfg, yaml.safe_load(path.read_text()) or {})
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        key, raw = item.split("=", 1)
+        update: dict = {}
+        node = update
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw)
+        cfg = _merge(cfg, update)
+    if cfg["train"]["out_dir"] is None:
+        cfg["train"]["out_dir"] = f"runs/{cfg['name']}"
+    return cfg
+
+
+def model_config(cfg: dict, info) -> ModelConfig:
+    data = {"num_classes": info.num_classes, "class_names": list(info.class_names),
+            "palette": [list(c) for c in info.palette], "dataset": info.name, **cfg["model"]}
+    return ModelConfig.from_dict(data)
+
+
+# --- data: deterministic, shardable, resumable ----------------------------------------------------
+class EpochBatches:
+    """Batches of (index, augmentation seed) for one epoch of one rank, skipping the first `skip`.
+
+    The permutation and seeds depend only on (seed, epoch); ranks take interleaved slices of each
+    global batch, so the union over ranks is the single-process batch.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, rank: int, world_size: int, skip: int = 0):
+        gen = np.random.default_rng([seed, epoch])
+        order = gen.permutation(n)
+        seeds = gen.integers(0, 2 ** 31, size=n)
+        self.batches = []
+        for b in range(skip, n // batch_size):
+            ids = order[b * batch_size:(b + 1) * batch_size][rank::world_size]
+            self.batches.append([(int(i), int(seeds[i])) for i in ids])
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
+
+
+class AugmentedSamples:
+    def __init__(self, dataset, augment: TrainAugment):
+        self.dataset, self.augment = dataset, augment
+
+    def __getitem__(self, key: tuple[int, int]):
+        index, seed = key
+        image, label = self.dataset[index]
+        return self.augment(image, label, np.random.default_rng(seed))
+
+
+def batch_stream(samples, n: int, batch_size: int, seed: int, start_iter: int, ctx: DistributedContext,
+                 workers: int):
+    """Yields (images, labels) batches for iterations start_iter, start_iter + 1, ... forever."""
+    per_epoch = n // batch_size
+    if per_epoch == 0:
+        raise DatasetError(f"the training split has {n} images, fewer than one batch of {batch_size}")
+    epoch, skip = divmod(start_iter, per_epoch)
+    while True:
+        sampler = EpochBatches(n, batch_size, seed, epoch, ctx.rank, ctx.world_size, skip)
+        loader = DataLoader(samples, batch_sampler=sampler, num_workers=workers,
+                            generator=torch.Generator().manual_seed(seed), pin_memory=ctx.device.type == "cuda")
+        yield from loader
+        epoch, skip = epoch + 1, 0
+
+
+# --- optimisation ---------------------------------------------------------------------------------
+def build_optimizer(model: SegmentationModel, optim: dict) -> torch.optim.Optimizer:
+    """Backbone at lr, everything else at lr * head_lr_mult; 1-D params undecayed unless decay_norm_bias."""
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        is_head = not name.startswith("backbone.")
+        decay = optim["decay_norm_bias"] or param.ndim > 1
+        groups.setdefault((is_head, decay), []).append(param)
+    param_groups = [{"params": params, "lr_mult": optim["head_lr_mult"] if is_head else 1.0,
+                     "weight_decay": optim["weight_decay"] if decay else 0.0}
+                    for (is_head, decay), params in sorted(groups.items())]
+    if optim["name"] == "sgd":
+        return torch.optim.SGD(param_groups, lr=optim["lr"], momentum=optim["momentum"])
+    if optim["name"] == "adamw":
+        return torch.optim.AdamW(param_groups, lr=optim["lr"])
+    raise ConfigError(f"unknown optimizer {optim['name']!r}; valid: sgd, adamw")
+
+
+def learning_rate(base_lr: float, it: int, schedule: dict) -> float:
+    """Linear warmup then poly decay: base_lr * (1 - it / iters) ** power, floored at min_lr."""
+    total, warmup = schedule["iters"], schedule["warmup_iters"]
+    lr = (base_lr - schedule["min_lr"]) * (1 - it / total) ** schedule["power"] + schedule["min_lr"]
+    if it < warmup:
+        lr *= (it + 1) / warmup
+    return lr
+
+
+def compute_loss(model, images, labels, loss_cfg: dict) -> torch.Tensor:
+    """`model` returns (logits, aux logits or None): an _AuxForward, possibly inside DDP."""
+    logits, aux = model(images)
+    loss = _segmentation_loss(logits, labels, loss_cfg)
+    if aux is not None and loss_cfg["aux_weight"] > 0:
+        aux = torch.nn.functional.interpolate(aux, size=labels.shape[-2:], mode="bilinear", align_corners=False)
+        loss = loss + loss_cfg["aux_weight"] * _segmentation_loss(aux, labels, loss_cfg)
+    return loss
+
+
+def _segmentation_loss(logits, labels, loss_cfg):
+    if loss_cfg["ohem"]:
+        return ohem_cross_entropy(logits.float(), labels, loss_cfg["ohem_thresh"], loss_cfg["ohem_min_kept"])
+    return torch.nn.functional.cross_entropy(logits.float(), labels, ignore_index=255)
+
+
+class _AuxForward(torch.nn.Module):
+    """Wraps the model so DistributedDataParallel's forward returns (logits, aux)."""
+
+    def __init__(self, model: SegmentationModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model.forward_with_aux(x)
+
+
+# --- the run --------------------------------------------------------------------------------------
+class Logger:
+    def __init__(self, out_dir: Path, enabled: bool):
+        self.enabled = enabled
+        self.out_dir = out_dir
+        if enabled:
+            out_dir.mkdir(parents=True, exist_ok=True)
+
+    def line(self, text: str) -> None:
+        if self.enabled:
+            tqdm.write(text)
+            with open(self.out_dir / "train.log", "a") as f:
+                f.write(text + "\n")
+
+    def metrics(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.out_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def train(cfg: dict, resume: bool = False, device: str | None = None) -> dict:
+    """Runs the recipe; returns {"out_dir", "final", "val"} (val metrics from rank 0, if evaluated)."""
+    ctx = DistributedContext.from_env(device)
+    tcfg, out_dir = cfg["train"], Path(cfg["train"]["out_dir"])
+    log = Logger(out_dir, ctx.is_main)
+    dcfg = cfg["data"]
+    train_set = build_dataset(dcfg["dataset"], dcfg["root"], dcfg["train_split"])
+    mcfg = model_config(cfg, train_set.info)
+    torch.manual_seed(tcfg["seed"])
+    model = SegmentationModel(mcfg, pretrained_backbone=cfg["pretrained_backbone"]).to(ctx.device)
+    if ctx.world_size > 1 and tcfg["sync_bn"] and ctx.device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    optimizer = build_optimizer(model, cfg["optim"])
+    use_amp = tcfg["amp"] and ctx.device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    start_iter, elapsed = 0, 0.0
+    ckpt_path = out_dir / "last.pt"
+    if resume and ckpt_path.is_file():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"])
+        if ctx.device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"])
+        start_iter, elapsed = state["iter"], state["elapsed"]
+        log.line(f"resumed from {ckpt_path} at iteration {start_iter}")
+    elif resume:
+        log.line(f"--resume: no checkpoint at {ckpt_path}, starting from scratch")
+    if ctx.is_main:
+        atomic_write(out_dir / "config.yaml", lambda p: Path(p).write_text(yaml.safe_dump(cfg, sort_keys=False)))
+    wrapped = _AuxForward(model)
+    if ctx.world_size > 1:
+        wrapped = DistributedDataParallel(wrapped, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+    augment = TrainAugment(crop_size=tuple(dcfg["crop_size"]), scale_range=tuple(dcfg["scale_range"]),
+                           base_size=tuple(dcfg["base_size"]) if dcfg["base_size"] else None, flip=dcfg["flip"],
+                           photometric=dcfg["photometric"], mean=tuple(mcfg.mean), std=tuple(mcfg.std))
+    batch_size = tcfg["batch_size"]
+    if batch_size % ctx.world_size:
+        raise ConfigError(f"train.batch_size {batch_size} must be divisible by the {ctx.world_size} processes")
+    stream = batch_stream(AugmentedSamples(train_set, augment), len(train_set), batch_size, tcfg["seed"],
+                          start_iter, ctx, dcfg["workers"])
+    total = cfg["schedule"]["iters"]
+    model.train()
+    bar = tqdm(total=total, initial=start_iter, desc=cfg["name"], disable=not ctx.is_main, dynamic_ncols=True)
+    t_last, window_loss, window_n = time.time(), 0.0, 0
+    for it in range(start_iter, total):
+        lr = learning_rate(cfg["optim"]["lr"], it, cfg["schedule"])
+        for group in optimizer.param_groups:
+            group["lr"] = lr * group["lr_mult"]
+        images, labels = next(stream)
+        images, labels = images.to(ctx.device, non_blocking=True), labels.to(ctx.device, non_blocking=True)
+        with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=use_amp):
+            loss = compute_loss(wrapped, images, labels, cfg["loss"])
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at iteration {it}; lower optim.lr?")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        window_loss, window_n = window_loss + loss.item(), window_n + 1
+        bar.update(1)
+        done = it + 1
+        if done % tcfg["log_interval"] == 0 or done == total:
+            now = time.time()
+            sec_per_iter = (now - t_last) / window_n
+            elapsed += now - t_last
+            t_last = now
+            record = {"iter": done, "loss": window_loss / window_n, "lr": lr, "sec_per_iter": sec_per_iter,
+                      "eta_min": sec_per_iter * (total - done) / 60}
+            log.metrics(record)
+            log.line(f"iter {done}/{total} loss {record['loss']:.4f} lr {lr:.2e} "
+                     f"{sec_per_iter:.2f} s/it eta {record['eta_min']:.1f} min")
+            bar.set_postfix(loss=f"{record['loss']:.3f}")
+            window_loss, window_n = 0.0, 0
+        if ctx.is_main and (done % tcfg["ckpt_interval"] == 0 or done == total):
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                     "rng": torch.get_rng_state(), "iter": done, "elapsed": elapsed,
+                     "cuda_rng": torch.cuda.get_rng_state() if ctx.device.type == "cuda" else None}
+            atomic_write(ckpt_path, lambda p, s=state: torch.save(s, p))
+        if tcfg["eval_interval"] and done % tcfg["eval_interval"] == 0 and done != total:
+            result = _validate(model, cfg, mcfg, ctx)
+            log.metrics({"iter": done, "val_mIoU": result["mIoU"], "val_aAcc": result["aAcc"]})
+            log.line(f"iter {done}: val mIoU {result['mIoU']:.2f}")
+            model.train()
+    bar.close()
+    result = {"out_dir": str(out_dir), "final": None, "val": None}
+    val = _validate(model, cfg, mcfg, ctx)
+    if ctx.is_main:
+        log.metrics({"iter": total, "val_mIoU": val["mIoU"], "val_aAcc": val["aAcc"]})
+        log.line(f"final: val mIoU {val['mIoU']:.2f} (single scale), training time {elapsed / 60:.1f} min")
+        final = export(model, cfg, val, elapsed, out_dir / "final")
+        result.update(final=str(final), val=val)
+    ctx.close()
+    return result
+
+
+def _validate(model: SegmentationModel, cfg: dict, mcfg: ModelConfig, ctx: DistributedContext) -> dict:
+    dcfg, ecfg = cfg["data"], cfg["eval"]
+    val_set = build_dataset(dcfg["dataset"], dcfg["root"], dcfg["val_split"])
+    predictor = Predictor(model, device=ctx.device, scales=tuple(ecfg["scales"]), flip=ecfg["flip"],
+                          mode=ecfg["mode"])
+    cm = evaluate(predictor, val_set, limit=cfg["train"]["eval_limit"], ctx=ctx, progress=False)
+    return summarize(cm, list(mcfg.class_names))
+
+
+def export(model: SegmentationModel, cfg: dict, val: dict, seconds: float, folder: Path) -> Path:
+    """The inference checkpoint (auxiliary head dropped) with a model card recording the recipe."""
+    config = ModelConfig.from_dict({**model.config.to_dict(), "aux_channels": 0})
+    inference_model = SegmentationModel(config)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("aux_head.")}
+    inference_model.load_state_dict(state)
+    return save_pretrained(inference_model, folder, card=model_card(cfg, config, val, seconds))
+
+
+def hardware() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def model_card(cfg: dict, config: ModelConfig, val: dict, seconds: float) -> str:
+    name = "FPN + IFA" if config.architecture == "ifa" else "Semantic FPN"
+    rows = "\n".join(f"| {k} | {'-' if v is None else f'{v:.2f}'} |" for k, v in val["per_class"].items())
+    recipe = yaml.safe_dump({k: cfg[k] for k in ("data", "optim", "schedule", "loss", "train")}, sort_keys=False)
+    return f"""---
+library_name: pytorch
+tags:
+- semantic-segmentation
+- ifa
+datasets:
+- {config.dataset}
+metrics:
+- mean_iou
+model-index:
+- name: {cfg['name']}
+  results:
+  - task: {{type: semantic-segmentation}}
+    dataset: {{name: {config.dataset}, type: {config.dataset}, split: {cfg['data']['val_split']}}}
+    metrics:
+    - {{type: mean_iou, value: {val['mIoU']:.2f}, name: val mIoU (single scale)}}
+---
+
+# {cfg['name']}: {name}, {config.backbone}, {config.dataset}
+
+- Architecture: {name} ({config.architecture}), backbone {config.backbone}, neck {config.neck_channels} channels
+- Data: {config.dataset}, trained on `{cfg['data']['train_split']}`, evaluated on `{cfg['data']['val_split']}`
+- Hardware: {hardware()}; training time {seconds / 60:.1f} min
+- Validation (single scale): mIoU {val['mIoU']:.2f}, mAcc {val['mAcc']:.2f}, aAcc {val['aAcc']:.2f}
+
+| class | IoU |
+|---|---|
+{rows}
+
+## Recipe
+```yaml
+{recipe}```
+
+Load with `ifa.load_model("path/or/repo")`.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ifa.train", description=__doc__.split("\n")[0])
+    p.add_argument("--config", required=True, help="YAML recipe (configs/*.yaml)")
+    p.add_argument("--resume", action="store_true", help="continue from out_dir/last.pt")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: CUDA when present)")
+    p.add_argument("overrides", nargs="*", help="key.sub=value, e.g. schedule.iters=2000 optim.lr=0.005")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        train(cfg, resume=args.resume, device=args.device)
+    except (ConfigError, DatasetError, FloatingPointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
