@@ -339,6 +339,22 @@ def export(model: SegmentationModel, cfg: dict, val: dict, seconds: float, folde
     return save_pretrained(inference_model, folder, card=model_card(cfg, config, val, seconds))
 
 
+def export_last(cfg: dict, device: str | None = None) -> Path:
+    """Evaluate the run's last.pt on the val split and export it to out_dir/final."""
+    out_dir = Path(cfg["train"]["out_dir"])
+    if not (out_dir / "last.pt").is_file():
+        raise ConfigError(f"{out_dir / 'last.pt'} does not exist: nothing to export")
+    state = torch.load(out_dir / "last.pt", map_location="cpu", weights_only=True)
+    ctx = DistributedContext.single(device)
+    info = build_dataset(cfg["data"]["dataset"], cfg["data"]["root"], cfg["data"]["train_split"]).info
+    mcfg = model_config(cfg, info)
+    model = SegmentationModel(mcfg)
+    model.load_state_dict(state["model"])
+    val = _validate(model.to(ctx.device), cfg, mcfg, ctx)
+    print(f"iteration {state['iter']}: val mIoU {val['mIoU']:.2f}")
+    return export(model.cpu(), cfg, val, state["elapsed"], out_dir / "final")
+
+
 def hardware() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
@@ -391,6 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="YAML recipe (configs/*.yaml)")
     p.add_argument("--resume", action="store_true", help="continue from out_dir/last.pt")
     p.add_argument("--device", default=None, help="cpu or cuda (default: CUDA when present)")
+    p.add_argument("--export-only", action="store_true",
+                   help="export out_dir/last.pt as a checkpoint folder (out_dir/final) without training")
     p.add_argument("overrides", nargs="*", help="key.sub=value, e.g. schedule.iters=2000 optim.lr=0.005")
     return p
 
@@ -399,7 +417,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
-        train(cfg, resume=args.resume, device=args.device)
+        if args.export_only:
+            export_last(cfg, device=args.device)
+        else:
+            train(cfg, resume=args.resume, device=args.device)
     except (ConfigError, DatasetError, FloatingPointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
