@@ -23,9 +23,19 @@ import torch.nn.functional as F
 from torch import nn
 
 POSITION_ENCODINGS = ("none", "coord", "sine", "cosine", "fixed", "learned")
-# A query centre exactly on a cell boundary belongs to the upper cell (as in `grid_cells`' exact
-# integer rule); the epsilon absorbs the rounding of the floating-point coordinate.
-_TIE_EPS = 1e-4
+
+
+def _cell_of(q: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+    """Index of the cell containing normalised coordinates q (..., 2) on a grid of `size` (2,) cells.
+
+    A point exactly on a cell boundary belongs to the upper cell (as in `grid_cells`' exact
+    integer rule); the tolerance, a few ulps of the scaled coordinate, absorbs rounding. The
+    reference code's grid_sample breaks such ties by float rounding instead: they only occur when
+    a query centre falls exactly on a coarser cell's edge (never at its odd 769 / 1024x2048 sizes).
+    """
+    scaled = (q + 1) / 2 * size
+    tolerance = 4 * torch.finfo(q.dtype).eps * size
+    return (scaled + tolerance).floor().clamp(min=0).minimum(size - 1)
 
 
 class PositionEncoding(nn.Module):
@@ -82,7 +92,7 @@ def grid_cells(n_query: int, n_level: int, device=None) -> tuple[torch.Tensor, t
     odd = 2 * torch.arange(n_query, device=device) + 1
     k = torch.div(odd * n_level, 2 * n_query, rounding_mode="floor").clamp_(max=n_level - 1)
     r = odd.double() * n_level / n_query - (2 * k + 1)
-    return k, r.float()
+    return k, r
 
 
 class IFAHead(nn.Module):
@@ -194,12 +204,13 @@ class IFAHead(nn.Module):
         projections = self.level_projections(feats)
         blocks = self._split_first_layer()
         outputs = []
-        for start in range(0, coords.shape[1], self.chunk_size):
-            q = coords[:, start:start + self.chunk_size]
+        step = coords.shape[1] if self.training else self.chunk_size  # BatchNorm needs the whole batch
+        for start in range(0, coords.shape[1], step):
+            q = coords[:, start:start + step]
             pre = self.hidden[0].bias[None, :, None]
             for level, (proj, (w_pe, _)) in enumerate(zip(projections, blocks)):
                 size = torch.tensor(proj.shape[-2:], device=q.device, dtype=q.dtype)
-                cell = ((q + 1) / 2 * size + _TIE_EPS).floor().clamp_(min=0).minimum(size - 1)
+                cell = _cell_of(q, size)
                 r = (q - (-1 + (2 * cell + 1) / size)) * size
                 flat = (cell[..., 0] * proj.shape[-1] + cell[..., 1]).long()  # (B, n)
                 gathered = proj.flatten(2).gather(2, flat[:, None, :].expand(-1, proj.shape[1], -1))
@@ -221,7 +232,7 @@ class IFAHead(nn.Module):
         parts = []
         for f, pe in zip(feats, self.pos):
             size_l = torch.tensor(f.shape[-2:], device=device, dtype=torch.float64)
-            cell = ((q + 1) / 2 * size_l + _TIE_EPS).floor().clamp(min=0).minimum(size_l - 1)
+            cell = _cell_of(q, size_l)
             centre = -1 + (2 * cell + 1) / size_l
             r = ((q - centre) * size_l).to(f.dtype)
             z = f[:, :, cell[:, 0].long(), cell[:, 1].long()]  # (B, C, N)

@@ -115,7 +115,8 @@ class SegmentationModel(nn.Module):
 
     def query_points(self, x: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         """IFA logits at points coords (B, N, 2), normalised (y, x) in [-1, 1]: (B, K, N)."""
-        return self.decoder.head.query_points(self._ifa_levels(x), coords)
+        levels = self._ifa_levels(x)
+        return self.decoder.head.query_points(levels, coords)
 
 
 def create_model(config: ModelConfig | dict | None = None, pretrained_backbone: bool = False,
