@@ -48,7 +48,8 @@ _UNREACHABLE = (httpx2.TransportError, OfflineModeIsEnabled)
 
 
 class HubError(RuntimeError):
-    """A repo, file or revision that cannot be reached."""
+    """A Hub repo, revision or file that cannot be reached or used: not found, no network, offline with a
+    cold cache, an upload refused."""
 
 
 def resolve_checkpoint(path_or_repo_id: str | Path, revision: str | None = None) -> Path:
@@ -83,13 +84,13 @@ def push_to_hub(folder: str | Path, repo_id: str, revision: str | None = None, p
     logged-in one (HF_TOKEN or `hf auth login`).
     """
     folder = Path(folder).expanduser()
-    load_checkpoint_folder(folder)
     where = f"Hub repo '{repo_id}'" + (f" (branch '{revision}')" if revision else "")
     _check_repo_id(repo_id)
     if revision is not None and _COMMIT.fullmatch(revision):
         raise HubError(f"cannot push to {where}: a commit sha is not a branch; give a branch name or None for main")
     if constants.HF_HUB_OFFLINE:
         raise HubError(f"cannot push {folder} to {where}: HF_HUB_OFFLINE is set")
+    load_checkpoint_folder(folder)  # CheckpointError before anything is sent
     files = [name for name in (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME) if (folder / name).is_file()]
     api = HfApi(token=token)
     try:
@@ -101,7 +102,7 @@ def push_to_hub(folder: str | Path, repo_id: str, revision: str | None = None, p
     except _UNREACHABLE as err:
         raise HubError(f"cannot reach the Hub at {constants.ENDPOINT} to push {folder} to {where} "
                        f"({_brief(err)})") from err
-    except (RepositoryNotFoundError, HfHubHTTPError) as err:
+    except HfHubHTTPError as err:
         if isinstance(err, RepositoryNotFoundError) or err.response.status_code in (401, 403):
             raise HubError(f"not allowed to write to {where} at {constants.ENDPOINT} ({_brief(err)}): log in with "
                            f"`hf auth login`, set HF_TOKEN or pass token= (a token with write access)") from err
