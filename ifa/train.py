@@ -1,7 +1,7 @@
 """Train a Semantic FPN or FPN + IFA model from a YAML recipe, on CPU, one GPU or many (torchrun).
 
 python -m ifa.train --config configs/X.yaml [--resume] [key.sub=value ...]
-torchrun --nproc_per_node N -m ifa.train --config configs/X.yaml
+torchrun --nproc_per_node N -m ifa.train --config configs/X.yaml   (NCCL on GPUs, gloo on CPU; SyncBN on both)
 
 Iteration-based: SGD or AdamW with warmup + poly decay, OHEM cross-entropy, auxiliary head.
 Data order and augmentation depend only on (seed, iteration), so `--resume` continues exactly
@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from .data.datasets import DatasetError, build_dataset
 from .data.transforms import TrainAugment
-from .distributed import DistributedContext
+from .distributed import DistributedContext, all_reduce_mean, convert_sync_batchnorm
 from .evaluate import evaluate
 from .inference import Predictor
 from .losses import ohem_cross_entropy
@@ -42,7 +42,7 @@ DEFAULTS: dict = {
     "model": {},
     "pretrained_backbone": True,
     "data": {"dataset": "camvid", "root": "../shared/data/camvid", "train_split": "train", "val_split": "val",
-             "crop_size": [256, 320], "scale_range": [0.5, 2.0], "base_size": None, "flip": True,
+             "crop_size": [256, 320], "scale_range": [0.5, 2.0], "base_size": None, "img_scale": None, "flip": True,
              "photometric": False, "workers": 1},
     "optim": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "head_lr_mult": 1.0,
               "decay_norm_bias": True},
@@ -50,7 +50,7 @@ DEFAULTS: dict = {
     "loss": {"ohem": True, "ohem_thresh": 0.7, "ohem_min_kept": 100000, "aux_weight": 0.4},
     "train": {"batch_size": 8, "seed": 0, "amp": True, "sync_bn": True, "log_interval": 20, "ckpt_interval": 100,
               "eval_interval": 0, "eval_limit": None, "out_dir": None},
-    "eval": {"scales": [1.0], "flip": False, "mode": "whole"},
+    "eval": {"scales": [1.0], "flip": False, "mode": "whole", "window": [512, 512], "stride": None},
 }
 
 
@@ -177,6 +177,16 @@ def learning_rate(base_lr: float, it: int, schedule: dict) -> float:
     return lr
 
 
+def pad_batch(images: torch.Tensor, labels: torch.Tensor, divisor: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad (B, 3, H, W) images with 0 (the mean, once normalised) and (B, H, W) labels with 255 (ignored) at the
+    bottom and right up to multiples of `divisor` (HRNet needs 32: a 769x769 crop trains as 800x800)."""
+    pad_h, pad_w = -images.shape[-2] % divisor, -images.shape[-1] % divisor
+    if not (pad_h or pad_w):
+        return images, labels
+    return (torch.nn.functional.pad(images, (0, pad_w, 0, pad_h), value=0.0),
+            torch.nn.functional.pad(labels, (0, pad_w, 0, pad_h), value=255))
+
+
 def compute_loss(model, images, labels, loss_cfg: dict) -> torch.Tensor:
     """`model` returns (logits, aux logits or None): an _AuxForward, possibly inside DDP."""
     logits, aux = model(images)
@@ -204,6 +214,24 @@ class _AuxForward(torch.nn.Module):
         return self.model.forward_with_aux(x)
 
 
+# --- checkpoints: out_dir/last.pt ------------------------------------------------------------------
+# A torch pickle of {"model", "optimizer", "scaler": state dicts, "rng": CPU RNG state, "cuda_rng": CUDA
+# RNG state or None, "iter": iterations done, "elapsed": training seconds}, written by rank 0 only.
+
+
+def write_checkpoint(state: dict, path: str | Path) -> None:
+    torch.save(state, path)
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Atomically: a crash while writing leaves the previous file in place (and no partial file)."""
+    atomic_write(path, lambda tmp: write_checkpoint(state, tmp))
+
+
+def load_checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 # --- the run --------------------------------------------------------------------------------------
 class Logger:
     def __init__(self, out_dir: Path, enabled: bool):
@@ -225,24 +253,31 @@ class Logger:
 
 
 def train(cfg: dict, resume: bool = False, device: str | None = None) -> dict:
-    """Runs the recipe; returns {"out_dir", "final", "val"} (val metrics from rank 0, if evaluated)."""
+    """Runs the recipe; returns {"out_dir", "final", "val", "model"}: final folder and val metrics on rank 0
+    (None elsewhere), and this process's trained model (its BatchNorm layers synchronised in multi-process runs)."""
     ctx = DistributedContext.from_env(device)
     tcfg, out_dir = cfg["train"], Path(cfg["train"]["out_dir"])
     log = Logger(out_dir, ctx.is_main)
     dcfg = cfg["data"]
     train_set = build_dataset(dcfg["dataset"], dcfg["root"], dcfg["train_split"])
+    batch_size = tcfg["batch_size"]
+    if batch_size % ctx.world_size:
+        raise ConfigError(f"train.batch_size {batch_size} must be divisible by the {ctx.world_size} processes")
+    if len(train_set) < batch_size:
+        raise DatasetError(f"the training split has {len(train_set)} images, fewer than one batch of {batch_size}")
     mcfg = model_config(cfg, train_set.info)
     torch.manual_seed(tcfg["seed"])
     model = SegmentationModel(mcfg, pretrained_backbone=cfg["pretrained_backbone"]).to(ctx.device)
-    if ctx.world_size > 1 and tcfg["sync_bn"] and ctx.device.type == "cuda":
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if ctx.world_size > 1 and tcfg["sync_bn"]:
+        # torch's SyncBatchNorm on GPU, CPUSyncBatchNorm (gloo) on CPU; timm's BN + activation layers kept whole.
+        model = convert_sync_batchnorm(model, ctx.device)
     optimizer = build_optimizer(model, cfg["optim"])
     use_amp = tcfg["amp"] and ctx.device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     start_iter, elapsed = 0, 0.0
     ckpt_path = out_dir / "last.pt"
     if resume and ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        state = load_checkpoint(ckpt_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
@@ -257,13 +292,16 @@ def train(cfg: dict, resume: bool = False, device: str | None = None) -> dict:
         atomic_write(out_dir / "config.yaml", lambda p: Path(p).write_text(yaml.safe_dump(cfg, sort_keys=False)))
     wrapped = _AuxForward(model)
     if ctx.world_size > 1:
-        wrapped = DistributedDataParallel(wrapped, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+        # An auxiliary head whose loss weight is 0 gets no gradient: DDP must be told.
+        unused = model.aux_head is not None and cfg["loss"]["aux_weight"] <= 0
+        wrapped = DistributedDataParallel(wrapped, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+                                          find_unused_parameters=unused)
     augment = TrainAugment(crop_size=tuple(dcfg["crop_size"]), scale_range=tuple(dcfg["scale_range"]),
-                           base_size=tuple(dcfg["base_size"]) if dcfg["base_size"] else None, flip=dcfg["flip"],
+                           base_size=tuple(dcfg["base_size"]) if dcfg["base_size"] else None,
+                           img_scale=tuple(dcfg["img_scale"]) if dcfg["img_scale"] else None, flip=dcfg["flip"],
                            photometric=dcfg["photometric"], mean=tuple(mcfg.mean), std=tuple(mcfg.std))
-    batch_size = tcfg["batch_size"]
-    if batch_size % ctx.world_size:
-        raise ConfigError(f"train.batch_size {batch_size} must be divisible by the {ctx.world_size} processes")
+    log.line(f"{ctx.world_size} process(es) on {ctx.device}, {batch_size // ctx.world_size} images each per iteration"
+             + (", BatchNorm synchronised" if ctx.world_size > 1 and tcfg["sync_bn"] else ""))
     stream = batch_stream(AugmentedSamples(train_set, augment), len(train_set), batch_size, tcfg["seed"],
                           start_iter, ctx, dcfg["workers"])
     total = cfg["schedule"]["iters"]
@@ -276,6 +314,7 @@ def train(cfg: dict, resume: bool = False, device: str | None = None) -> dict:
             group["lr"] = lr * group["lr_mult"]
         images, labels = next(stream)
         images, labels = images.to(ctx.device, non_blocking=True), labels.to(ctx.device, non_blocking=True)
+        images, labels = pad_batch(images, labels, model.size_divisor)
         with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=use_amp):
             loss = compute_loss(wrapped, images, labels, cfg["loss"])
         if not torch.isfinite(loss):
@@ -288,6 +327,7 @@ def train(cfg: dict, resume: bool = False, device: str | None = None) -> dict:
         bar.update(1)
         done = it + 1
         if done % tcfg["log_interval"] == 0 or done == total:
+            window_loss = all_reduce_mean(window_loss, ctx)  # every rank logs here: the loss of the global batch
             now = time.time()
             sec_per_iter = (now - t_last) / window_n
             elapsed += now - t_last
@@ -303,14 +343,14 @@ def train(cfg: dict, resume: bool = False, device: str | None = None) -> dict:
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                      "rng": torch.get_rng_state(), "iter": done, "elapsed": elapsed,
                      "cuda_rng": torch.cuda.get_rng_state() if ctx.device.type == "cuda" else None}
-            atomic_write(ckpt_path, lambda p, s=state: torch.save(s, p))
+            save_checkpoint(ckpt_path, state)
         if tcfg["eval_interval"] and done % tcfg["eval_interval"] == 0 and done != total:
             result = _validate(model, cfg, mcfg, ctx)
             log.metrics({"iter": done, "val_mIoU": result["mIoU"], "val_aAcc": result["aAcc"]})
             log.line(f"iter {done}: val mIoU {result['mIoU']:.2f}")
             model.train()
     bar.close()
-    result = {"out_dir": str(out_dir), "final": None, "val": None}
+    result = {"out_dir": str(out_dir), "final": None, "val": None, "model": model}
     val = _validate(model, cfg, mcfg, ctx)
     if ctx.is_main:
         log.metrics({"iter": total, "val_mIoU": val["mIoU"], "val_aAcc": val["aAcc"]})
@@ -325,7 +365,8 @@ def _validate(model: SegmentationModel, cfg: dict, mcfg: ModelConfig, ctx: Distr
     dcfg, ecfg = cfg["data"], cfg["eval"]
     val_set = build_dataset(dcfg["dataset"], dcfg["root"], dcfg["val_split"])
     predictor = Predictor(model, device=ctx.device, scales=tuple(ecfg["scales"]), flip=ecfg["flip"],
-                          mode=ecfg["mode"])
+                          mode=ecfg["mode"], window=tuple(ecfg["window"]),
+                          stride=tuple(ecfg["stride"]) if ecfg["stride"] else None)
     cm = evaluate(predictor, val_set, limit=cfg["train"]["eval_limit"], ctx=ctx, progress=False)
     return summarize(cm, list(mcfg.class_names))
 
@@ -344,7 +385,7 @@ def export_last(cfg: dict, device: str | None = None) -> Path:
     out_dir = Path(cfg["train"]["out_dir"])
     if not (out_dir / "last.pt").is_file():
         raise ConfigError(f"{out_dir / 'last.pt'} does not exist: nothing to export")
-    state = torch.load(out_dir / "last.pt", map_location="cpu", weights_only=True)
+    state = load_checkpoint(out_dir / "last.pt")
     ctx = DistributedContext.single(device)
     info = build_dataset(cfg["data"]["dataset"], cfg["data"]["root"], cfg["data"]["train_split"]).info
     mcfg = model_config(cfg, info)

@@ -65,7 +65,11 @@ class SegmentationDataset:
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         image_path, label_path = self.pairs[index]
-        return read_image(image_path), self.map_label(read_label(label_path)).astype(np.uint8)
+        image, label = read_image(image_path), read_label(label_path)
+        if image.shape[:2] != label.shape:
+            raise DatasetError(f"{label_path} is {label.shape[1]}x{label.shape[0]} but its image {image_path} is "
+                               f"{image.shape[1]}x{image.shape[0]} (width x height)")
+        return image, self.map_label(label).astype(np.uint8)
 
     def image_name(self, index: int) -> str:
         return self.pairs[index][0].name

@@ -29,21 +29,42 @@ def normalize(image: torch.Tensor, mean, std) -> torch.Tensor:
 @dataclass
 class TrainAugment:
     """Random scale, pad (image 0 after normalisation = mean, label = ignore), random crop, flip,
-    optional photometric jitter (brightness / contrast / saturation)."""
+    optional photometric jitter (brightness / contrast / saturation).
+
+    The random scale s (uniform in `scale_range`) multiplies a base size: the image's own size by
+    default, the fixed `base_size` (H, W), or with `img_scale` (long, short) the largest
+    ratio-preserving size whose long side is at most `long` and short side at most `short`
+    (mmsegmentation's Resize with ratio_range: ADE20K's (2048, 512)).
+    """
 
     crop_size: tuple[int, int] = (512, 1024)
     scale_range: tuple[float, float] = (0.5, 2.0)
     base_size: tuple[int, int] | None = None  # (H, W) the scale is relative to; None = the image's own
+    img_scale: tuple[int, int] | None = None  # (long side, short side) bounds of a ratio-preserving base size
     flip: bool = True
     photometric: bool = False
     mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     ignore_index: int = 255
 
+    def __post_init__(self) -> None:
+        if self.base_size is not None and self.img_scale is not None:
+            raise ValueError("give base_size or img_scale, not both")
+
+    def base(self, height: int, width: int) -> tuple[float, float]:
+        """The (H, W) that the random scale multiplies, for an image of size (height, width)."""
+        if self.base_size is not None:
+            return self.base_size
+        if self.img_scale is not None:
+            long_side, short_side = max(self.img_scale), min(self.img_scale)
+            ratio = min(long_side / max(height, width), short_side / min(height, width))
+            return height * ratio, width * ratio
+        return height, width
+
     def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator):
         img = to_tensor(image)
         lab = torch.from_numpy(label.astype(np.int64))
-        base_h, base_w = self.base_size or img.shape[-2:]
+        base_h, base_w = self.base(*img.shape[-2:])
         scale = rng.uniform(*self.scale_range)
         size = (max(1, round(base_h * scale)), max(1, round(base_w * scale)))
         img = F.interpolate(img[None], size=size, mode="bilinear", align_corners=False)[0]
