@@ -1,0 +1,63 @@
+"""The shipped CamVid pair: both load, are the architectures their names say, and reproduce the
+val mIoU their model cards record on the first val images (so a broken or swapped checkpoint fails)."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+import ifa
+from ifa.data.datasets import build_dataset
+from ifa.evaluate import evaluate
+from ifa.inference import Predictor
+from ifa.metrics import summarize
+
+ROOT = Path(__file__).resolve().parents[2]
+CAMVID = Path(os.environ.get("IFA_CAMVID_ROOT", ROOT.parent / "shared" / "data" / "camvid"))
+PAIR = {"camvid-effl0-fpn": "fpn", "camvid-effl0-ifa": "ifa"}
+# mIoU over 8 images moves by at most a few hundredths when float rounding differs between CPUs.
+TOLERANCE = 0.25
+
+
+def card_metrics(folder: Path) -> dict[str, float]:
+    text = (folder / "README.md").read_text()
+    front = yaml.safe_load(re.match(r"---\n(.*?)\n---\n", text, re.S).group(1))
+    metrics = front["model-index"][0]["results"][0]["metrics"]
+    return {m["name"]: float(m["value"]) for m in metrics}
+
+
+@pytest.fixture(scope="module")
+def val_set():
+    if not CAMVID.is_dir():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CamVid data missing at {CAMVID}")
+        pytest.skip(f"CamVid data missing at {CAMVID}")
+    return build_dataset("camvid", CAMVID, "val")
+
+
+@pytest.mark.parametrize("name", sorted(PAIR))
+def test_shipped_checkpoint_matches_its_card(name, val_set):
+    folder = ROOT / "checkpoints" / name
+    model = ifa.load_model(folder)
+    assert model.config.architecture == PAIR[name]
+    assert model.config.backbone == "efficientnet_lite0"
+    assert model.config.class_names == list(val_set.info.class_names)
+    recorded = card_metrics(folder)
+    check = next(v for k, v in recorded.items() if k.startswith("check mIoU first"))
+    limit = int(re.search(r"first (\d+)", next(k for k in recorded if k.startswith("check mIoU"))).group(1))
+    cm = evaluate(Predictor(model, device="cpu"), val_set, limit=limit, progress=False)
+    measured = summarize(cm, list(val_set.info.class_names))["mIoU"]
+    assert abs(measured - check) <= TOLERANCE, f"{name}: measured {measured:.3f}, card says {check:.3f}"
+
+
+def test_registry_offers_the_shipped_pair():
+    import json
+
+    registry = json.loads((ROOT / "checkpoints" / "registry.json").read_text())
+    pair = next(p for p in registry["pairs"] if p["id"] == registry["default"])
+    assert pair["baseline"]["path"] == "checkpoints/camvid-effl0-fpn"
+    assert pair["ifa"]["path"] == "checkpoints/camvid-effl0-ifa"
