@@ -1,0 +1,653 @@
+"""Qualitative figures and boundary analysis: rows of input | FPN baseline | FPN + IFA | ground truth.
+
+python -m ifa.figures --baseline M1 --ifa M2 (--images DIR [--labels DIR] | --dataset D --root R --split S)
+                      --out FILE.pdf|.png|.svg [--rows N] [--select best|worst|random|list FILE] [--boxes K]
+                      [--insets] [--boundary] [--cache DIR | --no-cache] [--shard i/n] ...
+python -m ifa.figures --from-manifest STEM.manifest.json [--out FILE]
+
+Both models run on every candidate image (any device, batched, progress bar); predictions go to a
+resumable cache (ifa.prediction_cache), so a second run recomputes nothing. `--shard i/n` (or the
+ranks of `torchrun`) predicts one slice of the images and stops; a run without --shard is the merge
+step that scores, selects and draws. Rows are by default the images where IFA gains most over the
+baseline in per-image mIoU (largest disagreement when there is no ground truth). Each row gets
+yellow squares around its K largest difference regions (ifa.compare.difference_regions, the
+same logic as the app).
+
+Outputs beside FILE: STEM.manifest.json (models with revision and file hash, images, options,
+per-image scores, boxes; `--from-manifest` redraws the same figure from it) and, with --boundary,
+STEM.boundary.EXT (accuracy / mIoU versus distance to ground-truth boundaries) + STEM.boundary.json.
+
+Function API (the app's "download figure"): make_row, build_figure, render_bytes, render_to_file,
+image_scores, boundary_analysis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from PIL import Image
+from tqdm import tqdm
+
+from .compare import IFA_FIXED, DifferenceRegion, difference_regions
+from .data.datasets import IMAGE_SUFFIXES, DatasetError, build_dataset, read_image, read_label
+from .metrics import boundary_distance_bands, confusion_matrix, mean_iou, overall_accuracy
+from .prediction_cache import (
+    CacheItem,
+    PredictionCache,
+    default_cache_root,
+    effective_precision,
+    file_key,
+    identify_model,
+    parse_shard,
+    predict_to_cache,
+)
+from .viz.figure import FORMATS, PanelRow, columns, figure_bytes, grid_figure, pixel_size, square_box
+
+MANIFEST_FORMAT = "ifa-figures/1"
+SELECT_MODES = ("best", "worst", "random", "list")
+DEFAULT_BOUNDARY_WIDTHS = (1, 2, 4, 8, 12, 16, 20, 24, 32, 40)
+ROLES = {"baseline": "FPN (baseline)", "ifa": "FPN + IFA"}
+# argparse destinations that a manifest records and --from-manifest restores.
+OPTIONS = ("images", "labels", "dataset", "root", "split", "limit", "max_side", "rows", "select", "seed", "boxes",
+           "min_area", "fixed_only", "max_box", "box_pad", "insets", "no_titles", "no_legend", "no_row_labels",
+           "panel_width", "dpi", "boundary", "boundary_widths", "boundary_images", "precision", "mode", "window",
+           "scales", "flip", "ifa_resolution", "batch_size")
+
+
+# --- rows, figures, scores: the function API ---------------------------------------------------------
+
+
+def select_regions(baseline: np.ndarray, ifa: np.ndarray, gt: np.ndarray | None = None, boxes: int = 3,
+                   min_area: int = 64, fixed_only: bool = False, max_box: float = 0.5) -> list[DifferenceRegion]:
+    """The `boxes` largest difference regions (ifa.compare.difference_regions) whose bounding box is at
+    most `max_box` times the image's shorter side; only those that IFA fixed (verdict IFA_FIXED) when
+    fixed_only and there is ground truth."""
+    regions = difference_regions(baseline, ifa, gt, min_area=min_area)
+    if fixed_only and gt is not None:
+        regions = [r for r in regions if r.verdict == IFA_FIXED]
+    if max_box < 1.0:
+        limit = max_box * min(baseline.shape)
+        regions = [r for r in regions if max(r.box[2] - r.box[0], r.box[3] - r.box[1]) <= limit]
+    return regions[:boxes]
+
+
+def make_row(name: str, image: np.ndarray, baseline: np.ndarray, ifa: np.ndarray, gt: np.ndarray | None = None, *,
+             boxes: int = 3, min_area: int = 64, fixed_only: bool = False, max_box: float = 0.5, box_pad: int = 4,
+             label: str = "") -> PanelRow:
+    """One figure row with yellow squares around the top `boxes` difference regions.
+
+    image (H, W, 3) uint8; baseline / ifa / gt (H, W) class indices (gt 255 = ignored, or None).
+    """
+    regions = select_regions(baseline, ifa, gt, boxes, min_area, fixed_only, max_box)
+    return PanelRow(name=name, image=image, baseline=baseline, ifa=ifa, gt=gt, label=label,
+                    boxes=[square_box(r.box, baseline.shape, pad=box_pad) for r in regions])
+
+
+def build_figure(rows: Sequence[PanelRow], class_names: Sequence[str], palette, *, column_titles: bool = True,
+                 legend: bool = True, row_labels: bool = True, insets: bool = False,
+                 panel_width: float = 1.8) -> Figure:
+    """The grid figure of ifa.viz.figure.grid_figure for these rows."""
+    return grid_figure(rows, palette, class_names, column_titles=column_titles, legend=legend, row_labels=row_labels,
+                       insets=insets, panel_width=panel_width)
+
+
+def render_bytes(rows: Sequence[PanelRow], class_names: Sequence[str], palette, fmt: str = "png", dpi: float = 300,
+                 **layout) -> bytes:
+    """The figure as PDF / PNG / SVG bytes (deterministic): what the app offers for download."""
+    return figure_bytes(build_figure(rows, class_names, palette, **layout), fmt, dpi)
+
+
+def render_to_file(rows_or_figure: Sequence[PanelRow] | Figure, path: str | Path, class_names=None, palette=None,
+                   dpi: float = 300, **layout) -> Path:
+    """Write the figure (built from rows, or given) to path (.pdf, .png or .svg), atomically."""
+    from .models.checkpoint import atomic_write
+
+    fig = (rows_or_figure if isinstance(rows_or_figure, Figure)
+           else build_figure(rows_or_figure, class_names, palette, **layout))
+    path = Path(path)
+    data = figure_bytes(fig, path.suffix, dpi)
+    atomic_write(path, lambda p: Path(p).write_bytes(data))
+    return path
+
+
+def _percent(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else 100.0 * float(value)
+
+
+def image_scores(baseline: np.ndarray, ifa: np.ndarray, gt: np.ndarray | None, num_classes: int,
+                 ignore_index: int = 255) -> dict:
+    """Per-image scores in percent: disagreement (share of pixels where the maps differ) and, with
+    ground truth, each model's mIoU / aAcc and the gain (IFA minus baseline mIoU); None if undefined."""
+    scores = {"disagreement": 100.0 * float(np.mean(baseline != ifa))}
+    if gt is None:
+        return scores
+    for role, pred in (("baseline", baseline), ("ifa", ifa)):
+        cm = confusion_matrix(pred, gt, num_classes, ignore_index)
+        scores[f"{role}_mIoU"] = _percent(mean_iou(cm))
+        scores[f"{role}_aAcc"] = _percent(overall_accuracy(cm))
+    b, i = scores["baseline_mIoU"], scores["ifa_mIoU"]
+    scores["gain"] = None if b is None or i is None else i - b
+    return scores
+
+
+def score_label(scores: dict) -> str:
+    if scores.get("gain") is not None:
+        return f"mIoU {scores['baseline_mIoU']:.1f} \u2192 {scores['ifa_mIoU']:.1f}"
+    return f"differ {scores['disagreement']:.1f}%"
+
+
+def select_images(names: Sequence[str], scores: dict[str, dict], mode: str, rows: int, seed: int = 0) -> list[str]:
+    """Row images: 'best' = largest gain (largest disagreement without ground truth), 'worst' = the
+    opposite, 'random' = a seeded draw; ties by name. Images without a score come last."""
+    if mode == "random":
+        order = np.random.default_rng(seed).permutation(len(names))
+        return [names[i] for i in order[:rows]]
+    if mode not in ("best", "worst"):
+        raise ValueError(f"unknown selection {mode!r}; valid: {', '.join(SELECT_MODES)}")
+    key = "gain" if any(scores[n].get("gain") is not None for n in names) else "disagreement"
+    sign = -1.0 if mode == "best" else 1.0
+
+    def rank(name):
+        value = scores[name].get(key)
+        return (value is None, 0.0 if value is None else sign * value, name)
+
+    return sorted(names, key=rank)[:rows]
+
+
+def boundary_analysis(samples: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], widths: Sequence[float],
+                      num_classes: int, ignore_index: int = 255) -> dict:
+    """Pixel accuracy and mIoU of both models within each band around the ground-truth boundaries.
+
+    samples: (baseline, ifa, gt) label maps of each image. A band of width w holds the pixels whose
+    distance to the nearest boundary is below w (ifa.metrics.boundary_distance_bands); confusion
+    matrices are summed over the images before scoring. Returns, in percent,
+    {"widths", "images", "baseline": {"accuracy": [...], "mIoU": [...], "pixels": [...],
+    "overall": {"accuracy", "mIoU"}}, "ifa": {...}}; None where a band holds no pixel.
+    """
+    widths = list(widths)
+    k = num_classes
+    cms = {role: {w: np.zeros((k, k), np.int64) for w in widths} for role in ROLES}
+    overall = {role: np.zeros((k, k), np.int64) for role in ROLES}
+    count = 0
+    for baseline, ifa, gt in samples:
+        count += 1
+        bands = boundary_distance_bands(gt, ignore_index, widths)
+        for role, pred in (("baseline", baseline), ("ifa", ifa)):
+            overall[role] += confusion_matrix(pred, gt, k, ignore_index)
+            for w, mask in bands.items():
+                cms[role][w] += confusion_matrix(pred[mask], gt[mask], k, ignore_index)
+    result = {"widths": widths, "images": count}
+    for role in ROLES:
+        result[role] = {
+            "accuracy": [_percent(overall_accuracy(cms[role][w])) for w in widths],
+            "mIoU": [_percent(mean_iou(cms[role][w])) for w in widths],
+            "pixels": [int(cms[role][w].sum()) for w in widths],
+            "overall": {"accuracy": _percent(overall_accuracy(overall[role])),
+                        "mIoU": _percent(mean_iou(overall[role]))},
+        }
+    return result
+
+
+def boundary_table(result: dict) -> str:
+    def fmt(v):
+        return f"{v:10.2f}" if v is not None else f"{'-':>10}"
+
+    lines = [f"{'band (px)':>9}{'FPN acc':>10}{'IFA acc':>10}{'FPN mIoU':>10}{'IFA mIoU':>10}{'pixels':>11}"]
+    for j, w in enumerate(result["widths"]):
+        b, i = result["baseline"], result["ifa"]
+        lines.append(f"{w:>9g}{fmt(b['accuracy'][j])}{fmt(i['accuracy'][j])}{fmt(b['mIoU'][j])}{fmt(i['mIoU'][j])}"
+                     f"{b['pixels'][j]:>11d}")
+    return "\n".join(lines)
+
+
+# --- image sources ---------------------------------------------------------------------------------------
+
+
+def _downscale(array: np.ndarray, max_side: int | None, resample) -> np.ndarray:
+    if not max_side or max(array.shape[:2]) <= max_side:
+        return array
+    h, w = array.shape[:2]
+    scale = max_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if array.ndim == 2:
+        return np.asarray(Image.fromarray(array.astype(np.int32)).resize(size, resample)).astype(array.dtype)
+    return np.asarray(Image.fromarray(array).resize(size, resample))
+
+
+@dataclass
+class Item:
+    """One candidate image: its name, files and how its labels map to train ids (255 = ignored)."""
+
+    name: str
+    image_path: Path
+    label_path: Path | None = None
+    map_label: Callable[[np.ndarray], np.ndarray] | None = None
+    max_side: int | None = None
+
+    @cached_property
+    def key(self) -> str:
+        return file_key(self.image_path)
+
+    def load_image(self) -> np.ndarray:
+        return _downscale(read_image(self.image_path), self.max_side, Image.BILINEAR)
+
+    def load_label(self) -> np.ndarray | None:
+        if self.label_path is None:
+            return None
+        label = np.asarray(self.map_label(read_label(self.label_path)), dtype=np.int64)
+        return _downscale(label, self.max_side, Image.NEAREST)
+
+    def cache_item(self) -> CacheItem:
+        return CacheItem(self.key, self.load_image)
+
+
+def folder_items(images: str | Path, labels: str | Path | None, num_classes: int,
+                 max_side: int | None = None) -> list[Item]:
+    """Images under a folder (recursively, by name); labels (train ids; values outside [0, K) are
+    ignored) at the same relative path in `labels`, with the image's name or its stem + .png."""
+    images = Path(images)
+    if not images.is_dir():
+        raise DatasetError(f"--images {images} is not a folder")
+    if labels is not None and not Path(labels).is_dir():
+        raise DatasetError(f"--labels {labels} is not a folder")
+
+    def to_train_ids(raw):
+        return np.where((raw < 0) | (raw >= num_classes), 255, raw)
+
+    items = []
+    for path in sorted(p for p in images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()):
+        rel = path.relative_to(images)
+        label = None
+        if labels is not None:
+            options = [Path(labels) / rel, Path(labels) / rel.with_suffix(".png")]
+            label = next((p for p in options if p.is_file()), None)
+            if label is None:
+                raise DatasetError(f"no label for {path} in {labels} (looked for {options[0].name}, {options[1].name})")
+        items.append(Item(rel.as_posix(), path, label, to_train_ids if label else None, max_side))
+    if not items:
+        raise DatasetError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {images}")
+    return items
+
+
+def dataset_items(name: str, root: str | Path, split: str, num_classes: int, max_side: int | None = None) -> list[Item]:
+    dataset = build_dataset(name, root, split)
+    if dataset.info.num_classes != num_classes:
+        raise ValueError(f"the models predict {num_classes} classes but {name} has {dataset.info.num_classes}")
+    return [Item(dataset.image_name(i), image, label, dataset.map_label, max_side)
+            for i, (image, label) in enumerate(dataset.pairs)]
+
+
+def _read_list(path: str) -> list[str]:
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise ValueError(f"cannot read the --select list file {path}: {err.strerror or err}") from err
+    names = [line.split("#")[0].strip() for line in text.splitlines()]
+    names = [n for n in names if n]
+    if not names:
+        raise ValueError(f"the --select list file {path} names no image")
+    return names
+
+
+def _match(names: Sequence[str], items: dict[str, Item], what: str) -> list[str]:
+    """Item names for the given names (an exact name, or a name without its suffix)."""
+    stems = {}
+    for n in items:
+        stems.setdefault(Path(n).with_suffix("").as_posix(), n)
+    out, missing = [], []
+    for name in names:
+        hit = name if name in items else stems.get(Path(name).with_suffix("").as_posix()) or stems.get(name)
+        (out if hit else missing).append(hit or name)
+    if missing:
+        raise ValueError(f"{what} names {len(missing)} image(s) not among the candidates: {', '.join(missing[:5])}"
+                         f"{' ...' if len(missing) > 5 else ''}")
+    return out
+
+
+# --- the command line ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class FigureResult:
+    figure: Path
+    manifest: Path
+    boundary_plot: Path | None = None
+    boundary_numbers: Path | None = None
+    rows: list[str] = field(default_factory=list)
+
+
+def output_paths(out: str | Path) -> dict[str, Path]:
+    out = Path(out)
+    return {"figure": out, "manifest": out.with_name(out.stem + ".manifest.json"),
+            "boundary_plot": out.with_name(out.stem + ".boundary" + out.suffix),
+            "boundary_numbers": out.with_name(out.stem + ".boundary.json")}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ifa.figures", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    m = p.add_argument_group("models")
+    m.add_argument("--baseline", help="Semantic FPN checkpoint folder or Hub repo id")
+    m.add_argument("--baseline-revision", default=None, help="Hub revision of --baseline")
+    m.add_argument("--ifa", help="FPN + IFA checkpoint folder or Hub repo id")
+    m.add_argument("--ifa-revision", default=None, help="Hub revision of --ifa")
+    s = p.add_argument_group("images (one of --images or --dataset)")
+    s.add_argument("--images", default=None, help="folder of images")
+    s.add_argument("--labels", default=None, help="folder of label PNGs (train ids) matching --images")
+    s.add_argument("--dataset", default=None, help="camvid, cityscapes, ade20k, pascal_context, pascal_context_60")
+    s.add_argument("--root", default=None, help="dataset root folder")
+    s.add_argument("--split", default="val")
+    s.add_argument("--limit", type=int, default=None, help="consider only the first N images")
+    s.add_argument("--max-side", type=int, default=None, help="downscale images so that the long side is at most PX")
+    f = p.add_argument_group("figure")
+    f.add_argument("--out", default=None, help="figure file: .pdf (vector + raster panels), .png or .svg")
+    f.add_argument("--rows", type=int, default=4, help="number of images (rows)")
+    f.add_argument("--select", nargs="+", default=["best"], metavar="MODE",
+                   help="best | worst | random | list FILE (names, one a line): which images become rows")
+    f.add_argument("--seed", type=int, default=0, help="seed of --select random")
+    f.add_argument("--boxes", type=int, default=3, help="yellow boxes on the K largest difference regions per row")
+    f.add_argument("--min-area", type=int, default=64, help="smallest difference region to box, in pixels")
+    f.add_argument("--fixed-only", action="store_true", help="box only regions that IFA fixed (needs labels)")
+    f.add_argument("--max-box", type=float, default=0.5,
+                   help="skip regions whose box is longer than this fraction of the image's shorter side (1 = none)")
+    f.add_argument("--box-pad", type=int, default=4, help="pixels added around each region's square")
+    f.add_argument("--insets", action="store_true", help="add zoomed insets of each row's first box")
+    f.add_argument("--no-titles", action="store_true", help="no column titles")
+    f.add_argument("--no-legend", action="store_true", help="no class legend")
+    f.add_argument("--no-row-labels", action="store_true", help="no image names / scores left of the rows")
+    f.add_argument("--panel-width", type=float, default=1.8, help="width of one panel in inches")
+    f.add_argument("--dpi", type=int, default=300, help="PNG resolution (and raster panels in a PDF)")
+    b = p.add_argument_group("boundary analysis")
+    b.add_argument("--boundary", action="store_true", help="also plot accuracy / mIoU vs distance to boundaries")
+    b.add_argument("--boundary-widths", type=float, nargs="+", default=list(DEFAULT_BOUNDARY_WIDTHS), metavar="PX")
+    b.add_argument("--boundary-images", choices=["selected", "all"], default="selected",
+                   help="score the bands over the figure's rows or over every candidate image")
+    i = p.add_argument_group("inference")
+    i.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when present)")
+    i.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
+    i.add_argument("--mode", choices=["whole", "slide"], default="whole")
+    i.add_argument("--window", type=int, nargs=2, default=[512, 512], metavar=("H", "W"))
+    i.add_argument("--scales", type=float, nargs="+", default=[1.0])
+    i.add_argument("--flip", action="store_true")
+    i.add_argument("--ifa-resolution", choices=["stride4", "full"], default="stride4")
+    i.add_argument("--batch-size", type=int, default=4)
+    c = p.add_argument_group("cache, sharding, regeneration")
+    c.add_argument("--cache", default=None, help=f"prediction cache root (default {default_cache_root()})")
+    c.add_argument("--no-cache", action="store_true", help="keep predictions in memory only")
+    c.add_argument("--shard", default=None, metavar="i/n",
+                   help="predict only shard i of n into the cache and stop; run again without it to draw")
+    c.add_argument("--from-manifest", default=None, metavar="FILE", help="redraw the figure a manifest describes")
+    c.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def _restore(args: argparse.Namespace, manifest: dict) -> argparse.Namespace:
+    """args with the manifest's models and options; --out, --cache, --device and progress kept from the CLI."""
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise ValueError(f"{args.from_manifest} is not a figure manifest ({MANIFEST_FORMAT})")
+    given = [f"--{k.replace('_', '-')}" for k in ("baseline", "ifa", "images", "dataset") if getattr(args, k)]
+    if given:
+        raise ValueError(f"--from-manifest takes its models and images from the manifest; drop {', '.join(given)}")
+    restored = build_parser().parse_args([])
+    for key, value in manifest["options"].items():
+        if key in OPTIONS:
+            setattr(restored, key, value)
+    for role in ROLES:
+        setattr(restored, role, manifest["models"][role]["spec"])
+        setattr(restored, f"{role}_revision", manifest["models"][role]["revision"])
+    for key in ("cache", "no_cache", "device", "no_progress", "from_manifest"):
+        setattr(restored, key, getattr(args, key))
+    restored.out = args.out or manifest["figure"]["path"]
+    return restored
+
+
+def _validate(args: argparse.Namespace) -> None:
+    if not args.baseline or not args.ifa:
+        raise ValueError("give both models: --baseline M1 --ifa M2 (or --from-manifest FILE)")
+    if (args.images is None) == (args.dataset is None):
+        raise ValueError("give the images with exactly one of --images DIR or --dataset D --root R")
+    if args.dataset is not None and args.root is None:
+        raise ValueError("--dataset needs --root")
+    if args.labels is not None and args.images is None:
+        raise ValueError("--labels goes with --images")
+    if args.out is None and args.shard is None:
+        raise ValueError("give the figure file with --out FILE.pdf|.png|.svg")
+    if args.out is not None and Path(args.out).suffix.lower().lstrip(".") not in FORMATS:
+        raise ValueError(f"--out must end in {', '.join('.' + f for f in FORMATS)}, got {args.out}")
+    mode = args.select[0]
+    if mode not in SELECT_MODES:
+        raise ValueError(f"unknown --select {mode!r}; valid: {', '.join(SELECT_MODES)}")
+    if (mode == "list") != (len(args.select) == 2) or len(args.select) > 2:
+        raise ValueError("--select takes best, worst, random, or list FILE")
+    for name, low in (("rows", 1), ("boxes", 0), ("batch_size", 1), ("dpi", 1), ("min_area", 1), ("box_pad", 0)):
+        if getattr(args, name) < low:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(args, name)}")
+    if args.shard is not None and args.no_cache:
+        raise ValueError("--shard writes its predictions to the cache: drop --no-cache")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be at least 1, got {args.limit}")
+    if not 0 < args.max_box <= 1:
+        raise ValueError(f"--max-box must lie in (0, 1], got {args.max_box}")
+    if args.max_side is not None and args.max_side < 32:
+        raise ValueError(f"--max-side must be at least 32, got {args.max_side}")
+    if any(w <= 0 for w in args.boundary_widths):
+        raise ValueError("--boundary-widths must be positive")
+
+
+def run(args: argparse.Namespace, command: str = "") -> FigureResult | None:
+    """Predict (cached), score, select, draw and write the manifest; None for a --shard run or a non-zero rank."""
+    from .distributed import DistributedContext
+    from .hub import load_model
+    from .inference import Predictor
+
+    manifest_in = None
+    if args.from_manifest:
+        try:
+            manifest_in = json.loads(Path(args.from_manifest).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"cannot read the manifest {args.from_manifest}: {err}") from err
+        args = _restore(args, manifest_in)
+    _validate(args)
+    ctx = DistributedContext.from_env(args.device)
+    if args.shard and ctx.world_size > 1:
+        raise ValueError("use either --shard or torchrun, not both")
+    shard = parse_shard(args.shard) if args.shard else (ctx.rank, ctx.world_size)
+    progress = not args.no_progress and ctx.is_main
+
+    models, identities = {}, {}
+    for role in ROLES:
+        folder, identities[role] = identify_model(getattr(args, role), getattr(args, f"{role}_revision"))
+        models[role] = load_model(folder)
+        if manifest_in and manifest_in["models"][role]["sha256"] != identities[role].sha256:
+            raise ValueError(f"the {role} model {identities[role].spec} is not the one in the manifest "
+                             f"(sha256 {identities[role].sha256[:12]} vs {manifest_in['models'][role]['sha256'][:12]})")
+    config = models["baseline"].config
+    k = config.num_classes
+    if models["ifa"].config.num_classes != k:
+        raise ValueError(f"the models predict different classes: {k} vs {models['ifa'].config.num_classes}")
+
+    if args.images is not None:
+        items = folder_items(args.images, args.labels, k, args.max_side)
+    else:
+        items = dataset_items(args.dataset, args.root, args.split, k, args.max_side)
+    items = items[:args.limit] if args.limit else items
+    by_name = {item.name: item for item in items}
+    names = list(by_name)
+    has_gt = any(item.label_path is not None for item in items)
+    if args.boundary and not has_gt:
+        raise ValueError("--boundary needs ground truth: give --labels DIR or use --dataset")
+    if args.fixed_only and not has_gt:
+        raise ValueError("--fixed-only needs ground truth: give --labels DIR or use --dataset")
+
+    mode = args.select[0]
+    row_names = None
+    if manifest_in:
+        row_names = _match([row["name"] for row in manifest_in["rows"]], by_name, "the manifest")
+        changed = [row["name"] for row in manifest_in["rows"] if by_name[row["name"]].key != row["key"]]
+        if changed:
+            warnings.warn(f"{len(changed)} image(s) changed since the manifest was written (e.g. {changed[0]})",
+                          stacklevel=2)
+    elif mode == "list":
+        row_names = _match(_read_list(args.select[1]), by_name, f"--select list {args.select[1]}")
+    elif mode == "random":
+        row_names = select_images(names, {}, "random", args.rows, args.seed)
+    ranked = row_names is None
+    everything = ranked or (args.boundary and args.boundary_images == "all")
+    predict_names = names if everything else row_names
+
+    caches = {}
+    for role, model in models.items():
+        predictor = Predictor(model, device=ctx.device, precision=args.precision, mode=args.mode,
+                              window=tuple(args.window), scales=tuple(args.scales), flip=args.flip,
+                              ifa_resolution=args.ifa_resolution if model.is_ifa else "stride4")
+        options = {"mode": args.mode, "window": list(args.window) if args.mode == "slide" else None,
+                   "scales": list(args.scales), "flip": args.flip, "ifa_resolution": predictor.ifa_resolution,
+                   "precision": effective_precision(ctx.device, args.precision), "max_side": args.max_side}
+        root = None if args.no_cache else (args.cache or default_cache_root())
+        caches[role] = PredictionCache(root, identities[role], options)
+        predict_to_cache(predictor, caches[role], [by_name[n].cache_item() for n in predict_names],
+                         batch_size=args.batch_size, shard=shard, progress=progress, desc=ROLES[role])
+        predictor.model.cpu()
+    if args.shard:
+        print(f"shard {args.shard}: predictions of {len(predict_names[shard[0]::shard[1]])} images are in "
+              f"{caches['baseline'].root}; run again without --shard to draw the figure")
+        return None
+    if ctx.world_size > 1:
+        ctx.barrier()
+        if not ctx.is_main:
+            ctx.close()
+            return None
+
+    def labels_of(name):
+        item = by_name[name]
+        out = [caches[role].get(item.key) for role in ROLES]
+        if any(x is None for x in out):
+            raise ValueError(f"no cached prediction for {name} (a shard did not finish, or its cache is elsewhere: "
+                             f"merge it with `python -m ifa.prediction_cache merge`)")
+        return (*out, item.load_label())
+
+    scores = {}
+    for name in tqdm(predict_names, desc="score", disable=not progress or len(predict_names) < 20, leave=False):
+        scores[name] = image_scores(*labels_of(name), k)
+    if ranked:
+        row_names = select_images(names, scores, mode, args.rows, args.seed)
+    if manifest_in:
+        _check_scores(manifest_in, scores)
+
+    rows, manifest_rows = [], []
+    for name in row_names:
+        baseline, ifa, gt = labels_of(name)
+        regions = select_regions(baseline, ifa, gt, args.boxes, args.min_area, args.fixed_only, args.max_box)
+        boxes = [square_box(r.box, baseline.shape, pad=args.box_pad) for r in regions]
+        rows.append(PanelRow(name, by_name[name].load_image(), baseline, ifa, gt, boxes, score_label(scores[name])))
+        manifest_rows.append({"name": name, "key": by_name[name].key, "size": list(baseline.shape),
+                              "scores": scores[name],
+                              "regions": [{**r.to_dict(), "drawn_box": list(b)} for r, b in zip(regions, boxes)]})
+    layout = {"column_titles": not args.no_titles, "legend": not args.no_legend, "row_labels": not args.no_row_labels,
+              "insets": args.insets, "panel_width": args.panel_width}
+    fig = build_figure(rows, config.class_names, config.palette, **layout)
+    paths = output_paths(args.out)
+    render_to_file(fig, paths["figure"], dpi=args.dpi)
+    result = FigureResult(paths["figure"], paths["manifest"], rows=list(row_names))
+
+    boundary = None
+    if args.boundary:
+        over = predict_names if args.boundary_images == "all" else row_names
+        boundary = boundary_analysis((labels_of(n) for n in over), args.boundary_widths, k)
+        boundary["image_names"] = list(over)
+        curves = {ROLES[role]: boundary[role] for role in ROLES}
+        from .viz.figure import boundary_figure
+
+        render_to_file(boundary_figure(boundary["widths"], curves), paths["boundary_plot"], dpi=args.dpi)
+        _write_json(paths["boundary_numbers"], {"models": {r: identities[r].to_dict() for r in ROLES}, **boundary})
+        result.boundary_plot, result.boundary_numbers = paths["boundary_plot"], paths["boundary_numbers"]
+
+    has_row_gt = any(row.gt is not None for row in rows)
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "command": command,
+        "figure": {"path": str(paths["figure"]), "format": paths["figure"].suffix.lstrip(".").lower(),
+                   "dpi": args.dpi, "size_in": [float(v) for v in fig.get_size_inches()],
+                   "size_px": list(pixel_size(fig, args.dpi)), "columns": columns(has_row_gt, args.insets),
+                   "rows": len(rows)},
+        "models": {role: identities[role].to_dict() for role in ROLES},
+        "dataset": config.dataset, "class_names": list(config.class_names),
+        "device": str(ctx.device), "precision": effective_precision(ctx.device, args.precision),
+        "options": {key: getattr(args, key) for key in OPTIONS},
+        "images": manifest_in["images"] if manifest_in else names,
+        "scores": {**(manifest_in["scores"] if manifest_in else {}), **scores},
+        "rows": manifest_rows,
+        "boundary": None if boundary is None else {
+            "plot": str(paths["boundary_plot"]), "numbers": str(paths["boundary_numbers"]),
+            "images": args.boundary_images, "widths": boundary["widths"]},
+    }
+    _write_json(paths["manifest"], manifest)
+    if ctx.is_main:
+        for row in manifest_rows:
+            print(f"{row['name']}: {score_label(row['scores'])}, {len(row['regions'])} box(es)")
+        if boundary is not None:
+            print(boundary_table(boundary))
+        print("\n".join(f"wrote {p}" for p in (result.figure, result.manifest, result.boundary_plot,
+                                              result.boundary_numbers) if p is not None))
+    ctx.close()
+    return result
+
+
+def _check_scores(manifest: dict, scores: dict) -> None:
+    changed = [name for name, now in scores.items() if name in manifest["scores"]
+               and any(now.get(key) is not None and abs(now[key] - (manifest["scores"][name].get(key) or 0)) > 1e-6
+                       for key in now)]
+    if changed:
+        warnings.warn(f"predictions differ from the manifest's on {len(changed)} image(s) (e.g. {changed[0]}): "
+                      f"another device or precision? The figure may not match byte for byte", stacklevel=3)
+
+
+def _json_safe(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return _json_safe(value.item())
+    return value
+
+
+def _write_json(path: Path, data: dict) -> None:
+    from .models.checkpoint import atomic_write
+
+    text = json.dumps(_json_safe(data), indent=2) + "\n"
+    atomic_write(path, lambda p: Path(p).write_text(text))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    from .hub import HubError
+    from .models.checkpoint import CheckpointError
+
+    try:
+        run(args, command=shlex.join(["python", "-m", "ifa.figures", *argv]))
+    except (DatasetError, CheckpointError, HubError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"error: {err.strerror or err}{f': {err.filename}' if err.filename else ''}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
