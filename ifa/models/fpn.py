@@ -49,17 +49,21 @@ class SemanticFPNHead(nn.Module):
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 
-    def decode_features(self, feats: list[torch.Tensor]) -> torch.Tensor:
-        """The summed stride-4 features before dropout and classifier: (B, channels, h_1, w_1)."""
+    def level_branches(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each level's branch output at stride 4, before the sum: list of (B, channels, h_1, w_1)."""
         sizes = [f.shape[-2:] for f in feats]
-        total = 0
+        branches = []
         for level, (stage, x) in enumerate(zip(self.stages, feats)):
             for k, conv in enumerate(stage):
                 x = conv(x)
                 if level > 0:
                     x = F.interpolate(x, size=sizes[level - k - 1], mode="bilinear", align_corners=False)
-            total = total + x
-        return total
+            branches.append(x)
+        return branches
+
+    def decode_features(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        """The summed stride-4 features before dropout and classifier: (B, channels, h_1, w_1)."""
+        return sum(self.level_branches(feats))
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         return self.classifier(self.dropout(self.decode_features(feats)))

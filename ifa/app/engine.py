@@ -1,0 +1,212 @@
+"""Everything the app runs on a model: predictions of both models, the feature analysis, point queries.
+
+The functions that touch a model are module-level and take a pair id (not a model), so that they can
+be wrapped with `spaces.GPU` on a ZeroGPU Space (arguments and results cross a process boundary
+there: they are ids, numpy arrays and plain numbers, always on the CPU). Without the `spaces`
+package the wrapper is the identity. The device is CUDA (fp16 autocast) when present, else the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..inference import Predictor
+from ..registry import LoadedPair, PairCache, PairSpec
+
+try:  # Hugging Face ZeroGPU; a no-op elsewhere
+    import spaces  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - depends on the environment
+    spaces = None
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+PAIRS = PairCache(DEVICE, capacity=int(os.environ.get("IFA_APP_MAX_PAIRS", "2") or 2))
+GPU_DURATION = 60  # seconds a ZeroGPU slot is held per call
+
+
+def gpu(fn):
+    """`spaces.GPU(duration=GPU_DURATION)` when the spaces package is importable, else `fn` unchanged."""
+    if spaces is None:
+        return fn
+    return spaces.GPU(duration=GPU_DURATION)(fn)
+
+
+def device_description() -> str:
+    if DEVICE.type == "cuda":
+        return f"CUDA ({torch.cuda.get_device_name(DEVICE)}, fp16 autocast)"
+    return f"CPU ({torch.get_num_threads()} threads, fp32)"
+
+
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
+def _autocast():
+    if DEVICE.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.float16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def load_pair(spec: PairSpec) -> LoadedPair:
+    """Load (or fetch from the cache) a pair of models on DEVICE."""
+    return PAIRS.get(spec)
+
+
+@dataclass
+class Options:
+    """Inference options of one run."""
+
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = False
+    ifa_resolution: str = "stride4"  # or "full"
+
+    def describe(self) -> str:
+        scales = ", ".join(f"{s:g}" for s in self.scales)
+        res = "queried at every pixel" if self.ifa_resolution == "full" else "stride-4 grid + bilinear upsampling"
+        return f"scales {scales}{' + flip' if self.flip else ''}; IFA output {res}"
+
+
+@dataclass
+class ModelOutput:
+    labels: np.ndarray  # (H, W) uint8 class per pixel
+    probs: np.ndarray  # (K, H, W) float16 class probabilities (averaged over scales / flips)
+    seconds: float  # wall time of the prediction on DEVICE, pre- and post-processing included
+
+
+@dataclass
+class FeatureAnalysis:
+    """Single-scale, unflipped look inside both models (what the 'Feature alignment' tab shows)."""
+
+    padded_size: tuple[int, int]  # (H, W) the models saw (HRNet pads to a multiple of 32)
+    ifa_level_sizes: list[tuple[int, int]]
+    fpn_grid_size: tuple[int, int]  # the baseline's stride-4 logit grid (h_1, w_1)
+    fpn_grid_logits: np.ndarray  # (K, h_1, w_1) float32
+    ifa_levels: list[np.ndarray]  # IFA head inputs (C, h_l, w_l) float32, for point queries
+    ifa_shares: np.ndarray  # (L, h, w): per-pixel share of each level's first-layer term norm
+    fpn_shares: np.ndarray  # (L, h_1, w_1): per-pixel share of each level's branch norm
+    ifa_features: np.ndarray | None  # (D, h, w) IFA last hidden features (h, w: stride-4 grid or full size)
+    fpn_features: np.ndarray | None  # (D, h_1, w_1) the baseline's summed stride-4 features
+    ifa_query_size: tuple[int, int]  # (h, w) grid the IFA shares / features were queried on
+    seconds: float
+
+
+def _labels(probs: torch.Tensor) -> np.ndarray:
+    labels = probs.argmax(0).numpy()
+    return labels.astype(np.uint8 if probs.shape[0] <= 255 else np.int32)
+
+
+def _predict(model, image: np.ndarray, options: Options, ifa_resolution: str) -> ModelOutput:
+    predictor = Predictor(model, device=DEVICE, scales=options.scales, flip=options.flip,
+                          ifa_resolution=ifa_resolution)
+    _sync()
+    start = time.perf_counter()
+    prediction = predictor.predict(image)
+    _sync()
+    seconds = time.perf_counter() - start
+    return ModelOutput(_labels(prediction.probs), prediction.probs.numpy().astype(np.float16), seconds)
+
+
+@gpu
+def predict_pair(spec: PairSpec, image: np.ndarray, options: Options) -> tuple[ModelOutput, ModelOutput]:
+    """(baseline output, IFA output) for a uint8 RGB image."""
+    pair = PAIRS.get(spec)
+    baseline = _predict(pair.baseline, image, options, "stride4")
+    ifa_res = options.ifa_resolution if pair.ifa.is_ifa else "stride4"
+    return baseline, _predict(pair.ifa, image, options, ifa_res)
+
+
+def _pad(x: torch.Tensor, divisor: int) -> torch.Tensor:
+    pad_h, pad_w = -x.shape[-2] % divisor, -x.shape[-1] % divisor
+    return F.pad(x, (0, pad_w, 0, pad_h)) if pad_h or pad_w else x
+
+
+def _shares(norms: torch.Tensor) -> np.ndarray:
+    """(L, h, w) per-level norms -> per-pixel shares summing to 1 (uniform where all are 0)."""
+    total = norms.sum(0, keepdim=True)
+    shares = torch.where(total > 0, norms / total.clamp(min=1e-12), torch.full_like(norms, 1 / norms.shape[0]))
+    return shares.float().cpu().numpy()
+
+
+def _ifa_term_norms(head, levels: list[torch.Tensor], size: tuple[int, int], budget: int = 2 ** 24) -> torch.Tensor:
+    """L2 norm over channels of each level's first-layer term on a size-(h, w) query grid: (L, h, w).
+
+    Evaluated in row chunks so that at most about `budget` floats of terms are held at once.
+    """
+    h, w = size
+    width = head.hidden[0].out_channels * len(levels) * w
+    step = max(1, budget // max(width, 1))
+    chunks = []
+    for start in range(0, h, step):
+        terms = head.first_layer_terms(levels, size, rows=slice(start, min(h, start + step)))
+        chunks.append(torch.stack([t[0].float().norm(dim=0) for t in terms]))
+    return torch.cat(chunks, dim=1)
+
+
+def _analyse_model(model, x: torch.Tensor, ifa_size: tuple[int, int] | None):
+    """(levels, shares (L, h, w), features (D, h, w), grid logits (K, h_1, w_1) or None, query size)."""
+    levels = model.levels(x)
+    head = model.decoder.head
+    if model.is_ifa:
+        size = ifa_size or tuple(levels[0].shape[-2:])
+        shares = _shares(_ifa_term_norms(head, levels, size))
+        features = head.decode_features(levels, size)[0]
+        logits = None
+        if size == tuple(levels[0].shape[-2:]):
+            logits = head.classifier(features[None])[0]
+    else:
+        branches = head.level_branches(levels)
+        shares = _shares(torch.stack([b[0].float().norm(dim=0) for b in branches]))
+        features = sum(branches)[0]
+        logits = head.classifier(features[None])[0]
+        size = tuple(features.shape[-2:])
+    features = features.float().cpu().numpy()
+    logits = logits.float().cpu().numpy() if logits is not None else None
+    return levels, shares, features, logits, size
+
+
+@gpu
+def analyse(spec: PairSpec, image: np.ndarray, ifa_resolution: str,
+            max_full_queries: int = 1_100_000) -> FeatureAnalysis:
+    """Level contributions, final features and the baseline's stride-4 logits at scale 1, unflipped.
+
+    IFA's shares and features are queried on the stride-4 grid, or at every pixel when
+    ifa_resolution is "full" (and the image has at most `max_full_queries` pixels).
+    """
+    pair = PAIRS.get(spec)
+    _sync()
+    start = time.perf_counter()
+    predictor = Predictor(pair.ifa, device=DEVICE)
+    with torch.inference_mode(), _autocast():
+        x = predictor.preprocess(image)
+        xb = _pad(x, pair.baseline.size_divisor)
+        xi = _pad(x, pair.ifa.size_divisor)
+        padded = tuple(xi.shape[-2:])
+        full = ifa_resolution == "full" and pair.ifa.is_ifa and math.prod(padded) <= max_full_queries
+        _, fpn_shares, fpn_features, fpn_logits, fpn_grid = _analyse_model(pair.baseline, xb, None)
+        ifa_levels, ifa_shares, ifa_features, _, ifa_size = _analyse_model(pair.ifa, xi, padded if full else None)
+    _sync()
+    return FeatureAnalysis(
+        padded_size=padded, ifa_level_sizes=[tuple(lv.shape[-2:]) for lv in ifa_levels],
+        fpn_grid_size=tuple(fpn_grid), fpn_grid_logits=fpn_logits,
+        ifa_levels=[lv[0].float().cpu().numpy() for lv in ifa_levels], ifa_shares=ifa_shares,
+        fpn_shares=fpn_shares, ifa_features=ifa_features, fpn_features=fpn_features,
+        ifa_query_size=tuple(ifa_size), seconds=time.perf_counter() - start)
+
+
+@gpu
+def query_point(spec: PairSpec, levels: list[np.ndarray], coords: np.ndarray) -> np.ndarray:
+    """IFA class probabilities (N, K) at normalised (y, x) points coords (N, 2), from stored head inputs."""
+    pair = PAIRS.get(spec)
+    head = pair.ifa.decoder.head
+    with torch.inference_mode(), _autocast():
+        feats = [torch.from_numpy(lv)[None].to(DEVICE) for lv in levels]
+        q = torch.from_numpy(np.asarray(coords, dtype=np.float32))[None].to(DEVICE)
+        logits = head.query_points(feats, q)[0].float()  # (K, N)
+    return logits.softmax(0).T.cpu().numpy()

@@ -1,0 +1,112 @@
+"""Sample images for the app: a manifest shipped in assets/ plus a folder named by IFA_SAMPLES_DIR.
+
+assets/samples.json:
+    {"samples": [{"name": "...", "dataset": "camvid", "image": "samples/x.jpg", "label": "samples/x.png"}]}
+paths relative to the manifest's folder; "label" is optional (a single-channel PNG of class indices,
+255 or any value >= the number of classes = ignored).
+
+IFA_SAMPLES_DIR: every image in that folder (sorted by name); its label, when a sibling folder
+"<folder name>annot" holds a file of the same name (the CamVid / SegNet layout, e.g.
+camvid/val + camvid/valannot). Samples from that folder are named "<folder name>/<file name>".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from ..registry import PROJECT_ROOT
+
+MANIFEST = PROJECT_ROOT / "assets" / "samples.json"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class Sample:
+    name: str
+    image: Path
+    label: Path | None = None
+    dataset: str = ""
+    source: str = "manifest"  # or "folder"
+
+
+def manifest_samples(path: Path = MANIFEST) -> list[Sample]:
+    """Samples listed in the manifest whose image exists (missing files are skipped)."""
+    if not path.is_file():
+        return []
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return []
+    samples = []
+    for item in data.get("samples", []) if isinstance(data, dict) else []:
+        if not isinstance(item, dict) or not isinstance(item.get("image"), str):
+            continue
+        image = (path.parent / item["image"]).resolve()
+        label = (path.parent / item["label"]).resolve() if isinstance(item.get("label"), str) else None
+        if not image.is_file():
+            continue
+        samples.append(Sample(str(item.get("name") or image.name), image,
+                              label if label is not None and label.is_file() else None,
+                              str(item.get("dataset") or ""), "manifest"))
+    return samples
+
+
+def folder_samples(folder: str | os.PathLike | None = None) -> list[Sample]:
+    """Images of IFA_SAMPLES_DIR (or `folder`), with labels from a sibling '<name>annot' folder."""
+    folder = folder if folder is not None else os.environ.get("IFA_SAMPLES_DIR", "").strip()
+    if not folder:
+        return []
+    root = Path(folder).expanduser().resolve()
+    if not root.is_dir():
+        return []
+    annot = root.parent / f"{root.name}annot"
+    samples = []
+    for image in sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+        label = annot / image.name
+        samples.append(Sample(f"{root.name}/{image.name}", image, label if label.is_file() else None,
+                              root.parent.name.lower(), "folder"))
+    return samples
+
+
+def list_samples() -> list[Sample]:
+    """Manifest samples first, then the folder's; names are unique (later duplicates dropped)."""
+    seen, out = set(), []
+    for sample in manifest_samples() + folder_samples():
+        if sample.name not in seen:
+            seen.add(sample.name)
+            out.append(sample)
+    return out
+
+
+def sample_folders() -> list[str]:
+    """Folders the app must be allowed to serve files from (samples outside the project)."""
+    folders = {str(s.image.parent) for s in list_samples()}
+    return sorted(folders)
+
+
+def thumbnail(sample: Sample, width: int = 160, cache_dir: Path | None = None) -> str | None:
+    """A small JPEG of the sample in a temp folder (cached by path and mtime); None if unreadable."""
+    cache_dir = cache_dir or Path(tempfile.gettempdir()) / "ifa-app-thumbs"
+    try:
+        stat = sample.image.stat()
+        key = hashlib.sha1(f"{sample.image}:{stat.st_mtime_ns}:{stat.st_size}:{width}".encode()).hexdigest()[:16]
+        out = cache_dir / f"{key}.jpg"
+        if not out.is_file():
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            with Image.open(sample.image) as img:
+                img.draft("RGB", (width, width))
+                img = img.convert("RGB")
+                img.thumbnail((width, width * 4), Image.Resampling.BILINEAR)
+                tmp = out.with_suffix(".tmp.jpg")
+                img.save(tmp, quality=85)
+                os.replace(tmp, out)
+        return str(out)
+    except Exception:  # noqa: BLE001 - a broken sample simply gets no thumbnail
+        return None

@@ -1,0 +1,500 @@
+"""The app's event handlers: raw Gradio values in, output tuples out, every failure a clear gr.Error.
+
+`AppService` owns the model registry, the samples, the result store and the files it serves. Each
+public method is one event of the UI (and one API endpoint, see docs/app.md); the order of the
+values it returns is given by the *_OUTPUTS tuples below, which app.py uses to wire components.
+Nothing here builds UI; app.py holds no logic.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+
+from ..compare import VERDICTS
+from ..images import ImageLoadError, load_image, load_label
+from ..registry import PairError, PairSpec, Registry, RegistryError, hub_pair, read_registry, registry_path
+from ..viz.legend import legend_html, verdict_legend_html
+from . import engine, views
+from .engine import Options
+from .probe import normalised_point
+from .results import Result, ResultStore
+from .samples import Sample, list_samples, thumbnail
+
+log = logging.getLogger("ifa.app")
+
+SCALE_CHOICES = ("0.5", "0.75", "1.0", "1.25", "1.5", "1.75", "2.0")
+IFA_RESOLUTIONS = (("stride-4 grid + bilinear upsampling (as trained)", "stride4"),
+                   ("query IFA at every pixel (full resolution)", "full"))
+DEFAULT_MIN_AREA = 64
+TOP_REGIONS = 12
+MAX_SCALES = 4
+
+VIEW_OUTPUTS = ("notices", "input_view", "gt_view", "baseline_view", "ifa_view", "baseline_time", "ifa_time", "legend",
+                "slider",
+                "diff_view", "verdict_legend", "regions", "scores", "boundary_plot", "summary")
+SEGMENT_OUTPUTS = ("result_state", *VIEW_OUTPUTS, "click_view", "downloads")
+RENDER_OUTPUTS = VIEW_OUTPUTS
+ANALYSE_OUTPUTS = ("ifa_levels", "fpn_levels", "ifa_pca", "fpn_pca", "features_md")
+PROBE_OUTPUTS = ("probe_view", "baseline_probs", "ifa_probs", "probe_table", "probe_md", "click_view", "probe_x",
+                 "probe_y")
+PAIR_OUTPUTS = ("pair_status", "classes")
+HUB_OUTPUTS = ("pair", "pair_status", "classes")
+
+LEVELS_EXPLAINED = (
+    "**What the heatmaps show.** For each pixel, how much each pyramid level contributes to the model's "
+    "decision there, as a share that sums to 1 over the four levels. "
+    "**FPN + IFA:** the first layer of the IFA MLP is linear in its input [PE(r₁), z₁, …, PE(r₄), z₄], so its "
+    "pre-activation is *exactly* bias + Σₗ (W_pe,ₗ·PE(rₗ) + W_z,ₗ·zₗ); the heatmap of level l is "
+    "‖W_pe,ₗ·PE(rₗ) + W_z,ₗ·zₗ‖₂ divided by the sum of the four norms. "
+    "**Semantic FPN:** its head sums four per-level branches (conv + upsampling) at stride 4 before a linear "
+    "classifier, so the heatmap of level l is ‖branchₗ‖₂ over the sum of the four. Note that FPN's top-down "
+    "pathway has already mixed coarser levels into each finer one before the head. "
+    "Both are norms of additive terms, not gradients: a large share means a large term, not necessarily "
+    "agreement with the final class.")
+PCA_EXPLAINED = (
+    "**Features.** Each model's final per-pixel features (IFA: the last hidden layer of the MLP; Semantic FPN: "
+    "the summed stride-4 features before the classifier) projected onto their first three principal components, "
+    "shown as R, G, B (each stretched between its 1st and 99th percentile). The baseline's features live on the "
+    "stride-4 grid and are shown bilinearly upsampled, which is exactly what its linear classifier + upsampling "
+    "does; IFA's are queried at every pixel when 'full resolution' is chosen.")
+
+
+class UserError(ValueError):
+    """Bad input from the user; the message says what to change."""
+
+
+def guarded(what: str):
+    """Turn every exception of a handler into a gr.Error with a one-line message (no traceback on the page)."""
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except (UserError, ImageLoadError, PairError, RegistryError) as err:
+                raise gr.Error(str(err), print_exception=False) from None
+            except MemoryError:
+                raise gr.Error(f"Out of memory while {what}: try a smaller image, fewer scales or the stride-4 "
+                               f"IFA output", print_exception=False) from None
+            except Exception as err:  # noqa: BLE001 - the app must keep serving
+                log.exception("unexpected error while %s", what)
+                first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+                raise gr.Error(f"Unexpected error while {what} ({type(err).__name__}{': ' + first if first else ''})."
+                               f" The app is still running: try again or with another input.",
+                               print_exception=False) from None
+        return wrapper
+    return decorate
+
+
+def _path_of(payload: Any) -> str | None:
+    """The server-side file path of a Gradio file payload (dict, FileData, str) or None."""
+    if payload is None or payload == "":
+        return None
+    if isinstance(payload, (str, os.PathLike)):
+        return str(payload)
+    if isinstance(payload, dict):
+        return payload.get("path") or None
+    return getattr(payload, "path", None)
+
+
+def _float(value, name: str, low: float, high: float, default: float) -> float:
+    if value is None or value == "":
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise UserError(f"{name} must be a finite number, got {value!r}")
+    return min(max(number, low), high)
+
+
+def _table(headers: list[str], rows: list[list]) -> dict:
+    return {"headers": list(headers), "data": rows}
+
+
+class AppService:
+    """State shared by all sessions: registry, samples, loaded pairs (engine.PAIRS), results, files."""
+
+    def __init__(self, registry_file: str | os.PathLike | None = None, results_capacity: int | None = None):
+        self.registry_error = None
+        try:
+            self.registry = read_registry(registry_file)
+        except RegistryError as err:
+            self.registry = Registry({}, None, Path(registry_file) if registry_file else registry_path())
+            self.registry_error = str(err)
+        self.samples: list[Sample] = list_samples()
+        self._samples_by_name = {s.name: s for s in self.samples}
+        capacity = results_capacity or int(os.environ.get("IFA_APP_MAX_RESULTS", "8") or 8)
+        self.files_root = Path(tempfile.mkdtemp(prefix="ifa-app-"))
+        self.results = ResultStore(capacity, self.files_root)
+        self._gallery: list[tuple[str, str, str]] | None = None
+
+    # --- what the UI is built from ---------------------------------------------------------------
+    def pair_choices(self) -> list[tuple[str, str]]:
+        return self.registry.choices()
+
+    @property
+    def default_pair(self) -> str | None:
+        return self.registry.default
+
+    def sample_names(self) -> list[str]:
+        return [s.name for s in self.samples]
+
+    def gallery(self) -> list[tuple[str, str]]:
+        """(thumbnail path, caption) of the first IFA_APP_GALLERY (default 24) samples; computed once."""
+        if self._gallery is None:
+            limit = int(os.environ.get("IFA_APP_GALLERY", "24") or 24)
+            items = []
+            for sample in self.samples[:limit]:
+                thumb = thumbnail(sample)
+                if thumb is not None:
+                    items.append((thumb, sample.name, sample.name + (" · labelled" if sample.label else "")))
+            self._gallery = items
+        return [(thumb, caption) for thumb, _, caption in self._gallery]
+
+    def gallery_names(self) -> list[str]:
+        self.gallery()
+        return [name for _, name, _ in self._gallery]
+
+    def class_names(self, pair_id: str | None) -> list[str]:
+        """Class names of a pair from the registry (without loading it), else of the loaded pair."""
+        if not pair_id:
+            return []
+        try:
+            spec = self.registry.get(pair_id)
+        except PairError:
+            return []
+        if spec.classes:
+            return list(spec.classes)
+        if engine.PAIRS.cached(spec.id):
+            return engine.PAIRS.get(spec).class_names
+        return []
+
+    def catalog(self) -> dict:
+        """Pairs, samples and device, as JSON (the /catalog endpoint)."""
+        return {
+            "device": engine.device_description(),
+            "default_pair": self.default_pair,
+            "pairs": [spec.summary() for spec in self.registry.pairs.values()],
+            "samples": [{"name": s.name, "dataset": s.dataset, "has_label": s.label is not None} for s in self.samples],
+            "registry": str(self.registry.path) if self.registry.path else None,
+            "registry_error": self.registry_error,
+        }
+
+    # --- pairs ------------------------------------------------------------------------------------
+    def _spec(self, pair_id) -> PairSpec:
+        if self.registry_error and not self.registry.pairs and not str(pair_id or "").startswith("hub:"):
+            raise UserError(f"no model pairs: {self.registry_error}")
+        if not pair_id:
+            raise UserError("choose a model pair first")
+        return self.registry.get(str(pair_id))
+
+    def _status(self, pair) -> str:
+        spec = pair.spec
+        lines = [f"**{spec.title}** · {pair.num_classes} classes · on {engine.device_description()} · "
+                 f"loaded in {pair.load_seconds:.1f} s",
+                 f"baseline: {spec.baseline.describe()} · IFA: {spec.ifa.describe()}"]
+        lines += [f"note: {n}" for n in pair.notes]
+        return "  \n".join(lines)
+
+    @guarded("loading the model pair")
+    def load_pair(self, pair_id):
+        """Load a pair (cached) -> (status markdown, class filter update)."""
+        pair = engine.load_pair(self._spec(pair_id))
+        names = pair.class_names
+        return self._status(pair), gr.update(choices=names, value=names)
+
+    def preload_default(self) -> str:
+        """Load the default pair at start-up; returns the status line (an error message if it fails)."""
+        if not self.default_pair:
+            return f"No model pair available: {self.registry_error or 'the registry lists none'}"
+        try:
+            pair = engine.load_pair(self.registry.get(self.default_pair))
+        except (PairError, RegistryError) as err:
+            return f"⚠️ The default pair could not be loaded: {err}"
+        return self._status(pair)
+
+    @guarded("loading the Hub pair")
+    def load_hub_pair(self, baseline_repo, baseline_revision, ifa_repo, ifa_revision):
+        """Load two Hub repos as a pair -> (pair dropdown update, status markdown, class filter update)."""
+        spec = hub_pair(str(baseline_repo or ""), str(ifa_repo or ""), baseline_revision, ifa_revision)
+        pair = engine.load_pair(spec)
+        self.registry.add(spec)
+        names = pair.class_names
+        return (gr.update(choices=self.pair_choices(), value=spec.id), self._status(pair),
+                gr.update(choices=names, value=names))
+
+    # --- inputs -----------------------------------------------------------------------------------
+    def _options(self, scales, flip, ifa_resolution) -> tuple[Options, list[str]]:
+        notices = []
+        if isinstance(scales, (str, int, float)):
+            scales = [scales]
+        values = []
+        for s in scales or []:
+            v = _float(s, "a scale", 0.0, 1e9, 1.0)
+            if not 0.25 <= v <= 2.0:
+                raise UserError(f"scales must lie between 0.25 and 2.0, got {s}")
+            values.append(v)
+        values = sorted(set(values))
+        if not values:
+            values = [1.0]
+            notices.append("no inference scale chosen: using 1.0")
+        if len(values) > MAX_SCALES:
+            raise UserError(f"choose at most {MAX_SCALES} scales (got {len(values)}): each one runs both models again")
+        resolution = ifa_resolution or "stride4"
+        if resolution not in dict((v, k) for k, v in IFA_RESOLUTIONS):
+            raise UserError(f"IFA output resolution must be 'stride4' or 'full', got {ifa_resolution!r}")
+        return Options(tuple(values), bool(flip), resolution), notices
+
+    def _image(self, image, sample, ground_truth, num_classes: int, dataset: str):
+        """(name, uint8 image, gt or None, notices) from an upload or a sample name."""
+        path = _path_of(image)
+        notices: list[str] = []
+        label_path, label_dataset = None, ""
+        if path:
+            name = Path(path).name
+            if isinstance(image, dict) and image.get("orig_name"):
+                name = str(image["orig_name"])
+            loaded = load_image(path)
+            label_path = _path_of(ground_truth)
+        elif sample:
+            if sample not in self._samples_by_name:
+                raise UserError(f"unknown sample {sample!r}; {len(self.samples)} samples are listed (see /catalog)")
+            s = self._samples_by_name[sample]
+            name = s.name
+            loaded = load_image(s.image)
+            label_path, label_dataset = s.label, s.dataset
+        else:
+            raise UserError("no image: upload one or pick a sample")
+        notices += loaded.notices
+        gt = None
+        if label_path:
+            if label_dataset and dataset and label_dataset != dataset:
+                notices.append(f"the sample's labels are {label_dataset} classes but the pair predicts {dataset} "
+                               f"classes: ground truth not used")
+            else:
+                try:
+                    w, h = loaded.image.shape[1], loaded.image.shape[0]
+                    gt, label_notices = load_label(label_path, (w, h), num_classes)
+                    notices += label_notices
+                except ImageLoadError as err:
+                    notices.append(f"ground truth not used: {err}")
+        return name, loaded.image, gt, notices
+
+    # --- the main run ---------------------------------------------------------------------------
+    @guarded("segmenting the image")
+    def segment(self, image, ground_truth, sample, pair_id, scales, flip, ifa_resolution, opacity, classes,
+                min_area):
+        spec = self._spec(pair_id)
+        options, notices = self._options(scales, flip, ifa_resolution)
+        pair = engine.load_pair(spec)
+        name, array, gt, image_notices = self._image(image, sample, ground_truth, pair.num_classes, pair.dataset)
+        notices = image_notices + notices
+        for notice in notices:
+            gr.Warning(notice)
+        baseline, ifa = engine.predict_pair(spec, array, options)
+        result = Result(name=name, image=array, gt=gt, spec=spec, class_names=pair.class_names, palette=pair.palette,
+                        baseline_align_corners=bool(pair.baseline.config.align_corners), options=options,
+                        baseline=baseline, ifa=ifa, notices=notices, device=engine.device_description())
+        self.results.add(result)
+        result.files = views.write_label_maps(result, self.results.folder(result))
+        outputs = self._views(result, opacity, classes, min_area)
+        return (result.id, *outputs, array, result.files)
+
+    def _result(self, result_id) -> Result:
+        result = self.results.get(result_id)
+        if result is None:
+            raise UserError("no result to show yet (or it expired): run a segmentation first")
+        return result
+
+    @guarded("redrawing the results")
+    def render(self, result_id, opacity, classes, min_area):
+        if self.results.get(result_id) is None:
+            return tuple(gr.skip() for _ in RENDER_OUTPUTS)
+        return self._views(self._result(result_id), opacity, classes, min_area)
+
+    def _views(self, result: Result, opacity, classes, min_area) -> tuple:
+        opacity = _float(opacity, "opacity", 0.0, 1.0, 0.5)
+        min_area = int(_float(min_area, "the smallest region size", 1, 10 ** 7, DEFAULT_MIN_AREA))
+        if isinstance(classes, str):
+            classes = [classes]
+        visible = views.visible_mask(result.class_names, None if classes is None else list(classes))
+        comparison = views.compare(result, min_area)
+        top = comparison.regions[:TOP_REGIONS]
+        gt_view, base_view, ifa_view = views.overlays(result, opacity, visible, top)
+        h, w = result.size
+        b_ms, i_ms = 1000 * result.baseline.seconds, 1000 * result.ifa.seconds
+        run_on = f"on {result.device}, {w} × {h} px, {result.options.describe()}"
+        baseline_time = f"**Semantic FPN: {b_ms:.0f} ms** wall time {run_on}"
+        ifa_time = f"**FPN + IFA: {i_ms:.0f} ms** wall time {run_on}"
+        legend = legend_html(result.class_names, result.palette, views.present_classes(result), visible)
+        slider_images = views.overlays(result, opacity, visible, None)[1:]
+        differing = 100 * comparison.differing / max(comparison.total, 1)
+        summary_scores = views.scores(result)
+        curves = views.boundary_curves(result)
+        region_rows = views.region_rows(result, top)
+        counts = {VERDICTS[v]: int((comparison.verdicts == v).sum()) for v in VERDICTS}
+        notices = [f"**{result.name}** · {w} × {h} px · pair {result.spec.title} · the models disagree on "
+                   f"{differing:.2f}% of the pixels ({len(comparison.regions)} regions of ≥ {min_area} px)"
+                   + ("" if result.gt is not None else " · no ground truth: scores and verdicts need a label map")]
+        notices += [f"- {n}" for n in result.notices]
+        summary = {
+            "result_id": result.id, "image": result.name, "size": {"height": h, "width": w},
+            "pair": result.spec.summary(), "device": result.device,
+            "options": {"scales": list(result.options.scales), "flip": result.options.flip,
+                        "ifa_resolution": result.options.ifa_resolution},
+            "timings_ms": {"baseline": round(b_ms, 1), "ifa": round(i_ms, 1)},
+            "notices": result.notices, "has_ground_truth": result.gt is not None,
+            "differing_pixels": comparison.differing, "differing_percent": round(differing, 3),
+            "verdict_pixels": counts, "min_area": min_area,
+            "regions": [dict(r.to_dict(), rank=k + 1, baseline_class_name=result.class_names[r.baseline_class],
+                             ifa_class_name=result.class_names[r.ifa_class])
+                        for k, r in enumerate(comparison.regions[:50])],
+            "region_count": len(comparison.regions),
+            "scores": summary_scores, "boundary_accuracy": curves,
+            "class_names": result.class_names, "palette": result.palette,
+        }
+        return (
+            "\n".join(notices),
+            result.image,
+            gt_view,
+            base_view,
+            ifa_view,
+            baseline_time,
+            ifa_time,
+            legend,
+            tuple(slider_images),
+            views.difference_view(result, comparison, TOP_REGIONS),
+            verdict_legend_html(result.gt is not None),
+            _table(views.REGION_HEADERS, region_rows),
+            _table(views.SCORE_HEADERS, views.score_rows(result, summary_scores)) if summary_scores else
+            _table(views.SCORE_HEADERS, []),
+            views.boundary_figure(curves) if curves else None,
+            _jsonable(summary),
+        )
+
+    # --- feature alignment ----------------------------------------------------------------------
+    def _analysed(self, result: Result) -> Result:
+        if result.analysis is None:
+            engine.load_pair(result.spec)  # loaded outside the GPU function (a no-op when cached)
+            result.analysis = engine.analyse(result.spec, result.image, result.options.ifa_resolution)
+        return result
+
+    @guarded("analysing the features")
+    def analyse(self, result_id):
+        result = self._result(result_id)
+        if result.feature_views is None:
+            start = time.perf_counter()
+            a = self._analysed(result).analysis
+            ifa_panel, fpn_panel = views.level_panels(result)
+            ifa_pca, fpn_pca, ifa_var, fpn_var = views.pca_images(result)
+            a.ifa_features = a.fpn_features = None  # shown now; the probe needs only the levels and logits
+            where = ("queried at every pixel" if a.ifa_query_size == a.padded_size else
+                     f"on the stride-4 grid ({a.ifa_query_size[0]} × {a.ifa_query_size[1]})")
+            md = (f"{LEVELS_EXPLAINED}\n\n{PCA_EXPLAINED}\n\n"
+                  f"Computed at scale 1, unflipped; IFA {where}; baseline grid {a.fpn_grid_size[0]} × "
+                  f"{a.fpn_grid_size[1]}. Variance explained by the three components: FPN + IFA "
+                  f"{', '.join(f'{100 * v:.0f}%' for v in ifa_var)}; Semantic FPN "
+                  f"{', '.join(f'{100 * v:.0f}%' for v in fpn_var)}. "
+                  f"Analysis took {time.perf_counter() - start:.2f} s on {result.device}.")
+            result.feature_views = (ifa_panel, fpn_panel, ifa_pca, fpn_pca, md)
+        return result.feature_views
+
+    @guarded("probing the pixel")
+    def probe(self, result_id, x, y):
+        result = self._analysed(self._result(result_id))
+        h, w = result.size
+        if x is None or y is None or x == "" or y == "":
+            raise UserError("give the pixel to probe: x (column) and y (row)")
+        xi, yi = _float(x, "x", -1e9, 1e9, 0), _float(y, "y", -1e9, 1e9, 0)
+        if not (0 <= xi < w and 0 <= yi < h):
+            raise UserError(f"pixel ({x}, {y}) is outside the {w} × {h} image (x in 0..{w - 1}, y in 0..{h - 1})")
+        point = (int(xi), int(yi))
+        a = result.analysis
+        ifa_point = engine.query_point(result.spec, a.ifa_levels, np.array([normalised_point(point, a.padded_size)]))[0]
+        view = views.probe_view(result, point, ifa_point)
+        names = result.class_names
+        top = lambda d: max(d, key=d.get)  # noqa: E731
+        mode_note = ("IFA was queried exactly at this pixel (full-resolution mode)."
+                     if result.options.ifa_resolution == "full" else
+                     "In stride-4 mode IFA's output here is bilinearly interpolated from the four nearest "
+                     "stride-4 queries, like the baseline's; the cells drawn are what a query exactly at this "
+                     "pixel reads (what full-resolution mode computes).")
+        multi = (len(result.options.scales) > 1 or result.options.flip)
+        gt_value = int(result.gt[point[1], point[0]]) if result.gt is not None else 255
+        gt_name = names[gt_value] if gt_value < len(names) else "unknown"
+        md = (f"**Pixel (x={point[0]}, y={point[1]})** — ground truth: {gt_name}"
+              f" · Semantic FPN says **{top(view.baseline_probs)}** ({max(view.baseline_probs.values()):.2f}) · "
+              f"FPN + IFA says **{top(view.ifa_probs)}** ({max(view.ifa_probs.values()):.2f})"
+              + (" (averaged over scales / flips)" if multi else "") + ".\n\n"
+              f"IFA queried exactly here (scale 1): **{top(view.ifa_point_probs)}** "
+              f"({max(view.ifa_point_probs.values()):.2f}); the baseline's four-cell mix (scale 1): "
+              f"**{top(view.baseline_mix_probs)}** ({max(view.baseline_mix_probs.values()):.2f}). {mode_note}\n\n"
+              "Left: for each level the cell whose feature IFA reads (nearest cell, one colour per level) and the "
+              "offset r from its centre to the query point, which IFA encodes with its position encoding. Right: "
+              "the four stride-4 cells whose logits Semantic FPN's final bilinear upsampling mixes here, with "
+              "their weights (line thickness).")
+        return (view.panel, view.baseline_probs, view.ifa_probs,
+                _table(views.PROBE_HEADERS, view.rows), md, view.marked, point[0], point[1])
+
+    def probe_select(self, result_id, evt: gr.SelectData):
+        """Click on the image (gr.Image select event: evt.index == [x, y])."""
+        index = evt.index if isinstance(evt.index, (list, tuple)) and len(evt.index) == 2 else None
+        if index is None:
+            raise gr.Error("click inside the image to probe a pixel", print_exception=False)
+        return self.probe(result_id, index[0], index[1])
+
+    @guarded("probing the largest difference")
+    def auto_probe(self, result_id):
+        """Probe the centre of the largest difference region (else the image centre) after a run."""
+        result = self.results.get(result_id)
+        if result is None:
+            return tuple(gr.skip() for _ in PROBE_OUTPUTS)
+        b, i = result.baseline.labels, result.ifa.labels
+        regions = views.compare(result, DEFAULT_MIN_AREA).regions
+        if regions:
+            cy, cx = regions[0].centroid
+            ys, xs = np.nonzero(b != i)
+            k = int(np.argmin((ys - cy) ** 2 + (xs - cx) ** 2))  # a differing pixel nearest the centroid
+            x, y = int(xs[k]), int(ys[k])
+        else:
+            y, x = result.size[0] // 2, result.size[1] // 2
+        return self.probe(result_id, x, y)
+
+    # --- samples ----------------------------------------------------------------------------------
+    def pick_gallery(self, evt: gr.SelectData):
+        """Gallery click -> (sample name, cleared upload)."""
+        names = self.gallery_names()
+        index = evt.index if isinstance(evt.index, int) else None
+        if index is None or not 0 <= index < len(names):
+            raise gr.Error("pick a sample from the gallery", print_exception=False)
+        return names[index], None
+
+
+def _jsonable(value):
+    """Plain JSON data: numpy scalars to Python numbers, NaN / inf to None, tuples to lists."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if value is None or isinstance(value, str):
+        return value
+    return str(value)

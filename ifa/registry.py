@@ -1,0 +1,312 @@
+"""Model pairs (a Semantic FPN baseline and an FPN + IFA model) for side-by-side comparison.
+
+The pairs come from `checkpoints/registry.json` (path overridable with the IFA_REGISTRY environment
+variable) and from Hub repo ids typed by a user. The registry format:
+
+    {"default": "<pair id>",
+     "pairs": [{"id": "...", "title": "...", "dataset": "camvid", "classes": ["Sky", ...],
+                "baseline": {"source": "local", "path": "checkpoints/NAME"}
+                            | {"source": "hub", "repo_id": "org/name", "revision": "<sha or branch>"},
+                "ifa": {...same...}}]}
+
+Relative local paths are relative to the project root (the folder holding checkpoints/), else to the
+registry file's folder. `PairCache` loads a pair once (both models, checked to agree on classes),
+keeps the most recently used few in memory, and turns every failure into a PairError with a
+one-line message naming the side (baseline / IFA) and the source.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .hub import HubError, load_model
+from .models.checkpoint import CheckpointError
+from .models.config import ConfigError
+from .models.segmentor import SegmentationModel
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_REGISTRY = PROJECT_ROOT / "checkpoints" / "registry.json"
+HUB_PREFIX = "hub:"
+
+
+class RegistryError(ValueError):
+    """A registry file that cannot be read or does not have the documented format."""
+
+
+class PairError(RuntimeError):
+    """A model pair that cannot be loaded or whose two models do not fit together."""
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where one model of a pair comes from: a local checkpoint folder or a Hub repo (+ revision)."""
+
+    source: str  # "local" or "hub"
+    location: str  # folder path or repo id
+    revision: str | None = None
+
+    def describe(self) -> str:
+        if self.source == "hub":
+            return f"Hub repo '{self.location}'" + (f" @ {self.revision}" if self.revision else " @ main")
+        path = Path(self.location)
+        if path.is_absolute() and path.is_relative_to(PROJECT_ROOT):
+            path = path.relative_to(PROJECT_ROOT)
+        return f"local folder {path}"
+
+    def summary(self) -> dict:
+        """A JSON description for the app's API ("location", not "path": a dict with a "path" key reads as a
+        file to download for gradio_client)."""
+        return {"source": self.source, "location": self.location, "revision": self.revision}
+
+    def to_dict(self) -> dict:
+        if self.source == "hub":
+            return {"source": "hub", "repo_id": self.location, "revision": self.revision}
+        return {"source": "local", "path": self.location}
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    id: str
+    title: str
+    baseline: ModelSource
+    ifa: ModelSource
+    dataset: str = ""
+    classes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        """The registry.json entry of this pair."""
+        return {"id": self.id, "title": self.title, "dataset": self.dataset, "classes": list(self.classes),
+                "baseline": self.baseline.to_dict(), "ifa": self.ifa.to_dict()}
+
+    def summary(self) -> dict:
+        return {"id": self.id, "title": self.title, "dataset": self.dataset, "classes": list(self.classes),
+                "baseline": self.baseline.summary(), "ifa": self.ifa.summary()}
+
+
+@dataclass
+class LoadedPair:
+    spec: PairSpec
+    baseline: SegmentationModel
+    ifa: SegmentationModel
+    device: torch.device
+    load_seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.ifa.config.class_names)
+
+    @property
+    def palette(self) -> list[list[int]]:
+        return [list(c) for c in self.ifa.config.palette]
+
+    @property
+    def num_classes(self) -> int:
+        return self.ifa.config.num_classes
+
+    @property
+    def dataset(self) -> str:
+        return self.spec.dataset or self.ifa.config.dataset
+
+
+def registry_path() -> Path:
+    """IFA_REGISTRY when set, else checkpoints/registry.json of this project."""
+    value = os.environ.get("IFA_REGISTRY", "").strip()
+    return Path(value).expanduser() if value else DEFAULT_REGISTRY
+
+
+def _resolve_local(path: str, registry_file: Path) -> str:
+    p = Path(path).expanduser()
+    if p.is_absolute():
+        return str(p)
+    for base in (PROJECT_ROOT, registry_file.parent):
+        if (base / p).exists():
+            return str(base / p)
+    return str(PROJECT_ROOT / p)
+
+
+def _parse_source(data, where: str, registry_file: Path) -> ModelSource:
+    if not isinstance(data, dict):
+        raise RegistryError(f"{where} must be an object with 'source', got {type(data).__name__}")
+    source = data.get("source")
+    if source == "local":
+        if not isinstance(data.get("path"), str) or not data["path"].strip():
+            raise RegistryError(f"{where}: a local source needs a 'path'")
+        return ModelSource("local", _resolve_local(data["path"], registry_file))
+    if source == "hub":
+        if not isinstance(data.get("repo_id"), str) or not data["repo_id"].strip():
+            raise RegistryError(f"{where}: a hub source needs a 'repo_id'")
+        revision = data.get("revision")
+        if revision is not None and not isinstance(revision, str):
+            raise RegistryError(f"{where}: 'revision' must be a string")
+        return ModelSource("hub", data["repo_id"].strip(), (revision or "").strip() or None)
+    raise RegistryError(f"{where}: 'source' must be 'local' or 'hub', got {source!r}")
+
+
+@dataclass
+class Registry:
+    pairs: dict[str, PairSpec]
+    default: str | None
+    path: Path | None = None
+
+    def get(self, pair_id: str) -> PairSpec:
+        if pair_id in self.pairs:
+            return self.pairs[pair_id]
+        if isinstance(pair_id, str) and pair_id.startswith(HUB_PREFIX):
+            return parse_hub_pair_id(pair_id)
+        valid = ", ".join(self.pairs) or "none"
+        raise PairError(f"unknown model pair {pair_id!r}; registered pairs: {valid}; or a Hub pair "
+                        f"'{HUB_PREFIX}org/baseline[@rev]|org/ifa[@rev]'")
+
+    def add(self, spec: PairSpec) -> PairSpec:
+        self.pairs[spec.id] = spec
+        return spec
+
+    def choices(self) -> list[tuple[str, str]]:
+        """(title, id) for a dropdown."""
+        return [(spec.title, spec.id) for spec in self.pairs.values()]
+
+
+def read_registry(path: str | os.PathLike | None = None) -> Registry:
+    """Parse a registry file (default: registry_path()); RegistryError with a clear message if malformed."""
+    path = Path(path) if path is not None else registry_path()
+    if not path.is_file():
+        raise RegistryError(f"model registry {path} not found (set IFA_REGISTRY to another file)")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RegistryError(f"model registry {path} is not valid JSON: {err}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("pairs"), list):
+        raise RegistryError(f"model registry {path} must be an object with a 'pairs' list")
+    pairs: dict[str, PairSpec] = {}
+    for index, item in enumerate(data["pairs"]):
+        where = f"{path.name} pairs[{index}]"
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str) or not item["id"].strip():
+            raise RegistryError(f"{where} needs a non-empty string 'id'")
+        pair_id = item["id"].strip()
+        if pair_id in pairs:
+            raise RegistryError(f"{where}: duplicate pair id {pair_id!r}")
+        classes = item.get("classes") or []
+        if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+            raise RegistryError(f"{where}: 'classes' must be a list of names")
+        pairs[pair_id] = PairSpec(
+            id=pair_id, title=str(item.get("title") or pair_id),
+            baseline=_parse_source(item.get("baseline"), f"{where}.baseline", path),
+            ifa=_parse_source(item.get("ifa"), f"{where}.ifa", path),
+            dataset=str(item.get("dataset") or ""), classes=tuple(classes))
+    default = data.get("default")
+    if default is not None and default not in pairs:
+        raise RegistryError(f"{path.name}: default pair {default!r} is not among its pairs ({', '.join(pairs)})")
+    if default is None and pairs:
+        default = next(iter(pairs))
+    return Registry(pairs, default, path)
+
+
+def _split_rev(text: str) -> tuple[str, str | None]:
+    text = text.strip()
+    if "@" in text:
+        repo, rev = text.rsplit("@", 1)
+        return repo.strip(), rev.strip() or None
+    return text, None
+
+
+def hub_pair(baseline_repo: str, ifa_repo: str, baseline_revision: str | None = None,
+             ifa_revision: str | None = None) -> PairSpec:
+    """A PairSpec for two Hub repo ids (optional revisions: branch, tag or commit sha)."""
+    baseline_repo, ifa_repo = (baseline_repo or "").strip(), (ifa_repo or "").strip()
+    if not baseline_repo or not ifa_repo:
+        missing = " and ".join(n for n, v in (("baseline", baseline_repo), ("IFA", ifa_repo)) if not v)
+        raise PairError(f"a Hub pair needs two repo ids ('org/name'); the {missing} repo id is empty")
+    for repo in (baseline_repo, ifa_repo):
+        if repo.count("/") != 1 or any(ch.isspace() for ch in repo) or repo.startswith(("/", ".", "~")):
+            raise PairError(f"{repo!r} is not a Hub repo id: expected 'org/name'")
+    b_rev = (baseline_revision or "").strip() or None
+    i_rev = (ifa_revision or "").strip() or None
+    b_text = baseline_repo + (f"@{b_rev}" if b_rev else "")
+    i_text = ifa_repo + (f"@{i_rev}" if i_rev else "")
+    return PairSpec(id=f"{HUB_PREFIX}{b_text}|{i_text}", title=f"Hub: {b_text} vs {i_text}",
+                    baseline=ModelSource("hub", baseline_repo, b_rev), ifa=ModelSource("hub", ifa_repo, i_rev))
+
+
+def parse_hub_pair_id(pair_id: str) -> PairSpec:
+    """'hub:org/a[@rev]|org/b[@rev]' -> PairSpec."""
+    body = pair_id[len(HUB_PREFIX):]
+    if body.count("|") != 1:
+        raise PairError(f"a Hub pair id is '{HUB_PREFIX}org/baseline[@rev]|org/ifa[@rev]', got {pair_id!r}")
+    left, right = body.split("|")
+    (b_repo, b_rev), (i_repo, i_rev) = _split_rev(left), _split_rev(right)
+    return hub_pair(b_repo, i_repo, b_rev, i_rev)
+
+
+def _load_one(source: ModelSource, role: str) -> SegmentationModel:
+    try:
+        if source.source == "hub":
+            return load_model(source.location, revision=source.revision)
+        return load_model(Path(source.location))
+    except (HubError, CheckpointError, ConfigError) as err:
+        raise PairError(f"cannot load the {role} model from {source.describe()}: {err}") from None
+    except (OSError, ValueError, RuntimeError) as err:
+        raise PairError(f"cannot load the {role} model from {source.describe()}: {type(err).__name__}: "
+                        f"{str(err).splitlines()[0] if str(err) else ''}") from None
+
+
+def check_pair(spec: PairSpec, baseline: SegmentationModel, ifa: SegmentationModel) -> list[str]:
+    """Raise PairError when the two models cannot be compared; return notes about harmless differences."""
+    notes = []
+    if ifa.config.architecture != "ifa":
+        raise PairError(f"the IFA slot ({spec.ifa.describe()}) holds a '{ifa.config.architecture}' model; "
+                        f"it needs an FPN + IFA model (architecture 'ifa')")
+    if baseline.config.architecture != "fpn":
+        notes.append(f"the baseline is a '{baseline.config.architecture}' model, not Semantic FPN")
+    b_names, i_names = list(baseline.config.class_names), list(ifa.config.class_names)
+    if baseline.config.num_classes != ifa.config.num_classes:
+        raise PairError(f"the two models disagree on classes: the baseline predicts {baseline.config.num_classes} "
+                        f"classes, the IFA model {ifa.config.num_classes}")
+    if b_names != i_names:
+        diff = [f"{i}: {a!r} vs {b!r}" for i, (a, b) in enumerate(zip(b_names, i_names)) if a != b]
+        raise PairError(f"the two models disagree on classes ({'; '.join(diff[:4])}"
+                        f"{'...' if len(diff) > 4 else ''})")
+    if spec.classes and list(spec.classes) != i_names:
+        raise PairError(f"pair {spec.id!r}: the registry lists classes {list(spec.classes)} but the models "
+                        f"have {i_names}")
+    if [list(c) for c in baseline.config.palette] != [list(c) for c in ifa.config.palette]:
+        notes.append("the two models have different palettes; the IFA model's is used")
+    return notes
+
+
+class PairCache:
+    """Loads model pairs once and keeps the `capacity` most recently used ones (thread-safe)."""
+
+    def __init__(self, device: torch.device | str | None = None, capacity: int = 2):
+        self.device = torch.device(device) if device is not None else torch.device(
+            "cuda" if torch.cuda.is_available() else "cpu")
+        self.capacity = max(1, capacity)
+        self._pairs: OrderedDict[str, LoadedPair] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def cached(self, pair_id: str) -> bool:
+        return pair_id in self._pairs
+
+    def get(self, spec: PairSpec) -> LoadedPair:
+        with self._lock:
+            if spec.id in self._pairs:
+                self._pairs.move_to_end(spec.id)
+                return self._pairs[spec.id]
+            start = time.perf_counter()
+            baseline = _load_one(spec.baseline, "baseline")
+            ifa = _load_one(spec.ifa, "IFA")
+            notes = check_pair(spec, baseline, ifa)
+            pair = LoadedPair(spec, baseline.to(self.device).eval(), ifa.to(self.device).eval(), self.device,
+                              time.perf_counter() - start, notes)
+            self._pairs[spec.id] = pair
+            while len(self._pairs) > self.capacity:
+                self._pairs.popitem(last=False)
+            return pair

@@ -1,0 +1,152 @@
+"""The app in a real browser: Debian's chromium driven by playwright, the app in a subprocess.
+
+Open the page, pick a CamVid sample in the gallery, wait for both predictions, look at every tab,
+click a pixel in the alignment view and check that the probe for that pixel appears. Screenshots go
+to assets/screenshots/ when the shipped pair is used (they are the README's), else to a temp folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, SAMPLE, shipped_pair_present
+
+pytestmark = pytest.mark.slow
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+START_TIMEOUT = float(os.environ.get("IFA_APP_START_TIMEOUT", "600"))
+RUN_TIMEOUT_MS = int(os.environ.get("IFA_APP_RUN_TIMEOUT_MS", "600000"))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(pair_registry, camvid_val, tmp_path_factory):
+    """`python app.py` on a free port; yields its URL."""
+    if not CHROMIUM.exists():
+        message = f"{CHROMIUM} missing (apt-get install -y chromium)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        pytest.skip(message)
+    port = _free_port()
+    env = dict(os.environ, IFA_REGISTRY=str(pair_registry[0]), IFA_SAMPLES_DIR=str(camvid_val),
+               GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), GRADIO_ANALYTICS_ENABLED="False",
+               GRADIO_SSR_MODE="False", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    log = tmp_path_factory.mktemp("server") / "app.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + START_TIMEOUT
+    try:
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"app.py exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            if "Running on local URL" in log.read_text():
+                break
+            time.sleep(1)
+        else:
+            pytest.fail(f"app.py did not start within {START_TIMEOUT:.0f} s:\n{log.read_text()[-3000:]}")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    if shipped_pair_present():
+        folder = ROOT / "assets" / "screenshots"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+    return tmp_path_factory.mktemp("screenshots")
+
+
+def _has_image(page, elem_id: str) -> bool:
+    return page.locator(f"#{elem_id} img").count() > 0
+
+
+def test_pick_sample_run_and_probe_in_a_browser(server, shots, camvid_val):
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        page.set_default_timeout(RUN_TIMEOUT_MS)
+        page.goto(server, wait_until="domcontentloaded")
+        expect(page.locator("#gallery")).to_be_visible()
+        # Pick the CamVid sample: the gallery lists the manifest's samples first, then the folder's.
+        captions = page.locator("#gallery .caption-label, #gallery button .caption")
+        thumbs = page.locator("#gallery button.thumbnail-item, #gallery .thumbnail-item")
+        expect(thumbs.first).to_be_visible()
+        index = 0
+        for i in range(captions.count()):
+            if SAMPLE in (captions.nth(i).text_content() or ""):
+                index = i
+                break
+        thumbs.nth(index).click()
+        # Both predictions, then the analysis and the automatic probe, arrive.
+        expect(page.locator("#baseline-view img")).to_be_visible()
+        expect(page.locator("#ifa-view img")).to_be_visible()
+        expect(page.locator("#baseline-time")).to_contain_text("ms")
+        expect(page.locator("#notices")).to_contain_text(SAMPLE)
+        expect(page.locator("#legend")).to_contain_text("Road")
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(shots / "app-side-by-side.png"), full_page=True)
+
+        page.get_by_role("tab", name="Where they differ").click()
+        expect(page.locator("#diff-view img")).to_be_visible()
+        expect(page.locator("#regions")).to_contain_text("who is right")
+        page.wait_for_timeout(300)
+        page.screenshot(path=str(shots / "app-differences.png"), full_page=True)
+
+        page.get_by_role("tab", name="Scores").click()
+        expect(page.locator("#scores")).to_contain_text("mIoU")
+        expect(page.locator("#boundary-plot img")).to_be_visible()
+        page.wait_for_timeout(300)
+        page.screenshot(path=str(shots / "app-scores.png"), full_page=True)
+
+        page.get_by_role("tab", name="Feature alignment").click()
+        expect(page.locator("#probe-view img")).to_be_visible()  # the automatic probe after the run
+        expect(page.locator("#ifa-levels img")).to_be_visible()
+        expect(page.locator("#fpn-pca img")).to_be_visible()
+        # Click a pixel: 30% from the left, 60% from the top of the displayed image.
+        image = page.locator("#click-view img")
+        expect(image).to_be_visible()
+        box = image.bounding_box()
+        image.click(position={"x": box["width"] * 0.3, "y": box["height"] * 0.6})
+        x, y = round(0.3 * 480), round(0.6 * 360)
+        probe = page.locator("#probe-md")
+        expect(probe).to_contain_text(re.compile(r"Pixel \(x=(\d+), y=(\d+)\)"))
+
+        def clicked_pixel_shown() -> bool:
+            m = re.search(r"Pixel \(x=(\d+), y=(\d+)\)", probe.text_content() or "")
+            return bool(m) and abs(int(m.group(1)) - x) <= 3 and abs(int(m.group(2)) - y) <= 3
+
+        deadline = time.time() + RUN_TIMEOUT_MS / 1000
+        while not clicked_pixel_shown() and time.time() < deadline:
+            page.wait_for_timeout(250)
+        assert clicked_pixel_shown(), probe.text_content()
+        expect(page.locator("#probe-table")).to_contain_text("IFA level 4 (stride 32)")
+        expect(page.locator("#baseline-probs")).to_be_visible()
+        page.wait_for_timeout(300)
+        page.locator("#probe-view").scroll_into_view_if_needed()
+        page.screenshot(path=str(shots / "app-feature-alignment.png"), full_page=True)
+        assert _has_image(page, "click-view")
+        browser.close()

@@ -1,0 +1,194 @@
+"""The app's logic without a server: probe geometry against the models' own arithmetic, the level
+decompositions against the heads, image loading, the registry, samples and the feature PCA."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ifa.app.probe import bilinear_footprint, ifa_reads, mix_logits, normalised_point
+from ifa.images import ImageLoadError, load_image, load_label
+from ifa.models.ifa import grid_cells
+from ifa.registry import PairError, RegistryError, hub_pair, parse_hub_pair_id, read_registry
+from ifa.viz.pca import pca_rgb
+
+
+@pytest.mark.parametrize("size,grid,align", [((360, 480), (90, 120), False), ((37, 53), (10, 14), False),
+                                             ((37, 53), (10, 14), True), ((64, 64), (16, 16), True)])
+def test_bilinear_footprint_reproduces_torch_upsampling(size, grid, align):
+    logits = torch.randn(1, 5, *grid, generator=torch.Generator().manual_seed(0))
+    up = F.interpolate(logits, size=size, mode="bilinear", align_corners=align)[0].numpy()
+    rng = np.random.default_rng(0)
+    points = [(0, 0), (size[1] - 1, size[0] - 1)] + [(int(rng.integers(size[1])), int(rng.integers(size[0])))
+                                                     for _ in range(40)]
+    for x, y in points:
+        cells = bilinear_footprint((x, y), size, grid, align)
+        assert sum(c.weight for c in cells) == pytest.approx(1.0)
+        np.testing.assert_allclose(mix_logits(logits[0].numpy(), cells), up[:, y, x], atol=1e-5)
+
+
+@pytest.mark.parametrize("size,levels", [((360, 480), [(90, 120), (45, 60), (23, 30), (12, 15)]),
+                                         ((37, 53), [(10, 14), (5, 7), (3, 4), (2, 2)])])
+def test_ifa_reads_use_the_heads_cell_rule(size, levels):
+    h, w = size
+    for level, (h_l, w_l) in enumerate(levels):
+        ky, ry = grid_cells(h, h_l)
+        kx, rx = grid_cells(w, w_l)
+        for x, y in [(0, 0), (w - 1, h - 1), (w // 3, h // 2), (7, 11)]:
+            read = ifa_reads((x, y), size, levels)[level]
+            assert read.cell == (int(ky[y]), int(kx[x]))
+            assert read.offset == pytest.approx((float(ry[y]), float(rx[x])), abs=1e-5)
+            qy, qx = normalised_point((x, y), size)  # the pixel centre the head is queried at
+            assert qy == pytest.approx(-1 + (2 * y + 1) / h) and qx == pytest.approx(-1 + (2 * x + 1) / w)
+            cx, cy = read.centre
+            assert read.box[0] <= x + 0.5 <= read.box[2] and read.box[1] <= y + 0.5 <= read.box[3]
+            assert read.offset_px == pytest.approx((x + 0.5 - cx, y + 0.5 - cy))
+
+
+def test_level_decompositions_match_the_heads():
+    import ifa
+
+    torch.manual_seed(0)
+    common = dict(backbone="efficientnet_lite0", num_classes=4, neck_channels=16)
+    fpn = ifa.create_model(architecture="fpn", head_channels=8, **common).eval()
+    model = ifa.create_model(architecture="ifa", mlp_channels=[32, 16], **common).eval()
+    x = torch.randn(1, 3, 72, 88)
+    with torch.no_grad():
+        levels = fpn.levels(x)
+        branches = fpn.decoder.head.level_branches(levels)
+        torch.testing.assert_close(sum(branches), fpn.decoder.head.decode_features(levels))
+        feats = model.levels(x)
+        head = model.decoder.head
+        terms = head.first_layer_terms(feats, (18, 22))
+    from ifa.app.engine import _ifa_term_norms, _shares
+
+    with torch.no_grad():
+        norms = _ifa_term_norms(head, feats, (18, 22), budget=500)  # several row chunks
+        torch.testing.assert_close(norms, torch.stack([t[0].norm(dim=0) for t in terms]))
+    shares = _shares(norms)
+    np.testing.assert_allclose(shares.sum(0), 1.0, atol=1e-5)
+
+
+def test_load_image_conversions_and_refusals(tmp_path):
+    gray16 = tmp_path / "g16.png"
+    Image.fromarray(np.arange(64 * 48, dtype=np.uint16).reshape(48, 64) * 20).save(gray16)
+    loaded = load_image(gray16)
+    assert loaded.image.shape == (48, 64, 3) and loaded.image.dtype == np.uint8 and loaded.notices
+    big = tmp_path / "big.png"
+    Image.new("RGB", (2000, 1000), (10, 20, 30)).save(big)
+    loaded = load_image(big, max_side=500)
+    assert loaded.image.shape == (250, 500, 3) and "downscaled from 2000 x 1000" in loaded.notices[-1]
+    with pytest.raises(ImageLoadError, match="at least 32 px"):
+        load_image(_save(tmp_path / "tiny.png", Image.new("RGB", (20, 500))))
+    with pytest.raises(ImageLoadError, match="Mpx"):
+        load_image(big, max_pixels=1_000_000)
+    with pytest.raises(ImageLoadError, match="not found"):
+        load_image(tmp_path / "missing.png")
+
+
+def _save(path, img):
+    img.save(path)
+    return path
+
+
+def test_load_label_maps_unknown_values_to_ignore_and_checks_size(tmp_path):
+    raw = np.array([[0, 3, 11], [12, 255, 10]], dtype=np.uint8).repeat(16, 0).repeat(16, 1)
+    path = _save(tmp_path / "l.png", Image.fromarray(raw))
+    label, notes = load_label(path, (48, 32), 11)
+    assert set(np.unique(label)) == {0, 3, 10, 255} and not notes
+    label, notes = load_label(path, (96, 64), 11)  # same aspect: resized with a notice
+    assert label.shape == (64, 96) and notes
+    with pytest.raises(ImageLoadError, match="is 48 x 32 px but the image"):
+        load_label(path, (100, 20), 11)
+    with pytest.raises(ImageLoadError, match="single-channel"):
+        load_label(_save(tmp_path / "rgb.png", Image.new("RGB", (48, 32))), (48, 32), 11)
+
+
+def test_registry_parsing_and_hub_pair_ids(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"pairs": [{"id": "a", "baseline": {"source": "local", "path": "x"},
+                                           "ifa": {"source": "hub", "repo_id": "org/i", "revision": "v1"}}]}))
+    registry = read_registry(path)
+    assert registry.default == "a" and registry.pairs["a"].ifa.revision == "v1"
+    spec = parse_hub_pair_id("hub:org/b@abc|org/i")
+    assert (spec.baseline.location, spec.baseline.revision, spec.ifa.revision) == ("org/b", "abc", None)
+    assert hub_pair("org/b", "org/i", "abc").id == spec.id
+    with pytest.raises(PairError, match="unknown model pair"):
+        registry.get("zzz")
+    with pytest.raises(PairError, match="IFA repo id is empty"):
+        hub_pair("org/b", " ")
+    with pytest.raises(PairError, match="not a Hub repo id"):
+        hub_pair("a b", "org/i")
+    for bad, message in (("[]", "'pairs' list"), ("{", "not valid JSON"),
+                         ('{"pairs": [{"id": "a", "baseline": {"source": "ftp"}, "ifa": {}}]}', "'local' or 'hub'"),
+                         ('{"default": "b", "pairs": []}', "default pair 'b'")):
+        path.write_text(bad)
+        with pytest.raises(RegistryError, match=message):
+            read_registry(path)
+
+
+def test_folder_samples_find_camvid_style_labels(tmp_path, monkeypatch):
+    from ifa.app.samples import folder_samples
+
+    (tmp_path / "val").mkdir()
+    (tmp_path / "valannot").mkdir()
+    for name in ("b.png", "a.png"):
+        _save(tmp_path / "val" / name, Image.new("RGB", (40, 40)))
+    _save(tmp_path / "valannot" / "a.png", Image.new("L", (40, 40)))
+    monkeypatch.setenv("IFA_SAMPLES_DIR", str(tmp_path / "val"))
+    samples = folder_samples()
+    assert [s.name for s in samples] == ["val/a.png", "val/b.png"]
+    assert samples[0].label is not None and samples[1].label is None
+
+
+def test_pca_rgb_separates_two_feature_clusters():
+    feats = np.zeros((8, 10, 12), dtype=np.float32)
+    feats[0, :, :6] = 5.0
+    feats += np.random.default_rng(0).normal(0, 0.01, feats.shape).astype(np.float32)
+    rgb, explained = pca_rgb(feats, (24, 20))
+    assert rgb.shape == (20, 24, 3) and explained[0] > 0.9
+    assert abs(int(rgb[:, :10, 0].mean()) - int(rgb[:, 14:, 0].mean())) > 150
+
+
+def test_zero_gpu_decorator_wraps_exactly_the_model_functions():
+    """With a `spaces` package present, spaces.GPU wraps the three functions that run models (a subprocess,
+    so that this process keeps its own engine)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, types\n"
+            "calls = []\n"
+            "fake = types.ModuleType('spaces')\n"
+            "fake.GPU = lambda duration=None: (lambda fn: calls.append((fn.__name__, duration)) or fn)\n"
+            "sys.modules['spaces'] = fake\n"
+            "import ifa.app.engine\n"
+            "print(sorted(calls))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True)
+    assert out.stdout.strip() == "[('analyse', 60), ('predict_pair', 60), ('query_point', 60)]"
+
+
+def test_missing_default_pair_is_reported_not_raised(tmp_path):
+    import gradio as gr
+
+    from ifa.app import AppService
+
+    registry = tmp_path / "registry.json"
+    gone = {"id": "gone", "baseline": {"source": "local", "path": str(tmp_path / "a")},
+            "ifa": {"source": "local", "path": str(tmp_path / "b")}}
+    registry.write_text(json.dumps({"pairs": [gone]}))
+    service = AppService(registry)
+    status = service.preload_default()
+    assert "could not be loaded" in status and "checkpoint folder not found" in status
+    with pytest.raises(gr.Error, match="cannot load the baseline model"):
+        service.segment(None, None, None, "gone", ["1.0"], False, "stride4", 0.5, None, 64)
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    service = AppService(broken)
+    assert "not valid JSON" in service.preload_default()
+    with pytest.raises(gr.Error, match="no model pairs"):
+        service.load_pair("x")
