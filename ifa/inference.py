@@ -38,12 +38,18 @@ class Predictor:
     `stride` (default 2/3 of the window). scales multiply the image size; flip adds left-right
     flipped copies; probabilities are averaged over all views. ifa_resolution "full" queries the
     IFA head at every pixel instead of upsampling the stride-4 grid (IFA models only).
+
+    The model stays resident on the device. GPU path: channels_last (default on CUDA) runs the
+    convolutions in NHWC, cuDNN autotunes for the fixed sizes it sees (`cudnn.benchmark`, set on
+    CUDA), and everything runs under inference_mode. compile=True wraps the model's forward in
+    torch.compile (a string names the backend, e.g. "eager" to check the capture cheaply); the
+    full-resolution IFA path stays eager.
     """
 
     def __init__(self, model: SegmentationModel, device: str | torch.device | None = None,
                  precision: str = "auto", mode: str = "whole", window: tuple[int, int] = (512, 512),
                  stride: tuple[int, int] | None = None, scales: tuple[float, ...] = (1.0,), flip: bool = False,
-                 ifa_resolution: str = "stride4"):
+                 ifa_resolution: str = "stride4", channels_last: bool | None = None, compile: bool | str = False):
         for value, valid, what in ((precision, PRECISIONS, "precision"), (mode, MODES, "mode"),
                                    (ifa_resolution, IFA_RESOLUTIONS, "ifa_resolution")):
             if value not in valid:
@@ -54,6 +60,14 @@ class Predictor:
             raise ValueError(f"scales must be positive, got {scales}")
         self.device = torch.device(device) if device is not None else default_device()
         self.model = model.to(self.device).eval()
+        self.channels_last = self.device.type == "cuda" if channels_last is None else channels_last
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self._forward = self.model
+        if compile:
+            self._forward = torch.compile(self.model, **({"backend": compile} if isinstance(compile, str) else {}))
         self.precision = precision
         self.mode = mode
         self.window = tuple(window)
@@ -83,10 +97,12 @@ class Predictor:
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, K, h, w) at x's size for one view."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         if self.ifa_resolution == "full":
             padded = self.model._pad(x)
             return self.model.predict_grid(padded, padded.shape[-2:])[..., :x.shape[-2], :x.shape[-1]]
-        return self.model(x)
+        return self._forward(x)
 
     def _slide(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]

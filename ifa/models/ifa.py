@@ -10,6 +10,10 @@ Two evaluations of the same function:
 - fast (`forward`, `query_points`): the first MLP layer is linear, so it is split per level; the
   feature part is projected at each level's own resolution and gathered, and the encoding part is
   computed once per distinct offset (a grid repeats its offsets with a small period).
+  In eval mode without autograd (inference) `forward` / `decode_features` run a leaner version of
+  the same: BatchNorm folded into the 1x1 layers, one combined table of all levels' encoding terms
+  (+ bias), channels-last row chunks through matrix products into reused buffers, per-chunk
+  classification; no host-device synchronisation (see `_inference_rows`).
 - reference (`forward_reference`): the formula written out, concatenation and all. Tests hold the
   two equal.
 """
@@ -23,6 +27,15 @@ import torch.nn.functional as F
 from torch import nn
 
 POSITION_ENCODINGS = ("none", "coord", "sine", "cosine", "fixed", "learned")
+# Inference sums all levels' encoding terms (and the first bias) into one table over the common
+# period of their offsets when it has at most this many (row, column) entries (e.g. 8 x 8 on the
+# stride-4 grid, 32 x 32 at full resolution); otherwise each level's term is added per chunk.
+_COMBINED_TABLE_MAX = 4096
+# Queries per inference chunk when `chunk_size` is None. CPU: a chunk's buffers (4096 x 1024 floats,
+# 16 MB) are reused while warm in cache; 2^11-2^12 were the fastest of 2^10..2^17, about 1.25x faster
+# than 2^17 on 1024x2048 inputs (BENCHMARKS.md). GPUs want large chunks (few kernel launches).
+_AUTO_CHUNK = {"cpu": 2 ** 12}
+_AUTO_CHUNK_ACCELERATOR = 2 ** 18
 
 
 def _cell_of(q: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
@@ -95,15 +108,24 @@ def grid_cells(n_query: int, n_level: int, device=None) -> tuple[torch.Tensor, t
     return k, r
 
 
+def _rows(f: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Rows start:stop of a level map (B, C, h, w) as (B, (stop - start) w, C): a view when the map is
+    contiguous in NCHW or in NHWC (channels_last)."""
+    if not f.is_contiguous() and f.is_contiguous(memory_format=torch.channels_last):
+        return f.permute(0, 2, 3, 1)[:, start:stop].reshape(f.shape[0], -1, f.shape[1])
+    return f[:, :, start:stop].flatten(2).transpose(1, 2)
+
+
 class IFAHead(nn.Module):
     """MLP 4(C + P) -> hidden... -> num_classes over aligned multi-level features.
 
     `in_channels` gives C per level; hidden layers are 1x1 convs + BatchNorm + ReLU (paper:
-    512, 256, 256). Inputs are level maps (B, C_l, h_l, w_l); outputs are logits.
+    512, 256, 256). Inputs are level maps (B, C_l, h_l, w_l); outputs are logits. Inference
+    evaluates queries in chunks of about `chunk_size` (None: 4096 on the CPU, 2^18 on a GPU).
     """
 
     def __init__(self, in_channels: list[int], num_classes: int, hidden: tuple[int, ...] = (512, 256, 256),
-                 pos_encoding: str = "learned", pos_dim: int = 24, chunk_size: int = 2 ** 17):
+                 pos_encoding: str = "learned", pos_dim: int = 24, chunk_size: int | None = None):
         super().__init__()
         if not hidden:
             raise ValueError("the IFA MLP needs at least one hidden layer")
@@ -185,8 +207,15 @@ class IFAHead(nn.Module):
         training evaluates it whole so BatchNorm sees the full batch.
         """
         h, w = size if size is not None else feats[0].shape[-2:]
+        if self._inference():
+            out = None
+            for start, stop, x in self._inference_rows(feats, (h, w)):
+                if out is None:
+                    out = x.new_empty(x.shape[0], x.shape[-1], h, w)
+                out[:, :, start:stop] = x.permute(0, 3, 1, 2)
+            return out
         projections = self.level_projections(feats)
-        step = h if self.training else max(1, self.chunk_size // max(w, 1))
+        step = h if self.training else max(1, self._chunk_queries(feats[0].device) // max(w, 1))
         chunks = []
         for start in range(0, h, step):
             rows = slice(start, min(h, start + step))
@@ -197,14 +226,24 @@ class IFAHead(nn.Module):
 
     def forward(self, feats: list[torch.Tensor], size: tuple[int, int] | None = None) -> torch.Tensor:
         """Logits on a size-(h, w) query grid (default: the finest level's grid): (B, K, h, w)."""
-        return self.classifier(self.decode_features(feats, size))
+        if not self._inference():
+            return self.classifier(self.decode_features(feats, size))
+        h, w = size if size is not None else feats[0].shape[-2:]
+        out = None
+        for start, stop, x in self._inference_rows(feats, (h, w)):
+            weight = self.classifier.weight[:, :, 0, 0].to(x.dtype)
+            logits = torch.addmm(self.classifier.bias.to(x.dtype), x.flatten(0, 2), weight.t())
+            if out is None:
+                out = x.new_empty(x.shape[0], weight.shape[0], h, w)
+            out[:, :, start:stop] = logits.view(*x.shape[:3], -1).permute(0, 3, 1, 2)
+        return out
 
     def query_points(self, feats: list[torch.Tensor], coords: torch.Tensor) -> torch.Tensor:
         """Logits at arbitrary points: coords (B, N, 2) normalised (y, x) in [-1, 1] -> (B, K, N)."""
         projections = self.level_projections(feats)
         blocks = self._split_first_layer()
         outputs = []
-        step = coords.shape[1] if self.training else self.chunk_size  # BatchNorm needs the whole batch
+        step = coords.shape[1] if self.training else self._chunk_queries(coords.device)  # BN needs the whole batch
         for start in range(0, coords.shape[1], step):
             q = coords[:, start:start + step]
             pre = self.hidden[0].bias[None, :, None]
@@ -219,6 +258,114 @@ class IFAHead(nn.Module):
                     pre = pre + (self.pos[level](r) @ w_pe.t().to(r.dtype)).transpose(1, 2)
             outputs.append(self.classifier(self.hidden[1:](pre[..., None]))[..., 0])
         return torch.cat(outputs, dim=2)
+
+    # --- inference: eval mode, no autograd --------------------------------------------------------
+    def _inference(self) -> bool:
+        """Whether forward / decode_features take the inference path (eval mode, autograd off)."""
+        return not self.training and not torch.is_grad_enabled()
+
+    def _chunk_queries(self, device: torch.device) -> int:
+        """Queries per inference chunk: `chunk_size`, or when None a size chosen for the device."""
+        if self.chunk_size is not None:
+            return self.chunk_size
+        return _AUTO_CHUNK.get(device.type, _AUTO_CHUNK_ACCELERATOR)
+
+    def _folded_layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Eval: each hidden 1x1 conv with its BatchNorm folded in, as (W (out, in), b (out,))."""
+        layers = []
+        for i in range(0, len(self.hidden), 3):
+            conv, bn = self.hidden[i], self.hidden[i + 1]
+            scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+            layers.append((conv.weight[:, :, 0, 0] * scale[:, None], (conv.bias - bn.running_mean) * scale + bn.bias))
+        return layers
+
+    def _inference_rows(self, feats: list[torch.Tensor], size: tuple[int, int]):
+        """Last hidden features on a size-(h, w) grid, chunk by chunk of rows: yields (start, stop,
+        x (B, stop - start, w, D_last)); x lives in a buffer that the next chunk overwrites.
+
+        The same function as `decode_features` in eval mode, laid out for matrix products: queries are
+        rows of (queries, channels) matrices. The first layer's pre-activation starts from one table
+        of the summed encoding terms of all levels and the bias (periodic over the grid), then each
+        level's projection is added: computed straight into the buffer for a level on the query grid
+        itself, broadcast for integer size ratios, gathered otherwise. Under autocast everything runs
+        in the autocast dtype. Only Python integers steer it: no host-device synchronisation.
+        """
+        self._check(feats)
+        h, w = size
+        device = feats[0].device
+        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else feats[0].dtype
+        with torch.autocast(device.type, enabled=False):
+            layers = [(weight.to(dtype), bias.to(dtype)) for weight, bias in self._folded_layers()]
+            (w0, b0), rest = layers[0], layers[1:]
+            b, d = feats[0].shape[0], w0.shape[0]
+            levels, col = [], 0
+            for f, pe in zip(feats, self.pos):
+                f = f.to(dtype)
+                w_pe, w_z = w0[:, col:col + pe.out_dim], w0[:, col + pe.out_dim:col + pe.out_dim + f.shape[1]]
+                col += pe.out_dim + f.shape[1]
+                h_l, w_l = f.shape[-2:]
+                ky, ry = grid_cells(h, h_l, device)
+                kx, rx = grid_cells(w, w_l, device)
+                on_grid = (h_l, w_l) == (h, w)
+                levels.append({
+                    "f": f, "w_z": w_z, "w_pe": w_pe, "pe": pe, "ky": ky, "ry": ry, "rx": rx, "kx": kx, "w_l": w_l,
+                    "py": h // math.gcd(h, h_l), "px": w // math.gcd(w, w_l), "on_grid": on_grid,
+                    "int_rows": h % h_l == 0, "int_cols": w % w_l == 0,
+                    # W_z,l z at the level's resolution, channels last: (B, h_l, w_l, D).
+                    "proj": None if on_grid else (_rows(f, 0, h_l) @ w_z.t()).view(b, h_l, w_l, d),
+                })
+
+            def encoding(level, rows):  # W_pe,l PE(r) for offset rows x the first px columns: (n, px, D)
+                r = torch.stack(torch.broadcast_tensors(rows[:, None], level["rx"][None, :level["px"]]), dim=-1)
+                return level["pe"](r.to(dtype)) @ level["w_pe"].t()
+
+            encoded = [lv for lv in levels if lv["pe"].out_dim]
+            ly = math.lcm(1, *(lv["py"] for lv in encoded))
+            lx = math.lcm(1, *(lv["px"] for lv in encoded))
+            table = None
+            if ly * lx <= _COMBINED_TABLE_MAX:
+                table = b0.expand(ly, lx, d).clone()
+                for lv in encoded:
+                    py, px = lv["py"], lv["px"]
+                    table.view(ly // py, py, lx // px, px, d).add_(encoding(lv, lv["ry"][:py])[None, :, None])
+            # Chunks of whole periods of the broadcast levels' rows (when chunks are that tall).
+            align = math.lcm(1, *(lv["py"] for lv in levels if lv["int_rows"] and lv["int_cols"]))
+            step = max(1, self._chunk_queries(device) // max(w, 1))
+            step = step - step % align if step >= align else step
+            widest = max((weight.shape[0] for weight, _ in rest), default=0)
+            m_max = b * min(step, h) * w
+            work = torch.empty(m_max * (d + 2 * widest), device=device, dtype=dtype)
+            for start in range(0, h, step):
+                stop = min(h, start + step)
+                n, m = stop - start, b * (stop - start) * w
+                pre = work[:m * d].view(b, n, w, d)
+                if table is not None:
+                    rows = table[torch.arange(start, stop, device=device) % ly]  # (n, lx, D)
+                    pre.view(b, n, w // lx, lx, d).copy_(rows[None, :, None])
+                else:
+                    pre.copy_(b0.expand(b, n, w, d))
+                    for lv in encoded:
+                        term = encoding(lv, lv["ry"][start:stop])  # (n, px, D)
+                        pre.view(b, n, w // lv["px"], lv["px"], d).add_(term[None, :, None])
+                for lv in levels:
+                    py, px, w_l = lv["py"], lv["px"], lv["w_l"]
+                    if lv["on_grid"]:
+                        z = _rows(lv["f"], start, stop)
+                        pre.view(b, n * w, d).baddbmm_(z, lv["w_z"].t().expand(b, -1, -1))
+                    elif lv["int_rows"] and lv["int_cols"] and start % py == 0 and n % py == 0:
+                        # Cell (i, j) covers query rows i*py.. and columns j*px..: a broadcast add.
+                        pre.view(b, n // py, py, w_l, px, d).add_(lv["proj"][:, start // py:stop // py, None, :, None])
+                    else:
+                        rows = lv["proj"].index_select(1, lv["ky"][start:stop])  # (B, n, w_l, D)
+                        if lv["int_cols"]:
+                            pre.view(b, n, w_l, px, d).add_(rows[:, :, :, None])
+                        else:
+                            pre.add_(rows.index_select(2, lv["kx"]))
+                x = pre.view(m, d).relu_()
+                for i, (weight, bias) in enumerate(rest):
+                    out = work[m_max * (d + (i % 2) * widest):][:m * weight.shape[0]].view(m, -1)
+                    x = torch.addmm(bias, x, weight.t(), out=out).relu_()
+                yield start, stop, x.view(b, n, w, -1)
 
     # --- the formula, written out ---------------------------------------------------------------
     def forward_reference(self, feats: list[torch.Tensor], size: tuple[int, int] | None = None) -> torch.Tensor:
