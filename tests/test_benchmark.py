@@ -22,14 +22,6 @@ from ifa.models.ifa import IFAHead
 TINY_MODEL = {"num_classes": 3, "neck_channels": 8, "head_channels": 6, "mlp_channels": [16, 8], "pos_dim": 8}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids oversubscribing a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # --- the command ----------------------------------------------------------------------------------
 @pytest.mark.slow

@@ -17,14 +17,6 @@ IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])[:, None, None]
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225])[:, None, None]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small inputs: one intra-op thread avoids oversubscribing a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def level_sizes(name: str, h: int, w: int) -> list[tuple[int, int]]:
     """Expected (h_l, w_l) of the stride 4, 8, 16, 32 maps for an input of size (h, w).

@@ -14,14 +14,6 @@ ODD_SIZES = [(17, 24), (9, 12), (5, 6), (3, 3)]
 EVEN_SIZES = [(8, 12), (4, 6), (2, 3), (1, 2)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids oversubscribing a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def nearest(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Nearest upsampling written out: destination index i reads source floor(i * n_in / n_out)."""

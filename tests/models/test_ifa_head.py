@@ -36,14 +36,6 @@ F32 = {"atol": 1e-5, "rtol": 1e-4}
 F64 = {"atol": 1e-12, "rtol": 1e-10}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tensors here are tiny: one intra-op thread avoids oversubscribing a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def make_head(kind: str = "learned", dim: int = 24, dtype=torch.float32, seed: int = 0) -> IFAHead:
     """A head with random weights, non-trivial BatchNorm statistics and a perturbed (non axis-aligned) E."""

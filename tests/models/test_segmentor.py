@@ -14,14 +14,6 @@ TINY = {"num_classes": K, "neck_channels": 8, "head_channels": 6, "mlp_channels"
 ODD = (67, 93)  # Lite0 levels: 17x24, 9x12, 5x6, 3x3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small inputs: one intra-op thread avoids oversubscribing a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny_model(architecture: str, backbone: str = "efficientnet_lite0", **overrides) -> SegmentationModel:
     torch.manual_seed(0)
