@@ -109,23 +109,32 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
             payload = results[args.model] if len(results) == 1 else {"models": results}
             payload = {**payload, "dataset": args.dataset, "split": args.split, "scales": args.scales,
                        "flip": args.flip, "mode": args.mode}
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(payload, indent=2))
+            write_json(args.json, payload)
     ctx.close()
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def write_json(path: str | Path, payload: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(payload, indent=2))
+
+
+def run_cli(run_fn, parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    """Parse argv, call run_fn(args); a user error prints one line and returns 2."""
+    args = parser.parse_args(argv)
     from .hub import HubError
     from .models.checkpoint import CheckpointError
 
     try:
-        run(args)
+        run_fn(args)
     except (DatasetError, CheckpointError, HubError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(run, build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -11,13 +11,11 @@ sliding 769x769 windows): single scale 79.49, multi-scale 80.61, flip 80.29, mul
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
-from .data.datasets import DatasetError, build_dataset
+from .data.datasets import build_dataset
 from .distributed import DistributedContext
-from .evaluate import evaluate
+from .evaluate import evaluate, run_cli, write_json
 from .inference import Predictor
 from .metrics import summarize
 
@@ -94,23 +92,13 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
         if args.json:
             payload = {"model": args.model, "dataset": args.dataset, "split": args.split, "scales": args.scales,
                        "mode": args.mode, "window": args.window, "limit": args.limit, "rows": rows}
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(payload, indent=2))
+            write_json(args.json, payload)
     ctx.close()
     return rows
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from .hub import HubError
-    from .models.checkpoint import CheckpointError
-
-    try:
-        run(args)
-    except (DatasetError, CheckpointError, HubError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(run, build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -33,15 +33,6 @@ TINY = dict(architecture="ifa", backbone="efficientnet_lite0", num_classes=3, ne
 FAST = 8.0  # seconds, generous for a loaded CI machine: no-network paths take milliseconds, retries would take ~23 s
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models run fastest on one thread, and far faster than on two on a machine busy with other work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(seed: int):
     torch.manual_seed(seed)
     return create_model(**TINY).eval()

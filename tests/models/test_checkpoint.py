@@ -23,15 +23,6 @@ TINY = {
 FILES = {CONFIG_NAME, WEIGHTS_NAME, CARD_NAME}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models run fastest on one thread, and far faster than on two on a machine busy with other work."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_model(architecture: str = "ifa", seed: int = 0):
     """A tiny model whose BN statistics are not the defaults, so buffers are really checked."""
     torch.manual_seed(seed)
