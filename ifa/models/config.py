@@ -9,6 +9,7 @@ from .backbones import BACKBONES
 from .ifa import POSITION_ENCODINGS
 
 ARCHITECTURES = ("fpn", "ifa")
+IFA_FEATURES = ("lateral", "fpn")
 IMAGENET_MEAN = (123.675, 116.28, 103.53)  # on 0-255 pixels, RGB
 IMAGENET_STD = (58.395, 57.12, 57.375)
 
@@ -23,7 +24,8 @@ class ModelConfig:
 
     architecture "fpn": Semantic FPN with a `neck_channels` FPN neck and a `head_channels` head.
     architecture "ifa": per-level 1x1 conv + BN + ReLU to `neck_channels`, then the IFA MLP with
-    hidden widths `mlp_channels` and a `pos_encoding` of width `pos_dim`.
+    hidden widths `mlp_channels` and a `pos_encoding` of width `pos_dim`. `ifa_features` "fpn" feeds
+    the IFA head the FPN neck's outputs instead (a variant: top-down pathway and 3x3 convs kept).
     `aux_channels` > 0 adds the training-only auxiliary head on the stride-16 map.
     `align_corners` applies to the final bilinear upsampling (the reference code uses True).
     """
@@ -42,6 +44,7 @@ class ModelConfig:
     mlp_channels: list[int] = field(default_factory=lambda: [512, 256, 256])
     pos_encoding: str = "learned"
     pos_dim: int = 24
+    ifa_features: str = "lateral"
     aux_channels: int = 0
     align_corners: bool = False
 
@@ -60,6 +63,8 @@ class ModelConfig:
             self.palette = default_palette(self.num_classes)
         if len(self.palette) != self.num_classes:
             raise ConfigError(f"num_classes is {self.num_classes} but the palette has {len(self.palette)} colours")
+        if self.ifa_features not in IFA_FEATURES:
+            raise ConfigError(f"unknown ifa_features {self.ifa_features!r}; valid: {', '.join(IFA_FEATURES)}")
         if self.pos_encoding not in POSITION_ENCODINGS:
             raise ConfigError(f"unknown pos_encoding {self.pos_encoding!r}; valid: {', '.join(POSITION_ENCODINGS)}")
         if self.pos_encoding not in ("none", "coord") and (self.pos_dim <= 0 or self.pos_dim % 4):

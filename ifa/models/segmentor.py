@@ -18,16 +18,26 @@ from .ifa import IFAHead
 
 
 class IFADecoder(nn.Module):
-    """Per-level 1x1 conv + BN + ReLU to C channels (no top-down pathway), then the IFA head."""
+    """Per-level features for the IFA head, then the head.
+
+    ifa_features "lateral" (the paper): per-level 1x1 conv + BN + ReLU to C channels, no top-down
+    pathway. "fpn" (a variant): the FPN neck's outputs (laterals, top-down pathway, 3x3 convs), so
+    the model differs from Semantic FPN only in the head.
+    """
 
     def __init__(self, in_channels: list[int], config: ModelConfig):
         super().__init__()
-        self.reduce = nn.ModuleList(conv_bn_relu(c, config.neck_channels, 1) for c in in_channels)
+        if config.ifa_features == "fpn":
+            self.neck = FPNNeck(in_channels, config.neck_channels)
+        else:
+            self.reduce = nn.ModuleList(conv_bn_relu(c, config.neck_channels, 1) for c in in_channels)
         self.head = IFAHead([config.neck_channels] * len(in_channels), config.num_classes,
                             tuple(config.mlp_channels), config.pos_encoding, config.pos_dim)
 
     def levels(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         """The head's inputs: list of (B, C, h_l, w_l)."""
+        if hasattr(self, "neck"):
+            return self.neck(feats)
         return [reduce(f) for reduce, f in zip(self.reduce, feats)]
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:

@@ -146,6 +146,29 @@ def test_ifa_decoder_layout(ifa_model):
     assert not hasattr(decoder, "neck")  # no top-down pathway
 
 
+def test_ifa_on_fpn_features_differs_from_fpn_only_in_the_head():
+    """ifa_features='fpn': the IFA head reads the FPN neck's outputs; with the baseline's backbone and neck
+    weights loaded, the head's inputs are exactly the baseline's, and the head is the same IFA function."""
+    fpn, variant = tiny_model("fpn"), tiny_model("ifa", ifa_features="fpn")
+    assert not hasattr(variant.decoder, "reduce")
+    shared = {k: v for k, v in fpn.state_dict().items() if k.startswith(("backbone.", "decoder.neck."))}
+    missing, unexpected = variant.load_state_dict(shared, strict=False)
+    assert not unexpected and all(k.startswith("decoder.head.") for k in missing)
+    x = image(*ODD)
+    with torch.no_grad():
+        levels = variant.levels(x)
+        for a, b in zip(levels, fpn.levels(x)):
+            torch.testing.assert_close(a, b, atol=0, rtol=0)  # same modules, same inputs: bitwise
+        # Fast inference path vs the written-out formula on these features (float32 noise).
+        torch.testing.assert_close(variant.decoder(variant.backbone(x)),
+                                   variant.decoder.head.forward_reference(levels), atol=1e-5, rtol=1e-4)
+
+
+def test_unknown_ifa_features_is_a_config_error():
+    with pytest.raises(ConfigError, match="ifa_features"):
+        ModelConfig(architecture="ifa", backbone="efficientnet_lite0", num_classes=K, ifa_features="neck")
+
+
 def test_create_model_overrides():
     model = create_model(architecture="ifa", backbone="efficientnet_lite0", **TINY, pos_encoding="coord")
     assert isinstance(model, SegmentationModel) and model.is_ifa
