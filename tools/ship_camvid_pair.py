@@ -30,14 +30,17 @@ def measure(model, dataset, scales=(1.0,), flip=False, limit=None) -> dict:
     return summarize(cm, list(dataset.info.class_names))
 
 
-def card(name: str, cfg: dict, config: dict, results: dict, minutes: float, device: str) -> str:
+def card(name: str, cfg: dict, config: dict, results: dict, minutes: float, device: str, notes: str = "") -> str:
     ss, ms, check = results["ss"], results["ms_flip"], results["check"]
     kind = "FPN + IFA" if config["architecture"] == "ifa" else "Semantic FPN"
-    head = (f"IFA head: per-level 1x1 conv + BN + ReLU to {config['neck_channels']} channels, MLP "
-            f"{'-'.join(map(str, config['mlp_channels']))}, {config['pos_encoding']} position encoding "
-            f"d={config['pos_dim']}"
-            if config["architecture"] == "ifa" else
-            f"FPN neck {config['neck_channels']} channels, semantic head {config['head_channels']} channels")
+    neck = f"FPN neck {config['neck_channels']} channels"
+    if config["architecture"] == "ifa":
+        features = (f"{neck} (as the baseline's; `ifa_features: fpn`)" if config.get("ifa_features") == "fpn" else
+                    f"per-level 1x1 conv + BN + ReLU to {config['neck_channels']} channels (the paper's)")
+        head = (f"{features}, IFA head: MLP {'-'.join(map(str, config['mlp_channels']))}, "
+                f"{config['pos_encoding']} position encoding d={config['pos_dim']}")
+    else:
+        head = f"{neck}, semantic head {config['head_channels']} channels"
     rows = "\n".join(f"| {c} | {ss['per_class'][c]:.2f} | {ms['per_class'][c]:.2f} |" for c in ss["per_class"])
     recipe = yaml.safe_dump({k: cfg[k] for k in ("model", "data", "optim", "schedule", "loss", "train")},
                             sort_keys=False)
@@ -99,13 +102,14 @@ python -m tools.ship_camvid_pair --run runs/{name} --out checkpoints/{name}
 Recipe:
 ```yaml
 {recipe}```
-"""
+{notes}"""
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--run", required=True, help="a training run folder (holds final/, config.yaml, last.pt)")
     p.add_argument("--out", required=True)
+    p.add_argument("--notes", type=Path, help="a markdown file appended to the model card")
     args = p.parse_args()
     run, out = Path(args.run), Path(args.out)
     cfg = yaml.safe_load((run / "config.yaml").read_text())
@@ -124,7 +128,8 @@ def main() -> None:
     for file in ("config.json", "model.safetensors"):
         shutil.copyfile(run / "final" / file, out / file)
     config = json.loads((out / "config.json").read_text())
-    (out / "README.md").write_text(card(out.name, cfg, config, results, elapsed / 60, hardware()))
+    (out / "README.md").write_text(card(out.name, cfg, config, results, elapsed / 60, hardware(),
+                                         "\n" + args.notes.read_text() if args.notes else ""))
     print(f"{out}: val mIoU {results['ss']['mIoU']:.2f} SS, {results['ms_flip']['mIoU']:.2f} MS+flip")
 
 

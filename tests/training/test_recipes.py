@@ -115,3 +115,16 @@ def test_overrides_and_errors(tmp_path):
     bad.write_text("data: 3\n")
     with pytest.raises(ConfigError, match="'data' must be a mapping"):
         load_config(bad)
+
+
+def test_camvid_pair_differs_only_in_the_head():
+    """The shipped pair: same backbone, neck, data, optimiser, schedule, loss and seed; only the head differs."""
+    fpn, ifa = load("camvid-effl0-fpn"), load("camvid-effl0-ifa")
+    for key in ("pretrained_backbone", "data", "optim", "schedule", "loss", "eval"):
+        assert fpn[key] == ifa[key], key
+    assert {k: v for k, v in fpn["train"].items() if k != "out_dir"} == \
+           {k: v for k, v in ifa["train"].items() if k != "out_dir"}
+    shared = ("backbone", "neck_channels", "aux_channels")
+    assert {k: fpn["model"][k] for k in shared} == {k: ifa["model"][k] for k in shared}
+    assert (fpn["model"]["architecture"], ifa["model"]["architecture"]) == ("fpn", "ifa")
+    assert ifa["model"]["ifa_features"] == "fpn"  # the IFA head reads the same FPN neck
