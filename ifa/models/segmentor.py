@@ -27,7 +27,8 @@ class IFADecoder(nn.Module):
 
     def __init__(self, in_channels: list[int], config: ModelConfig):
         super().__init__()
-        if config.ifa_features == "fpn":
+        self.reads_fpn_neck = config.ifa_features == "fpn"
+        if self.reads_fpn_neck:
             self.neck = FPNNeck(in_channels, config.neck_channels)
         else:
             self.reduce = nn.ModuleList(conv_bn_relu(c, config.neck_channels, 1) for c in in_channels)
@@ -36,7 +37,7 @@ class IFADecoder(nn.Module):
 
     def levels(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         """The head's inputs: list of (B, C, h_l, w_l)."""
-        if hasattr(self, "neck"):
+        if self.reads_fpn_neck:
             return self.neck(feats)
         return [reduce(f) for reduce, f in zip(self.reduce, feats)]
 
