@@ -216,7 +216,8 @@ class _AuxForward(torch.nn.Module):
 
 # --- checkpoints: out_dir/last.pt ------------------------------------------------------------------
 # A torch pickle of {"model", "optimizer", "scaler": state dicts, "rng": CPU RNG state, "cuda_rng": CUDA
-# RNG state or None, "iter": iterations done, "elapsed": training seconds}, written by rank 0 only.
+# RNG state or None, "iter": iterations done, "elapsed": training seconds, "hardware": what trained it},
+# written by rank 0 only.
 
 
 def write_checkpoint(state: dict, path: str | Path) -> None:
@@ -274,7 +275,7 @@ def train(cfg: dict, resume: bool = False, device: str | None = None) -> dict:
     optimizer = build_optimizer(model, cfg["optim"])
     use_amp = tcfg["amp"] and ctx.device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    start_iter, elapsed = 0, 0.0
+    start_iter, elapsed, trained_on = 0, 0.0, hardware()
     ckpt_path = out_dir / "last.pt"
     if resume and ckpt_path.is_file():
         state = load_checkpoint(ckpt_path)
@@ -285,6 +286,7 @@ def train(cfg: dict, resume: bool = False, device: str | None = None) -> dict:
         if ctx.device.type == "cuda" and state.get("cuda_rng") is not None:
             torch.cuda.set_rng_state(state["cuda_rng"])
         start_iter, elapsed = state["iter"], state["elapsed"]
+        trained_on = state.get("hardware", trained_on)
         log.line(f"resumed from {ckpt_path} at iteration {start_iter}")
     elif resume:
         log.line(f"--resume: no checkpoint at {ckpt_path}, starting from scratch")
@@ -341,7 +343,7 @@ def train(cfg: dict, resume: bool = False, device: str | None = None) -> dict:
             window_loss, window_n = 0.0, 0
         if ctx.is_main and (done % tcfg["ckpt_interval"] == 0 or done == total):
             state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                     "rng": torch.get_rng_state(), "iter": done, "elapsed": elapsed,
+                     "rng": torch.get_rng_state(), "iter": done, "elapsed": elapsed, "hardware": trained_on,
                      "cuda_rng": torch.cuda.get_rng_state() if ctx.device.type == "cuda" else None}
             save_checkpoint(ckpt_path, state)
         if tcfg["eval_interval"] and done % tcfg["eval_interval"] == 0 and done != total:
@@ -355,7 +357,7 @@ def train(cfg: dict, resume: bool = False, device: str | None = None) -> dict:
     if ctx.is_main:
         log.metrics({"iter": total, "val_mIoU": val["mIoU"], "val_aAcc": val["aAcc"]})
         log.line(f"final: val mIoU {val['mIoU']:.2f} (single scale), training time {elapsed / 60:.1f} min")
-        final = export(model, cfg, val, elapsed, out_dir / "final")
+        final = export(model, cfg, val, elapsed, out_dir / "final", trained_on)
         result.update(final=str(final), val=val)
     ctx.close()
     return result
@@ -371,13 +373,16 @@ def _validate(model: SegmentationModel, cfg: dict, mcfg: ModelConfig, ctx: Distr
     return summarize(cm, list(mcfg.class_names))
 
 
-def export(model: SegmentationModel, cfg: dict, val: dict, seconds: float, folder: Path) -> Path:
-    """The inference checkpoint (auxiliary head dropped) with a model card recording the recipe."""
+def export(model: SegmentationModel, cfg: dict, val: dict, seconds: float, folder: Path,
+           trained_on: str | None = None) -> Path:
+    """The inference checkpoint (auxiliary head dropped) with a model card recording the recipe and
+    `trained_on` (default: this machine)."""
     config = ModelConfig.from_dict({**model.config.to_dict(), "aux_channels": 0})
     inference_model = SegmentationModel(config)
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("aux_head.")}
     inference_model.load_state_dict(state)
-    return save_pretrained(inference_model, folder, card=model_card(cfg, config, val, seconds))
+    return save_pretrained(inference_model, folder, card=model_card(cfg, config, val, seconds,
+                                                                      trained_on or hardware()))
 
 
 def export_last(cfg: dict, device: str | None = None) -> Path:
@@ -393,7 +398,7 @@ def export_last(cfg: dict, device: str | None = None) -> Path:
     model.load_state_dict(state["model"])
     val = _validate(model.to(ctx.device), cfg, mcfg, ctx)
     print(f"iteration {state['iter']}: val mIoU {val['mIoU']:.2f}")
-    return export(model.cpu(), cfg, val, state["elapsed"], out_dir / "final")
+    return export(model.cpu(), cfg, val, state["elapsed"], out_dir / "final", state.get("hardware"))
 
 
 def hardware() -> str:
@@ -402,7 +407,7 @@ def hardware() -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def model_card(cfg: dict, config: ModelConfig, val: dict, seconds: float) -> str:
+def model_card(cfg: dict, config: ModelConfig, val: dict, seconds: float, trained_on: str) -> str:
     name = "FPN + IFA" if config.architecture == "ifa" else "Semantic FPN"
     rows = "\n".join(f"| {k} | {'-' if v is None else f'{v:.2f}'} |" for k, v in val["per_class"].items())
     recipe = yaml.safe_dump({k: cfg[k] for k in ("data", "optim", "schedule", "loss", "train")}, sort_keys=False)
@@ -428,7 +433,7 @@ model-index:
 
 - Architecture: {name} ({config.architecture}), backbone {config.backbone}, neck {config.neck_channels} channels
 - Data: {config.dataset}, trained on `{cfg['data']['train_split']}`, evaluated on `{cfg['data']['val_split']}`
-- Hardware: {hardware()}; training time {seconds / 60:.1f} min
+- Hardware: {trained_on}; training time {seconds / 60:.1f} min
 - Validation (single scale): mIoU {val['mIoU']:.2f}, mAcc {val['mAcc']:.2f}, aAcc {val['aAcc']:.2f}
 
 | class | IoU |

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shutil
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from ifa.evaluate import evaluate
 from ifa.hub import load_model
 from ifa.inference import Predictor
 from ifa.metrics import summarize
+from ifa.train import hardware
 
 MS_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 CHECK_IMAGES = 8  # tests/test_shipped_checkpoints.py re-measures mIoU on the first val images
@@ -123,14 +123,14 @@ def main() -> None:
     if "ms_flip" not in results:
         results["ms_flip"] = measure(model, dataset, scales=MS_SCALES, flip=True)
     cache.write_text(json.dumps(results, indent=2))
-    elapsed = torch.load(run / "last.pt", map_location="cpu", weights_only=True)["elapsed"]
+    state = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
     out.mkdir(parents=True, exist_ok=True)
     for file in ("config.json", "model.safetensors"):
         shutil.copyfile(run / "final" / file, out / file)
     config = json.loads((out / "config.json").read_text())
-    # The training run's own card names the hardware it ran on (this process may use other threads).
-    trained_on = re.search(r"Hardware: (.*?); training time", (run / "final" / "README.md").read_text()).group(1)
-    (out / "README.md").write_text(card(out.name, cfg, config, results, elapsed / 60, trained_on,
+    # The hardware recorded by the training run (runs older than that record: this machine).
+    trained_on = state.get("hardware", hardware())
+    (out / "README.md").write_text(card(out.name, cfg, config, results, state["elapsed"] / 60, trained_on,
                                          "\n" + args.notes.read_text() if args.notes else ""))
     print(f"{out}: val mIoU {results['ss']['mIoU']:.2f} SS, {results['ms_flip']['mIoU']:.2f} MS+flip")
 
