@@ -26,6 +26,7 @@ class ModelConfig:
     architecture "ifa": per-level 1x1 conv + BN + ReLU to `neck_channels`, then the IFA MLP with
     hidden widths `mlp_channels` and a `pos_encoding` of width `pos_dim`. `ifa_features` "fpn" feeds
     the IFA head the FPN neck's outputs instead (a variant: top-down pathway and 3x3 convs kept).
+    `ifa_dropout` > 0 adds channel dropout before the IFA classifier (a variant; the paper has none).
     `aux_channels` > 0 adds the training-only auxiliary head on the stride-16 map.
     `align_corners` applies to the final bilinear upsampling (the reference code uses True).
     """
@@ -45,6 +46,7 @@ class ModelConfig:
     pos_encoding: str = "learned"
     pos_dim: int = 24
     ifa_features: str = "lateral"
+    ifa_dropout: float = 0.0
     aux_channels: int = 0
     align_corners: bool = False
 
@@ -65,6 +67,8 @@ class ModelConfig:
             raise ConfigError(f"num_classes is {self.num_classes} but the palette has {len(self.palette)} colours")
         if self.ifa_features not in IFA_FEATURES:
             raise ConfigError(f"unknown ifa_features {self.ifa_features!r}; valid: {', '.join(IFA_FEATURES)}")
+        if not 0.0 <= self.ifa_dropout < 1.0:
+            raise ConfigError(f"ifa_dropout must be in [0, 1), got {self.ifa_dropout!r}")
         if self.pos_encoding not in POSITION_ENCODINGS:
             raise ConfigError(f"unknown pos_encoding {self.pos_encoding!r}; valid: {', '.join(POSITION_ENCODINGS)}")
         if self.pos_encoding not in ("none", "coord") and (self.pos_dim <= 0 or self.pos_dim % 4):

@@ -120,12 +120,14 @@ class IFAHead(nn.Module):
     """MLP 4(C + P) -> hidden... -> num_classes over aligned multi-level features.
 
     `in_channels` gives C per level; hidden layers are 1x1 convs + BatchNorm + ReLU (paper:
-    512, 256, 256). Inputs are level maps (B, C_l, h_l, w_l); outputs are logits. Inference
+    512, 256, 256). `dropout` > 0 adds channel dropout (Dropout2d, as Semantic FPN's head) before
+    the classifier; the paper has none. Inputs are level maps (B, C_l, h_l, w_l); outputs are logits. Inference
     evaluates queries in chunks of about `chunk_size` (None: 4096 on the CPU, 2^18 on a GPU).
     """
 
     def __init__(self, in_channels: list[int], num_classes: int, hidden: tuple[int, ...] = (512, 256, 256),
-                 pos_encoding: str = "learned", pos_dim: int = 24, chunk_size: int | None = None):
+                 pos_encoding: str = "learned", pos_dim: int = 24, chunk_size: int | None = None,
+                 dropout: float = 0.0):
         super().__init__()
         if not hidden:
             raise ValueError("the IFA MLP needs at least one hidden layer")
@@ -137,6 +139,7 @@ class IFAHead(nn.Module):
         for w_in, w_out in zip(widths[:-1], widths[1:]):
             layers += [nn.Conv2d(w_in, w_out, 1), nn.BatchNorm2d(w_out), nn.ReLU(inplace=True)]
         self.hidden = nn.Sequential(*layers)  # hidden[0] is the first, per-level-split layer
+        self.dropout = nn.Dropout2d(dropout)  # identity in eval mode, so inference never applies it
         self.classifier = nn.Conv2d(widths[-1], num_classes, 1)
 
     # --- the first layer, split per level -------------------------------------------------------
@@ -227,7 +230,7 @@ class IFAHead(nn.Module):
     def forward(self, feats: list[torch.Tensor], size: tuple[int, int] | None = None) -> torch.Tensor:
         """Logits on a size-(h, w) query grid (default: the finest level's grid): (B, K, h, w)."""
         if not self._inference():
-            return self.classifier(self.decode_features(feats, size))
+            return self.classifier(self.dropout(self.decode_features(feats, size)))
         h, w = size if size is not None else feats[0].shape[-2:]
         out = None
         for start, stop, x in self._inference_rows(feats, (h, w)):
@@ -256,7 +259,7 @@ class IFAHead(nn.Module):
                 pre = pre + gathered
                 if self.pos[level].out_dim:
                     pre = pre + (self.pos[level](r) @ w_pe.t().to(r.dtype)).transpose(1, 2)
-            outputs.append(self.classifier(self.hidden[1:](pre[..., None]))[..., 0])
+            outputs.append(self.classifier(self.dropout(self.hidden[1:](pre[..., None])))[..., 0])
         return torch.cat(outputs, dim=2)
 
     # --- inference: eval mode, no autograd --------------------------------------------------------
@@ -385,7 +388,7 @@ class IFAHead(nn.Module):
             z = f[:, :, cell[:, 0].long(), cell[:, 1].long()]  # (B, C, N)
             parts += [pe(r).t()[None].expand(f.shape[0], -1, -1), z]
         x = torch.cat(parts, dim=1)[..., None]  # (B, 4(C + P), N, 1)
-        return self.classifier(self.hidden(x)).view(x.shape[0], -1, h, w)
+        return self.classifier(self.dropout(self.hidden(x))).view(x.shape[0], -1, h, w)
 
     def _check(self, feats: list[torch.Tensor]) -> None:
         channels = [f.shape[1] for f in feats]

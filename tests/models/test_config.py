@@ -100,11 +100,12 @@ def test_round_trip_through_dict_and_json():
     cfg = config(architecture="fpn", backbone="resnet50_deepstem", class_names=["a", "b", "c"],
                  palette=[[1, 2, 3], [4, 5, 6], [7, 8, 9]], dataset="toy", ignore_index=0,
                  neck_channels=16, head_channels=8, mlp_channels=[32, 16], pos_encoding="sine", pos_dim=12,
-                 ifa_features="fpn", aux_channels=4, align_corners=True)
+                 ifa_features="fpn", ifa_dropout=0.1, aux_channels=4, align_corners=True)
     data = cfg.to_dict()
     assert set(data) == {"architecture", "backbone", "num_classes", "class_names", "palette", "dataset",
                          "ignore_index", "mean", "std", "neck_channels", "head_channels", "mlp_channels",
-                         "pos_encoding", "pos_dim", "ifa_features", "aux_channels", "align_corners"}
+                         "pos_encoding", "pos_dim", "ifa_features", "ifa_dropout", "aux_channels",
+                         "align_corners"}
     assert ModelConfig.from_dict(data) == cfg
     assert ModelConfig.from_dict(json.loads(json.dumps(data))) == cfg
     # to_dict returns copies: editing it leaves the config alone.

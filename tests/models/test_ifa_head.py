@@ -202,6 +202,43 @@ def test_gradients_fast_equal_reference(kind):
             assert not any(True for _ in pe_fast.parameters())
 
 
+def with_dropout(head: IFAHead, p: float) -> IFAHead:
+    """A copy of `head` (same weights) with channel dropout p before the classifier."""
+    out = copy.deepcopy(head)
+    out.dropout = nn.Dropout2d(p).train(head.training)
+    return out
+
+
+def test_dropout_is_identity_at_inference():
+    head = make_head()
+    dropped = with_dropout(head, 0.5)
+    feats = make_feats()
+    with torch.no_grad():
+        torch.testing.assert_close(dropped(feats, (23, 37)), head(feats, (23, 37)), atol=0, rtol=0)
+        torch.testing.assert_close(dropped.forward_reference(feats), head.forward_reference(feats), atol=0, rtol=0)
+
+
+def test_train_mode_dropout_fast_equals_reference():
+    """Dropout2d draws one keep/drop per (image, channel), whatever the query layout, so with the same
+    random state the fast path and the formula drop the same channels and agree (as without dropout)."""
+    fast_head = with_dropout(make_head().train(), 0.5)
+    ref_head = copy.deepcopy(fast_head)
+    plain_head = copy.deepcopy(fast_head)
+    plain_head.dropout.p = 0.0
+    feats = make_feats()
+    with torch.no_grad():
+        torch.manual_seed(7)
+        fast = fast_head(feats, (23, 37))
+        torch.manual_seed(7)
+        ref = ref_head.forward_reference(feats, (23, 37))
+        torch.manual_seed(7)
+        points = copy.deepcopy(fast_head).query_points(feats, grid_coords(23, 37, batch=2))
+        plain = plain_head(feats, (23, 37))
+    torch.testing.assert_close(fast, ref, atol=1e-4, rtol=1e-4)  # as in the train-mode test above
+    torch.testing.assert_close(points, ref.flatten(2), atol=1e-4, rtol=1e-4)
+    assert (fast - plain).abs().max() > 0.1  # channels were dropped (and the rest scaled by 2)
+
+
 def test_wrong_channels_raise():
     head = make_head()
     feats = make_feats()

@@ -169,6 +169,18 @@ def test_unknown_ifa_features_is_a_config_error():
         ModelConfig(architecture="ifa", backbone="efficientnet_lite0", num_classes=K, ifa_features="neck")
 
 
+@pytest.mark.parametrize("p", [-0.1, 1.0])
+def test_ifa_dropout_out_of_range_is_a_config_error(p):
+    with pytest.raises(ConfigError, match="ifa_dropout"):
+        ModelConfig(architecture="ifa", backbone="efficientnet_lite0", num_classes=K, ifa_dropout=p)
+
+
+def test_ifa_dropout_reaches_the_head_and_adds_no_weights():
+    dropped = tiny_model("ifa", ifa_features="fpn", ifa_dropout=0.1)
+    assert dropped.decoder.head.dropout.p == 0.1
+    assert dropped.state_dict().keys() == tiny_model("ifa", ifa_features="fpn").state_dict().keys()
+
+
 def test_create_model_overrides():
     model = create_model(architecture="ifa", backbone="efficientnet_lite0", **TINY, pos_encoding="coord")
     assert isinstance(model, SegmentationModel) and model.is_ifa
