@@ -42,10 +42,10 @@ def card(name: str, cfg: dict, config: dict, results: dict, minutes: float, devi
     else:
         head = f"{neck}, semantic head {config['head_channels']} channels"
     rows = "\n".join(f"| {c} | {ss['per_class'][c]:.2f} | {ms['per_class'][c]:.2f} |" for c in ss["per_class"])
-    recipe = {k: cfg[k] for k in ("model", "data", "optim", "schedule", "loss", "train")}
     # As configs/NAME.yaml gives it: out_dir is where this run happened to write, not part of the recipe.
-    recipe["train"] = {k: v for k, v in cfg["train"].items() if k != "out_dir"}
-    recipe = yaml.safe_dump(recipe, sort_keys=False)
+    train = {k: v for k, v in cfg["train"].items() if k != "out_dir"}
+    recipe = yaml.safe_dump({**{k: cfg[k] for k in ("model", "data", "optim", "schedule", "loss")}, "train": train},
+                            sort_keys=False)
     return f"""---
 library_name: pytorch
 license: other
