@@ -45,7 +45,7 @@ DEFAULTS: dict = {
              "crop_size": [256, 320], "scale_range": [0.5, 2.0], "base_size": None, "img_scale": None, "flip": True,
              "photometric": False, "workers": 1},
     "optim": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "head_lr_mult": 1.0,
-              "decay_norm_bias": True},
+              "ifa_head_lr_mult": None, "decay_norm_bias": True},
     "schedule": {"iters": 1000, "warmup_iters": 0, "power": 0.9, "min_lr": 0.0},
     "loss": {"ohem": True, "ohem_thresh": 0.7, "ohem_min_kept": 100000, "aux_weight": 0.4},
     "train": {"batch_size": 8, "seed": 0, "amp": True, "sync_bn": True, "log_interval": 20, "ckpt_interval": 100,
@@ -150,17 +150,23 @@ def batch_stream(samples, n: int, batch_size: int, seed: int, start_iter: int, c
 
 # --- optimisation ---------------------------------------------------------------------------------
 def build_optimizer(model: SegmentationModel, optim: dict) -> torch.optim.Optimizer:
-    """Backbone at lr, everything else at lr * head_lr_mult; 1-D params undecayed unless decay_norm_bias."""
-    groups: dict[tuple[bool, bool], list] = {}
+    """Backbone at lr, everything else at lr * head_lr_mult, except an IFA head (its encodings and MLP,
+    `decoder.head.*`) at lr * ifa_head_lr_mult when that is set; 1-D params undecayed unless decay_norm_bias."""
+    ifa_mult = optim["ifa_head_lr_mult"]
+    if ifa_mult is not None and not model.is_ifa:
+        raise ConfigError("optim.ifa_head_lr_mult is for IFA models; this model has no IFA head")
+    lr_mults = {0: 1.0, 1: optim["head_lr_mult"], 2: ifa_mult}  # backbone, rest of the model, IFA head
+    groups: dict[tuple[int, bool], list] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        is_head = not name.startswith("backbone.")
+        is_ifa_head = ifa_mult is not None and name.startswith("decoder.head.")
+        role = 0 if name.startswith("backbone.") else 2 if is_ifa_head else 1
         decay = optim["decay_norm_bias"] or param.ndim > 1
-        groups.setdefault((is_head, decay), []).append(param)
-    param_groups = [{"params": params, "lr_mult": optim["head_lr_mult"] if is_head else 1.0,
+        groups.setdefault((role, decay), []).append(param)
+    param_groups = [{"params": params, "lr_mult": float(lr_mults[role]),
                      "weight_decay": optim["weight_decay"] if decay else 0.0}
-                    for (is_head, decay), params in sorted(groups.items())]
+                    for (role, decay), params in sorted(groups.items())]
     if optim["name"] == "sgd":
         return torch.optim.SGD(param_groups, lr=optim["lr"], momentum=optim["momentum"])
     if optim["name"] == "adamw":

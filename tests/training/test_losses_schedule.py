@@ -104,7 +104,7 @@ def test_parameter_groups(one_thread):
     model = create_model(architecture="ifa", backbone="efficientnet_lite0", num_classes=3, neck_channels=8,
                          mlp_channels=[8], pos_dim=4, aux_channels=4)
     optim = {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "head_lr_mult": 10.0,
-             "decay_norm_bias": False}
+             "ifa_head_lr_mult": None, "decay_norm_bias": False}
     optimizer = build_optimizer(model, optim)
     names = {id(p): n for n, p in model.named_parameters()}
     for group in optimizer.param_groups:
@@ -117,6 +117,25 @@ def test_parameter_groups(one_thread):
     assert {g["weight_decay"] for g in optimizer.param_groups} == {5e-4}
     with pytest.raises(ValueError, match="unknown optimizer 'adam'; valid: sgd, adamw"):
         build_optimizer(model, {**optim, "name": "adam"})
+
+
+def test_ifa_head_learning_rate(one_thread):
+    """ifa_head_lr_mult moves only the IFA head (encodings + MLP) to its own rate; the neck keeps head_lr_mult."""
+    model = create_model(architecture="ifa", backbone="efficientnet_lite0", num_classes=3, neck_channels=8,
+                         mlp_channels=[8], pos_dim=4, aux_channels=4, ifa_features="fpn")
+    optim = {"name": "adamw", "lr": 0.01, "weight_decay": 5e-4, "head_lr_mult": 2.0, "ifa_head_lr_mult": 0.5,
+             "decay_norm_bias": False}
+    optimizer = build_optimizer(model, optim)
+    mult = {id(p): g["lr_mult"] for g in optimizer.param_groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        expected = 1.0 if name.startswith("backbone.") else 0.5 if name.startswith("decoder.head.") else 2.0
+        assert mult[id(p)] == expected, name
+    assert {n.split(".")[2] for n, p in model.named_parameters() if mult[id(p)] == 0.5} >= {"pos", "classifier"}
+    assert any(n.startswith("decoder.neck.") for n, p in model.named_parameters() if mult[id(p)] == 2.0)
+    fpn = create_model(architecture="fpn", backbone="efficientnet_lite0", num_classes=3, neck_channels=8,
+                       head_channels=8, aux_channels=4)
+    with pytest.raises(ValueError, match="ifa_head_lr_mult is for IFA models"):
+        build_optimizer(fpn, optim)
 
 
 def test_pad_batch_for_hrnet():
