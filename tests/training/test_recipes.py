@@ -118,10 +118,13 @@ def test_overrides_and_errors(tmp_path):
 
 
 def test_camvid_pair_differs_only_in_the_head():
-    """The shipped pair: same backbone, neck, data, optimiser, schedule, loss and seed; only the head differs."""
+    """The shipped pair: same backbone, neck, data, optimiser, schedule, loss and seed; only the head (and the IFA
+    head's own learning rate) differs."""
     fpn, ifa = load("camvid-effl0-fpn"), load("camvid-effl0-ifa")
-    for key in ("pretrained_backbone", "data", "optim", "schedule", "loss", "eval"):
+    for key in ("pretrained_backbone", "data", "schedule", "loss", "eval"):
         assert fpn[key] == ifa[key], key
+    assert (fpn["optim"]["ifa_head_lr_mult"], ifa["optim"]["ifa_head_lr_mult"]) == (None, 1.0)
+    assert {**fpn["optim"], "ifa_head_lr_mult": 1.0} == ifa["optim"]
     assert {k: v for k, v in fpn["train"].items() if k != "out_dir"} == \
            {k: v for k, v in ifa["train"].items() if k != "out_dir"}
     shared = ("backbone", "neck_channels", "aux_channels")
