@@ -155,13 +155,16 @@ def build_optimizer(model: SegmentationModel, optim: dict) -> torch.optim.Optimi
     ifa_mult = optim["ifa_head_lr_mult"]
     if ifa_mult is not None and not model.is_ifa:
         raise ConfigError("optim.ifa_head_lr_mult is for IFA models; this model has no IFA head")
-    lr_mults = {0: 1.0, 1: optim["head_lr_mult"], 2: ifa_mult}  # backbone, rest of the model, IFA head
-    groups: dict[tuple[int, bool], list] = {}
+    # Sorted by name, the groups keep the order backbone, head, ifa_head (checkpoints resume unchanged).
+    lr_mults = {"backbone": 1.0, "head": optim["head_lr_mult"], "ifa_head": ifa_mult}
+    groups: dict[tuple[str, bool], list] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        is_ifa_head = ifa_mult is not None and name.startswith("decoder.head.")
-        role = 0 if name.startswith("backbone.") else 2 if is_ifa_head else 1
+        if name.startswith("backbone."):
+            role = "backbone"
+        else:
+            role = "ifa_head" if ifa_mult is not None and name.startswith("decoder.head.") else "head"
         decay = optim["decay_norm_bias"] or param.ndim > 1
         groups.setdefault((role, decay), []).append(param)
     param_groups = [{"params": params, "lr_mult": float(lr_mults[role]),
