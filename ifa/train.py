@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import platform
 import sys
 import time
@@ -26,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .data.datasets import DatasetError, build_dataset
+from .data.datasets import DatasetError, InMemory, build_dataset, decoded_bytes_estimate
 from .data.transforms import TrainAugment
 from .distributed import DistributedContext, all_reduce_mean, convert_sync_batchnorm
 from .evaluate import evaluate
@@ -43,12 +44,13 @@ DEFAULTS: dict = {
     "pretrained_backbone": True,
     "data": {"dataset": "camvid", "root": "../shared/data/camvid", "train_split": "train", "val_split": "val",
              "crop_size": [256, 320], "scale_range": [0.5, 2.0], "base_size": None, "img_scale": None, "flip": True,
-             "photometric": False, "workers": 1},
+             "photometric": False, "workers": 1, "in_memory": "auto"},
     "optim": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "head_lr_mult": 1.0,
               "ifa_head_lr_mult": None, "decay_norm_bias": True},
     "schedule": {"iters": 1000, "warmup_iters": 0, "power": 0.9, "min_lr": 0.0},
     "loss": {"ohem": True, "ohem_thresh": 0.7, "ohem_min_kept": 100000, "aux_weight": 0.4},
-    "train": {"batch_size": 8, "seed": 0, "amp": True, "sync_bn": True, "log_interval": 20, "ckpt_interval": 100,
+    "train": {"batch_size": 8, "seed": 0, "amp": True, "cpu_bf16": False, "channels_last": False, "sync_bn": True,
+              "log_interval": 20, "ckpt_interval": 100,
               "eval_interval": 0, "eval_limit": None, "out_dir": None},
     "eval": {"scales": [1.0], "flip": False, "mode": "whole", "window": [512, 512], "stride": None},
 }
@@ -146,6 +148,50 @@ def batch_stream(samples, n: int, batch_size: int, seed: int, start_iter: int, c
                             generator=torch.Generator().manual_seed(seed), pin_memory=ctx.device.type == "cuda")
         yield from loader
         epoch, skip = epoch + 1, 0
+
+
+def training_set(dcfg: dict, log: Logger):
+    """The training split, decoded once into memory when `data.in_memory` says so ("auto": when the
+    decoded arrays would take at most a quarter of the memory available now)."""
+    dataset = build_dataset(dcfg["dataset"], dcfg["root"], dcfg["train_split"])
+    mode = dcfg["in_memory"]
+    if mode not in ("auto", True, False):
+        raise ConfigError(f"data.in_memory must be auto, true or false, got {mode!r}")
+    if mode == "auto":
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):  # not a POSIX system: keep reading files
+            return dataset
+        estimate = decoded_bytes_estimate(dataset)
+        if estimate > available // 4:
+            log.line(f"training set kept on disk: about {estimate / 2 ** 20:.0f} MB decoded, "
+                     f"{available / 2 ** 20:.0f} MB available")
+            return dataset
+    elif not mode:
+        return dataset
+    start = time.time()
+    cached = InMemory(dataset)
+    log.line(f"training set decoded into memory: {len(cached)} images, {cached.nbytes / 2 ** 20:.0f} MB, "
+             f"{time.time() - start:.1f} s")
+    return cached
+
+
+def autocast_dtype(tcfg: dict, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of training: fp16 on CUDA with `train.amp`, bf16 on the CPU with `train.cpu_bf16`
+    (fp32 master weights in both), else None (fp32)."""
+    if device.type == "cuda":
+        return torch.float16 if tcfg["amp"] else None
+    if not tcfg["cpu_bf16"]:
+        return None
+    if device.type != "cpu" or not cpu_supports_bf16():
+        raise ConfigError(f"train.cpu_bf16: this {device.type} has no native bf16 support "
+                          "(oneDNN needs AVX-512 BF16 or AMX); train in fp32 (train.cpu_bf16=false)")
+    return torch.bfloat16
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU (AVX-512 BF16 / AMX), not emulated."""
+    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 # --- optimisation ---------------------------------------------------------------------------------
@@ -269,7 +315,7 @@ def train(cfg: dict, resume: bool = False, device: str | None = None) -> dict:
     tcfg, out_dir = cfg["train"], Path(cfg["train"]["out_dir"])
     log = Logger(out_dir, ctx.is_main)
     dcfg = cfg["data"]
-    train_set = build_dataset(dcfg["dataset"], dcfg["root"], dcfg["train_split"])
+    train_set = training_set(dcfg, log)
     batch_size = tcfg["batch_size"]
     if batch_size % ctx.world_size:
         raise ConfigError(f"train.batch_size {batch_size} must be divisible by the {ctx.world_size} processes")
@@ -281,9 +327,11 @@ def train(cfg: dict, resume: bool = False, device: str | None = None) -> dict:
     if ctx.world_size > 1 and tcfg["sync_bn"]:
         # torch's SyncBatchNorm on GPU, CPUSyncBatchNorm (gloo) on CPU; timm's BN + activation layers kept whole.
         model = convert_sync_batchnorm(model, ctx.device)
+    memory_format = torch.channels_last if tcfg["channels_last"] else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
     optimizer = build_optimizer(model, cfg["optim"])
-    use_amp = tcfg["amp"] and ctx.device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    amp_dtype = autocast_dtype(tcfg, ctx.device)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     start_iter, elapsed, trained_on = 0, 0.0, hardware()
     ckpt_path = out_dir / "last.pt"
     if resume and ckpt_path.is_file():
@@ -312,7 +360,8 @@ def train(cfg: dict, resume: bool = False, device: str | None = None) -> dict:
                            img_scale=tuple(dcfg["img_scale"]) if dcfg["img_scale"] else None, flip=dcfg["flip"],
                            photometric=dcfg["photometric"], mean=tuple(mcfg.mean), std=tuple(mcfg.std))
     log.line(f"{ctx.world_size} process(es) on {ctx.device}, {batch_size // ctx.world_size} images each per iteration"
-             + (", BatchNorm synchronised" if ctx.world_size > 1 and tcfg["sync_bn"] else ""))
+             + (", BatchNorm synchronised" if ctx.world_size > 1 and tcfg["sync_bn"] else "")
+             + (f", {str(amp_dtype).removeprefix('torch.')} autocast" if amp_dtype is not None else ", fp32"))
     stream = batch_stream(AugmentedSamples(train_set, augment), len(train_set), batch_size, tcfg["seed"],
                           start_iter, ctx, dcfg["workers"])
     total = cfg["schedule"]["iters"]
@@ -326,7 +375,8 @@ def train(cfg: dict, resume: bool = False, device: str | None = None) -> dict:
         images, labels = next(stream)
         images, labels = images.to(ctx.device, non_blocking=True), labels.to(ctx.device, non_blocking=True)
         images, labels = pad_batch(images, labels, model.size_divisor)
-        with torch.autocast(ctx.device.type, dtype=torch.float16, enabled=use_amp):
+        images = images.contiguous(memory_format=memory_format)
+        with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             loss = compute_loss(wrapped, images, labels, cfg["loss"])
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at iteration {it}; lower optim.lr?")

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ifa.models.ifa import grid_cells
+
 
 @dataclass
 class LevelRead:
@@ -44,10 +46,9 @@ def normalised_point(point: tuple[int, int], size: tuple[int, int]) -> tuple[flo
 
 
 def _cell(i: int, n_query: int, n_level: int) -> tuple[int, float]:
-    """Query i of an n_query grid: the level cell containing it and the offset in cell units (exact integers,
-    the same rule as ifa.models.ifa.grid_cells)."""
-    k = min(((2 * i + 1) * n_level) // (2 * n_query), n_level - 1)
-    return k, (2 * i + 1) * n_level / n_query - (2 * k + 1)
+    """Query i of an n_query grid: the level cell IFA reads there and the offset in cell units."""
+    k, r = grid_cells(n_query, n_level)
+    return int(k[i]), float(r[i])
 
 
 def ifa_reads(point: tuple[int, int], size: tuple[int, int], level_sizes: list[tuple[int, int]],

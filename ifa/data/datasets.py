@@ -75,6 +75,31 @@ class SegmentationDataset:
         return self.pairs[index][0].name
 
 
+class InMemory:
+    """A dataset decoded once: `dataset[i]` for every i kept as numpy arrays (same items, same order)."""
+
+    def __init__(self, dataset):
+        self.info = dataset.info
+        self.items = [dataset[i] for i in range(len(dataset))]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.items[index]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(image.nbytes + label.nbytes for image, label in self.items)
+
+
+def decoded_bytes_estimate(dataset, probe: int = 4) -> int:
+    """Bytes that `InMemory(dataset)` would hold, extrapolated from its first `probe` items."""
+    n = min(probe, len(dataset))
+    sample = sum(image.nbytes + label.nbytes for image, label in (dataset[i] for i in range(n)))
+    return sample * len(dataset) // max(n, 1)
+
+
 def _require_dir(path: Path, what: str, hint: str) -> Path:
     if not path.is_dir():
         raise DatasetError(f"{what}: {path} does not exist (expected {hint})")

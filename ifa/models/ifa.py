@@ -4,7 +4,9 @@ Conventions: feature levels are a list of maps (B, C, h_l, w_l), finest first. A
 in normalised coordinates (y, x) in [-1, 1]; grid row i of a size-h grid has centre
 y = -1 + (2i + 1) / h. For each level the head reads the feature z_l of the cell containing q
 (nearest, not interpolated) and the offset r_l = (q - v_l) * (h_l, w_l) to that cell's centre v_l,
-so each component of r_l lies in [-1, 1]. The MLP input is [PE(r_1), z_1, ..., PE(r_4), z_4].
+so each component of r_l lies in [-1, 1]. When q lies on the edge between two cells, the cell is the
+one the reference code's grid_sample picks in float32 (`cell_index`): every path here uses that rule.
+The MLP input is [PE(r_1), z_1, ..., PE(r_4), z_4].
 
 Two evaluations of the same function:
 - fast (`forward`, `query_points`): the first MLP layer is linear, so it is split per level; the
@@ -38,17 +40,26 @@ _AUTO_CHUNK = {"cpu": 2 ** 12}
 _AUTO_CHUNK_ACCELERATOR = 2 ** 18
 
 
-def _cell_of(q: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
-    """Index of the cell containing normalised coordinates q (..., 2) on a grid of `size` (2,) cells.
+def query_centres(n: int, device=None) -> torch.Tensor:
+    """Centres of an n-cell axis in normalised coordinates, float32 (n,): -1 + (2i + 1) / n, evaluated as
+    the reference code builds its query grid (LIIF's make_coord: (-1 + 1/n) + (2/n) i in float32), so that
+    `cell_index` sees the very values the reference rounds."""
+    half = 1 / n
+    return (-1 + half) + (2 * half) * torch.arange(n, dtype=torch.float32, device=device)
 
-    A point exactly on a cell boundary belongs to the upper cell (as in `grid_cells`' exact
-    integer rule); the tolerance, a few ulps of the scaled coordinate, absorbs rounding. The
-    reference code's grid_sample breaks such ties by float rounding instead: they only occur when
-    a query centre falls exactly on a coarser cell's edge (never at its odd 769 / 1024x2048 sizes).
+
+def cell_index(q: torch.Tensor, n) -> torch.Tensor:
+    """The cell the reference code reads at normalised coordinates q on an axis of n cells (long, q's shape).
+
+    The reference reads every level with grid_sample(mode="nearest", align_corners=False) in float32:
+    index = round-half-to-even((q + 1) * (n / 2) - 0.5), each step rounded to float32 (torch's CPU kernel).
+    Inside a cell this is the cell containing q; when q lies on an edge between two cells (a query centre
+    on a coarser cell's edge), float rounding picks one of them, the lower one about half the time.
+    `n` is an int or a tensor broadcastable to q (e.g. (2,) sizes for (y, x) points).
     """
-    scaled = (q + 1) / 2 * size
-    tolerance = 4 * torch.finfo(q.dtype).eps * size
-    return (scaled + tolerance).floor().clamp(min=0).minimum(size - 1)
+    n = torch.as_tensor(n, device=q.device)
+    scaled = (q.float() + 1) * (n.float() / 2) - 0.5
+    return torch.round(scaled).long().clamp(min=0).minimum(n - 1)
 
 
 class PositionEncoding(nn.Module):
@@ -95,17 +106,37 @@ class PositionEncoding(nn.Module):
         return torch.cat(parts, dim=-1)
 
 
-def grid_cells(n_query: int, n_level: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Along one axis: the level cell containing each query centre, and the offset to its centre.
+def grid_coords(h: int, w: int, device=None) -> torch.Tensor:
+    """The centres of an (h, w) query grid as `forward` reads them: (h * w, 2) float32 (y, x), row-major."""
+    q = torch.stack(torch.meshgrid(query_centres(h, device), query_centres(w, device), indexing="ij"), dim=-1)
+    return q.reshape(-1, 2)
 
-    Query i of an n_query grid has centre (2i + 1) / (2 n_query) in [0, 1] units; its cell is
-    k = floor((2i + 1) n_level / (2 n_query)) (exact integer arithmetic) and the offset is
-    r = (2i + 1) n_level / n_query - (2k + 1), in [-1, 1]. Returns (k long (n_query,), r float (n_query,)).
+
+def grid_cells(n_query: int, n_level: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Along one axis: the level cell read at each query centre, and the offset to its centre.
+
+    Query i of an n_query grid has centre (2i + 1) / (2 n_query) in [0, 1] units; its cell k is
+    `cell_index` at `query_centres` (the reference's rule: the containing cell, ties on an edge broken by
+    float32 rounding) and the offset is exact, r = (2i + 1) n_level / n_query - (2k + 1), in [-1, 1].
+    Returns (k long (n_query,), r float64 (n_query,)); computed on the CPU, then moved to `device`.
     """
-    odd = 2 * torch.arange(n_query, device=device) + 1
-    k = torch.div(odd * n_level, 2 * n_query, rounding_mode="floor").clamp_(max=n_level - 1)
-    r = odd.double() * n_level / n_query - (2 * k + 1)
-    return k, r
+    k = cell_index(query_centres(n_query), n_level)
+    r = (2 * torch.arange(n_query) + 1).double() * n_level / n_query - (2 * k + 1)
+    return k.to(device), r.to(device)
+
+
+def offset_classes(offsets: list[torch.Tensor], n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Group the rows (or columns) of a query grid that share every given level's offset, hence every encoding.
+
+    offsets: per level (n,) offsets along one axis (none: one class). Returns (class of each row (n,) long,
+    one representative row of each class (u,) long), on the CPU. Without ties the classes are the offsets'
+    period.
+    """
+    if not offsets:
+        return torch.zeros(n, dtype=torch.long), torch.zeros(1, dtype=torch.long)
+    _, ids = torch.unique(torch.stack([r.cpu() for r in offsets], dim=1), dim=0, return_inverse=True)
+    reps = torch.empty(int(ids.max()) + 1, dtype=torch.long).scatter_(0, ids, torch.arange(n))
+    return ids, reps
 
 
 def _rows(f: torch.Tensor, start: int, stop: int) -> torch.Tensor:
@@ -181,25 +212,25 @@ class IFAHead(nn.Module):
         h, w = size
         h_l, w_l = projection.shape[-2:]
         device = projection.device
-        ky, ry = grid_cells(h, h_l, device)
-        kx, rx = grid_cells(w, w_l, device)
-        # Offsets repeat with period h / gcd(h, h_l) rows and w / gcd(w, w_l) columns.
-        py, px = h // math.gcd(h, h_l), w // math.gcd(w, w_l)
-        table = self._encoding_table(level, ry[:py], rx[:px])
+        ky, ry = grid_cells(h, h_l)
+        kx, rx = grid_cells(w, w_l)
         start, stop, _ = (rows or slice(None)).indices(h)
-        if h % h_l == 0 and w % w_l == 0 and start % py == 0 and stop % py == 0:
-            # Integer ratios: cell k holds queries k*s .. k*s + s - 1, so gathering is a broadcast.
+        if h % h_l == 0 and w % w_l == 0 and start % (h // h_l) == 0 and stop % (h // h_l) == 0:
+            # Integer ratios (never a tie): cell k holds queries k*s .. k*s + s - 1, and the offsets repeat
+            # with period s, so gathering is a broadcast.
+            py, px = h // h_l, w // w_l
+            table = self._encoding_table(level, ry[:py].to(device), rx[:px].to(device))
             b, d = projection.shape[:2]
             term = projection[:, :, start // py:stop // py, None, :, None]
             if table is not None:
                 term = term + table.to(term.dtype)[None, :, None, :, None, :]
             return term.expand(b, d, (stop - start) // py, py, w_l, px).reshape(b, d, stop - start, w)
-        row_ids = torch.arange(start, stop, device=device)
-        term = projection.index_select(2, ky[row_ids]).index_select(3, kx)
-        if table is not None:
-            table = table.to(term.dtype)[:, row_ids % py]  # (D, n_rows, px)
-            b, d, n = term.shape[:3]
-            term = (term.view(b, d, n, w // px, px) + table[None, :, :, None, :]).view(b, d, n, w)
+        term = projection.index_select(2, ky[start:stop].to(device)).index_select(3, kx.to(device))
+        if self.pos[level].out_dim:
+            (row_ids, row_reps), (col_ids, col_reps) = offset_classes([ry], h), offset_classes([rx], w)
+            table = self._encoding_table(level, ry[row_reps].to(device), rx[col_reps].to(device))  # (D, u_y, u_x)
+            table = table.index_select(1, row_ids[start:stop].to(device)).index_select(2, col_ids.to(device))
+            term = term + table.to(term.dtype)[None]
         return term
 
     # --- fast evaluation ------------------------------------------------------------------------
@@ -242,7 +273,12 @@ class IFAHead(nn.Module):
         return out
 
     def query_points(self, feats: list[torch.Tensor], coords: torch.Tensor) -> torch.Tensor:
-        """Logits at arbitrary points: coords (B, N, 2) normalised (y, x) in [-1, 1] -> (B, K, N)."""
+        """Logits at arbitrary points: coords (B, N, 2) normalised (y, x) in [-1, 1] -> (B, K, N).
+
+        Cells follow `cell_index` (the reference's float32 rule). To read a grid exactly as `forward` does,
+        pass its centres as `query_centres` builds them (`grid_coords`); exact float64 centres can fall on
+        the other side of a tied edge.
+        """
         projections = self.level_projections(feats)
         blocks = self._split_first_layer()
         outputs = []
@@ -251,10 +287,10 @@ class IFAHead(nn.Module):
             q = coords[:, start:start + step]
             pre = self.hidden[0].bias[None, :, None]
             for level, (proj, (w_pe, _)) in enumerate(zip(projections, blocks)):
-                size = torch.tensor(proj.shape[-2:], device=q.device, dtype=q.dtype)
-                cell = _cell_of(q, size)
-                r = (q - (-1 + (2 * cell + 1) / size)) * size
-                flat = (cell[..., 0] * proj.shape[-1] + cell[..., 1]).long()  # (B, n)
+                size = torch.tensor(proj.shape[-2:], device=q.device)
+                cell = cell_index(q, size)
+                r = (q - (-1 + (2 * cell + 1) / size.to(q.dtype))) * size.to(q.dtype)
+                flat = cell[..., 0] * proj.shape[-1] + cell[..., 1]  # (B, n)
                 gathered = proj.flatten(2).gather(2, flat[:, None, :].expand(-1, proj.shape[1], -1))
                 pre = pre + gathered
                 if self.pos[level].out_dim:
@@ -307,30 +343,32 @@ class IFAHead(nn.Module):
                 w_pe, w_z = w0[:, col:col + pe.out_dim], w0[:, col + pe.out_dim:col + pe.out_dim + f.shape[1]]
                 col += pe.out_dim + f.shape[1]
                 h_l, w_l = f.shape[-2:]
-                ky, ry = grid_cells(h, h_l, device)
-                kx, rx = grid_cells(w, w_l, device)
+                ky, ry = grid_cells(h, h_l)
+                kx, rx = grid_cells(w, w_l)
                 on_grid = (h_l, w_l) == (h, w)
                 levels.append({
-                    "f": f, "w_z": w_z, "w_pe": w_pe, "pe": pe, "ky": ky, "ry": ry, "rx": rx, "kx": kx, "w_l": w_l,
-                    "py": h // math.gcd(h, h_l), "px": w // math.gcd(w, w_l), "on_grid": on_grid,
-                    "int_rows": h % h_l == 0, "int_cols": w % w_l == 0,
+                    "f": f, "w_z": w_z, "w_pe": w_pe, "pe": pe, "w_l": w_l, "ry": ry, "rx": rx,
+                    "ky": ky.to(device), "kx": kx.to(device), "on_grid": on_grid,
+                    "int_rows": h % h_l == 0, "int_cols": w % w_l == 0, "py": h // h_l, "px": w // w_l,
                     # W_z,l z at the level's resolution, channels last: (B, h_l, w_l, D).
                     "proj": None if on_grid else (_rows(f, 0, h_l) @ w_z.t()).view(b, h_l, w_l, d),
                 })
 
-            def encoding(level, rows):  # W_pe,l PE(r) for offset rows x the first px columns: (n, px, D)
-                r = torch.stack(torch.broadcast_tensors(rows[:, None], level["rx"][None, :level["px"]]), dim=-1)
-                return level["pe"](r.to(dtype)) @ level["w_pe"].t()
+            def encoding(level, rows, cols):  # W_pe,l PE(r) for offsets rows (a,) x cols (c,): (a, c, D)
+                r = torch.stack(torch.broadcast_tensors(rows[:, None], cols[None, :]), dim=-1)
+                return level["pe"](r.to(device, dtype)) @ level["w_pe"].t()
 
+            # Rows (columns) sharing every level's offset share the summed encoding terms: one table over
+            # those classes (+ the bias), gathered per chunk; per-level terms when the table would be large.
             encoded = [lv for lv in levels if lv["pe"].out_dim]
-            ly = math.lcm(1, *(lv["py"] for lv in encoded))
-            lx = math.lcm(1, *(lv["px"] for lv in encoded))
+            row_ids, row_reps = offset_classes([lv["ry"] for lv in encoded], h)
+            col_ids, col_reps = offset_classes([lv["rx"] for lv in encoded], w)
             table = None
-            if ly * lx <= _COMBINED_TABLE_MAX:
-                table = b0.expand(ly, lx, d).clone()
+            if len(row_reps) * len(col_reps) <= _COMBINED_TABLE_MAX:
+                table = b0.expand(len(row_reps), len(col_reps), d).clone()
                 for lv in encoded:
-                    py, px = lv["py"], lv["px"]
-                    table.view(ly // py, py, lx // px, px, d).add_(encoding(lv, lv["ry"][:py])[None, :, None])
+                    table.add_(encoding(lv, lv["ry"][row_reps], lv["rx"][col_reps]))
+                row_ids, col_ids = row_ids.to(device), col_ids.to(device)
             # Chunks of whole periods of the broadcast levels' rows (when chunks are that tall).
             align = math.lcm(1, *(lv["py"] for lv in levels if lv["int_rows"] and lv["int_cols"]))
             step = max(1, self._chunk_queries(device) // max(w, 1))
@@ -343,13 +381,12 @@ class IFAHead(nn.Module):
                 n, m = stop - start, b * (stop - start) * w
                 pre = work[:m * d].view(b, n, w, d)
                 if table is not None:
-                    rows = table[torch.arange(start, stop, device=device) % ly]  # (n, lx, D)
-                    pre.view(b, n, w // lx, lx, d).copy_(rows[None, :, None])
+                    torch.index_select(table.index_select(0, row_ids[start:stop]), 1, col_ids, out=pre[0])
                 else:
-                    pre.copy_(b0.expand(b, n, w, d))
+                    pre[0].copy_(b0.expand(n, w, d))
                     for lv in encoded:
-                        term = encoding(lv, lv["ry"][start:stop])  # (n, px, D)
-                        pre.view(b, n, w // lv["px"], lv["px"], d).add_(term[None, :, None])
+                        pre[0].add_(encoding(lv, lv["ry"][start:stop], lv["rx"]))
+                pre[1:].copy_(pre[:1].expand(b - 1, n, w, d))
                 for lv in levels:
                     py, px, w_l = lv["py"], lv["px"], lv["w_l"]
                     if lv["on_grid"]:
@@ -376,16 +413,17 @@ class IFAHead(nn.Module):
         self._check(feats)
         h, w = size if size is not None else feats[0].shape[-2:]
         device = feats[0].device
+        q32 = grid_coords(h, w, device)
         ys = -1 + (2 * torch.arange(h, device=device, dtype=torch.float64) + 1) / h
         xs = -1 + (2 * torch.arange(w, device=device, dtype=torch.float64) + 1) / w
-        q = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(-1, 2)  # (N, 2)
+        q = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(-1, 2)  # (N, 2), exact centres
         parts = []
         for f, pe in zip(feats, self.pos):
-            size_l = torch.tensor(f.shape[-2:], device=device, dtype=torch.float64)
-            cell = _cell_of(q, size_l)
-            centre = -1 + (2 * cell + 1) / size_l
+            size_l = torch.tensor(f.shape[-2:], device=device)
+            cell = cell_index(q32, size_l)  # the reference's choice, from its float32 centres
+            centre = -1 + (2 * cell + 1) / size_l.double()
             r = ((q - centre) * size_l).to(f.dtype)
-            z = f[:, :, cell[:, 0].long(), cell[:, 1].long()]  # (B, C, N)
+            z = f[:, :, cell[:, 0], cell[:, 1]]  # (B, C, N)
             parts += [pe(r).t()[None].expand(f.shape[0], -1, -1), z]
         x = torch.cat(parts, dim=1)[..., None]  # (B, 4(C + P), N, 1)
         return self.classifier(self.dropout(self.hidden(x))).view(x.shape[0], -1, h, w)
