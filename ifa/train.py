@@ -48,7 +48,8 @@ DEFAULTS: dict = {
     "optim": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "head_lr_mult": 1.0,
               "ifa_head_lr_mult": None, "decay_norm_bias": True},
     "schedule": {"iters": 1000, "warmup_iters": 0, "power": 0.9, "min_lr": 0.0},
-    "loss": {"ohem": True, "ohem_thresh": 0.7, "ohem_min_kept": 100000, "aux_weight": 0.4},
+    "loss": {"ohem": True, "ohem_thresh": 0.7, "ohem_min_kept": 100000, "aux_weight": 0.4,
+             "grid_weight": 1.0, "point_samples": 0, "point_weight": 1.0},
     "train": {"batch_size": 8, "seed": 0, "amp": True, "cpu_bf16": False, "channels_last": False, "sync_bn": True,
               "log_interval": 20, "ckpt_interval": 100,
               "eval_interval": 0, "eval_limit": None, "out_dir": None},
@@ -242,14 +243,36 @@ def pad_batch(images: torch.Tensor, labels: torch.Tensor, divisor: int) -> tuple
             torch.nn.functional.pad(labels, (0, pad_w, 0, pad_h), value=255))
 
 
-def compute_loss(model, images, labels, loss_cfg: dict) -> torch.Tensor:
-    """`model` returns (logits, aux logits or None): an _AuxForward, possibly inside DDP."""
-    logits, aux = model(images)
-    loss = _segmentation_loss(logits, labels, loss_cfg)
+def compute_loss(model, images, labels, loss_cfg: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+    """`model` returns (logits, aux logits or None, point logits or None): an _AuxForward, possibly inside DDP.
+
+    grid_weight x the loss of the logits (stride-4 grid upsampled to the labels), + aux_weight x the auxiliary
+    loss, + with loss.point_samples = n > 0 (IFA only) point_weight x the loss of IFA queried at n uniformly
+    random continuous points per image, each labelled with the pixel that contains it (as LIIF trains its
+    implicit function); `generator` draws the points.
+    """
+    coords = None
+    if loss_cfg["point_samples"] > 0:
+        b, n = labels.shape[0], loss_cfg["point_samples"]
+        coords = torch.rand(b, n, 2, generator=generator).mul_(2).sub_(1).to(images.device)
+    logits, aux, points = model(images, coords)
+    loss = loss_cfg["grid_weight"] * _segmentation_loss(logits, labels, loss_cfg) if loss_cfg["grid_weight"] else 0.0
     if aux is not None and loss_cfg["aux_weight"] > 0:
         aux = torch.nn.functional.interpolate(aux, size=labels.shape[-2:], mode="bilinear", align_corners=False)
         loss = loss + loss_cfg["aux_weight"] * _segmentation_loss(aux, labels, loss_cfg)
+    if points is not None:
+        loss = loss + loss_cfg["point_weight"] * _segmentation_loss(points[..., None], point_labels(labels, coords),
+                                                                    loss_cfg)
     return loss
+
+
+def point_labels(labels: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """The label of the pixel containing each point: labels (B, H, W), coords (B, N, 2) normalised (y, x)
+    -> (B, N, 1) (pixel i spans [-1 + 2i / H, -1 + 2(i + 1) / H))."""
+    size = torch.tensor(labels.shape[-2:], device=coords.device)
+    pixel = ((coords + 1) / 2 * size).floor().long().clamp(min=0).minimum(size - 1)
+    flat = labels.flatten(1).gather(1, pixel[..., 0] * labels.shape[-1] + pixel[..., 1])
+    return flat[..., None]
 
 
 def _segmentation_loss(logits, labels, loss_cfg):
@@ -259,14 +282,14 @@ def _segmentation_loss(logits, labels, loss_cfg):
 
 
 class _AuxForward(torch.nn.Module):
-    """Wraps the model so DistributedDataParallel's forward returns (logits, aux)."""
+    """Wraps the model so DistributedDataParallel's forward returns (logits, aux, point logits)."""
 
     def __init__(self, model: SegmentationModel):
         super().__init__()
         self.model = model
 
-    def forward(self, x):
-        return self.model.forward_with_aux(x)
+    def forward(self, x, coords=None):
+        return self.model.forward_train(x, coords)
 
 
 # --- checkpoints: out_dir/last.pt ------------------------------------------------------------------
@@ -330,6 +353,11 @@ def train(cfg: dict, resume: bool = False, device: str | None = None) -> dict:
     memory_format = torch.channels_last if tcfg["channels_last"] else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     optimizer = build_optimizer(model, cfg["optim"])
+    lcfg = cfg["loss"]
+    if lcfg["point_samples"] > 0 and not model.is_ifa:
+        raise ConfigError("loss.point_samples needs an IFA model: Semantic FPN cannot be queried at points")
+    if not lcfg["grid_weight"] and lcfg["point_samples"] <= 0:
+        raise ConfigError("loss.grid_weight is 0 and loss.point_samples is 0: nothing would be supervised")
     amp_dtype = autocast_dtype(tcfg, ctx.device)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     start_iter, elapsed, trained_on = 0, 0.0, hardware()
@@ -377,7 +405,8 @@ def train(cfg: dict, resume: bool = False, device: str | None = None) -> dict:
         images, labels = pad_batch(images, labels, model.size_divisor)
         images = images.contiguous(memory_format=memory_format)
         with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss = compute_loss(wrapped, images, labels, cfg["loss"])
+            points = torch.Generator().manual_seed(tcfg["seed"] * 1_000_003 + it)  # resumable: (seed, iteration)
+            loss = compute_loss(wrapped, images, labels, cfg["loss"], points)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at iteration {it}; lower optim.lr?")
         optimizer.zero_grad(set_to_none=True)

@@ -102,9 +102,21 @@ class SegmentationModel(nn.Module):
 
     def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Training: (logits (B, K, H, W), auxiliary logits at stride 16 or None)."""
+        logits, aux, _ = self.forward_train(x)
+        return logits, aux
+
+    def forward_train(self, x: torch.Tensor, coords: torch.Tensor | None = None):
+        """Training, from one backbone pass: (logits (B, K, H, W), auxiliary logits at stride 16 or None,
+        IFA logits at points coords (B, N, 2) normalised (y, x) as (B, K, N), or None without coords)."""
         feats = self.backbone(x)
-        logits = self._upsample(self.decoder(feats), x.shape[-2:])
-        return logits, (self.aux_head(feats[2]) if self.aux_head is not None else None)
+        levels = self.decoder.levels(feats)
+        logits = self._upsample(self.decoder.head(levels), x.shape[-2:])
+        aux = self.aux_head(feats[2]) if self.aux_head is not None else None
+        if coords is None:
+            return logits, aux, None
+        if not self.is_ifa:
+            raise ValueError("point supervision needs an IFA model (architecture 'ifa')")
+        return logits, aux, self.decoder.head.query_points(levels, coords)
 
     def decode_features(self, x: torch.Tensor) -> torch.Tensor:
         """Final per-pixel features before the classifier, at the stride-4 grid: (B, D, h_1, w_1)."""

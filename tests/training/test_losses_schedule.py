@@ -11,11 +11,13 @@ import torch.nn.functional as F
 from ifa.losses import ohem_cross_entropy
 from ifa.models import create_model
 from ifa.train import (
+    _AuxForward,
     build_optimizer,
     compute_loss,
     learning_rate,
     load_checkpoint,
     pad_batch,
+    point_labels,
     save_checkpoint,
 )
 
@@ -68,19 +70,54 @@ def test_ohem_edge_cases():
 
 def test_loss_with_auxiliary_head():
     class Fixed(torch.nn.Module):
-        def forward(self, x):
-            return main, aux
+        def forward(self, x, coords=None):
+            return main, aux, None
 
     gen = torch.Generator().manual_seed(0)
     main, aux = torch.randn(2, 3, 8, 12, generator=gen), torch.randn(2, 3, 2, 3, generator=gen)
     labels = torch.randint(0, 3, (2, 8, 12), generator=gen)
     labels[0, :2] = 255
-    cfg = {"ohem": False, "ohem_thresh": 0.7, "ohem_min_kept": 1, "aux_weight": 0.4}
+    cfg = {"ohem": False, "ohem_thresh": 0.7, "ohem_min_kept": 1, "aux_weight": 0.4, "grid_weight": 1.0,
+           "point_samples": 0, "point_weight": 1.0}
     up = F.interpolate(aux, size=(8, 12), mode="bilinear", align_corners=False)
     expected = F.cross_entropy(main, labels, ignore_index=255) + 0.4 * F.cross_entropy(up, labels, ignore_index=255)
     torch.testing.assert_close(compute_loss(Fixed(), None, labels, cfg), expected)
     assert compute_loss(Fixed(), None, labels, {**cfg, "aux_weight": 0.0}) == F.cross_entropy(main, labels,
                                                                                                ignore_index=255)
+
+
+def test_point_labels_read_the_pixel_containing_each_point():
+    labels = torch.arange(12).view(1, 3, 4)
+    # pixel (i, j) spans y in [-1 + 2i/3, -1 + 2(i+1)/3), x in [-1 + j/2, -1 + (j+1)/2); edges belong to the next
+    coords = torch.tensor([[[-1.0, -1.0], [-0.34, -0.51], [-1 / 3 + 1e-6, 0.0], [0.999, 0.999], [1.0, 1.0]]])
+    assert point_labels(labels, coords)[0, :, 0].tolist() == [0, 0, 6, 11, 11]
+
+
+def test_point_supervision_adds_ifa_queried_at_random_points():
+    """loss = grid loss + point_weight x cross-entropy of IFA's logits at the drawn points against the labels of
+    the pixels that contain them; the same generator seed draws the same points."""
+    model = create_model(architecture="ifa", backbone="efficientnet_lite0", num_classes=3, neck_channels=8,
+                         mlp_channels=[8], pos_dim=4, aux_channels=0).train()
+    gen = torch.Generator().manual_seed(0)
+    images, labels = torch.randn(2, 3, 33, 41, generator=gen), torch.randint(0, 3, (2, 33, 41), generator=gen)
+    labels[:, :5] = 255
+    cfg = {"ohem": False, "ohem_thresh": 0.7, "ohem_min_kept": 1, "aux_weight": 0.0, "grid_weight": 1.0,
+           "point_samples": 50, "point_weight": 0.5}
+    torch.manual_seed(1)
+    got = compute_loss(_AuxForward(model), images, labels, cfg, torch.Generator().manual_seed(7))
+    coords = torch.rand(2, 50, 2, generator=torch.Generator().manual_seed(7)) * 2 - 1
+    rows = ((coords[..., 0] + 1) / 2 * 33).floor().long()
+    cols = ((coords[..., 1] + 1) / 2 * 41).floor().long()
+    expected_labels = torch.stack([labels[b, rows[b], cols[b]] for b in range(2)])
+    torch.manual_seed(1)
+    logits, _, points = model.forward_train(images, coords)
+    expected = (F.cross_entropy(logits, labels, ignore_index=255)
+                + 0.5 * F.cross_entropy(points, expected_labels, ignore_index=255))
+    torch.testing.assert_close(got, expected)
+    with pytest.raises(ValueError, match="IFA"):
+        fpn = create_model(architecture="fpn", backbone="efficientnet_lite0", num_classes=3, neck_channels=8,
+                           head_channels=8)
+        fpn.forward_train(images, coords)
 
 
 def test_learning_rate_schedule():
