@@ -77,8 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val")
     p.add_argument("--scales", type=float, nargs="+", default=[1.0])
     p.add_argument("--flip", action="store_true")
-    p.add_argument("--mode", choices=["whole", "slide"], default="whole")
-    p.add_argument("--window", type=int, nargs=2, default=[512, 512], metavar=("H", "W"))
+    p.add_argument("--mode", choices=["whole", "slide", "reference"], default="whole",
+                   help="whole image, sliding window, or the reference code's protocol (see ifa.inference.Predictor)")
+    p.add_argument("--window", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="window of --mode slide (default 512 512) or reference (default 769 769)")
+    p.add_argument("--long-side", type=int, default=2048,
+                   help="--mode reference: the long side the image is resized to at scale 1 (default 2048)")
     p.add_argument("--ifa-resolution", choices=["stride4", "full"], default="stride4")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when present)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
@@ -98,7 +102,8 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
             continue
         model = load_model(spec, revision=revision, num_classes=dataset.info.num_classes)
         predictor = Predictor(model, device=ctx.device, precision=args.precision, mode=args.mode,
-                              window=tuple(args.window), scales=tuple(args.scales), flip=args.flip,
+                              window=tuple(args.window) if args.window else None, long_side=args.long_side,
+                              scales=tuple(args.scales), flip=args.flip,
                               ifa_resolution=args.ifa_resolution if model.is_ifa else "stride4")
         cm = evaluate(predictor, dataset, limit=args.limit, ctx=ctx)
         key = spec if spec not in results else f"{spec} (2)"

@@ -6,6 +6,7 @@ labels (H, W) int64 and class probabilities (K, H, W) float32.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +18,10 @@ from .data.transforms import normalize, to_tensor
 from .models.segmentor import SegmentationModel
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-MODES = ("whole", "slide")
+MODES = ("whole", "slide", "reference")
+# The reference code's evaluation (mode "reference"): long side resized to 2048 x scale, 769 x 769 windows.
+REFERENCE_LONG_SIDE = 2048
+REFERENCE_WINDOW = (769, 769)
 IFA_RESOLUTIONS = ("stride4", "full")
 
 
@@ -36,8 +40,18 @@ class Predictor:
 
     precision: "auto" = fp16 autocast on CUDA, fp32 on CPU. mode "slide" uses `window` crops with
     `stride` (default 2/3 of the window). scales multiply the image size; flip adds left-right
-    flipped copies; probabilities are averaged over all views. ifa_resolution "full" queries the
-    IFA head at every pixel instead of upsampling the stride-4 grid (IFA models only).
+    flipped copies; probabilities are averaged over all views (the project's protocol).
+
+    mode "reference" is the reference code's evaluation protocol instead: per scale s the image is
+    resized (bilinear, align_corners=True) so that its long side is `long_side` x s (2048 x s), windows
+    of `window` (769 x 769) slide with stride ceil(2/3 x window) (513), the last one flush with the
+    end; a window larger than the image is not shrunk: the image part is padded at the bottom and right
+    with the mean colour; each window's softmax (averaged with its flipped copy's, flipped back, when
+    `flip`: flip per window) is cropped to the image part and averaged where windows overlap; each
+    scale's probabilities are resized back (align_corners=True) and averaged over scales.
+
+    ifa_resolution "full" queries the IFA head at every pixel instead of upsampling the stride-4 grid
+    (IFA models only).
 
     The model stays resident on the device. GPU path: channels_last (default on CUDA) runs the
     convolutions in NHWC, cuDNN autotunes for the fixed sizes it sees (`cudnn.benchmark`, set on
@@ -47,9 +61,10 @@ class Predictor:
     """
 
     def __init__(self, model: SegmentationModel, device: str | torch.device | None = None,
-                 precision: str = "auto", mode: str = "whole", window: tuple[int, int] = (512, 512),
+                 precision: str = "auto", mode: str = "whole", window: tuple[int, int] | None = None,
                  stride: tuple[int, int] | None = None, scales: tuple[float, ...] = (1.0,), flip: bool = False,
-                 ifa_resolution: str = "stride4", channels_last: bool | None = None, compile: bool | str = False):
+                 ifa_resolution: str = "stride4", channels_last: bool | None = None, compile: bool | str = False,
+                 long_side: int = REFERENCE_LONG_SIDE):
         for value, valid, what in ((precision, PRECISIONS, "precision"), (mode, MODES, "mode"),
                                    (ifa_resolution, IFA_RESOLUTIONS, "ifa_resolution")):
             if value not in valid:
@@ -70,8 +85,14 @@ class Predictor:
             self._forward = torch.compile(self.model, **({"backend": compile} if isinstance(compile, str) else {}))
         self.precision = precision
         self.mode = mode
-        self.window = tuple(window)
-        self.stride = tuple(stride) if stride else tuple(max(1, w * 2 // 3) for w in self.window)
+        self.window = tuple(window) if window else (REFERENCE_WINDOW if mode == "reference" else (512, 512))
+        if stride:
+            self.stride = tuple(stride)
+        elif mode == "reference":
+            self.stride = tuple(math.ceil(w * 2 / 3) for w in self.window)
+        else:
+            self.stride = tuple(max(1, w * 2 // 3) for w in self.window)
+        self.long_side = long_side
         self.scales = tuple(scales)
         self.flip = flip
         self.ifa_resolution = ifa_resolution
@@ -119,9 +140,46 @@ class Predictor:
                 counts[..., top:top + wh, left:left + ww] += 1
         return logits / counts
 
+    def _reference_windows(self, x: torch.Tensor) -> torch.Tensor:
+        """Mode "reference" at one scale: window-averaged probabilities (B, K, H, W) of x (B, 3, H, W)."""
+        h, w = x.shape[-2:]
+        (th, tw), (sh, sw) = self.window, self.stride
+        probs = counts = None
+        for row in range(max(1, math.ceil((h - th) / sh) + 1)):
+            for col in range(max(1, math.ceil((w - tw) / sw) + 1)):
+                y2, x2 = min(row * sh + th, h), min(col * sw + tw, w)
+                y1, x1 = max(y2 - th, 0), max(x2 - tw, 0)
+                tile = x[..., y1:y2, x1:x2]
+                views = [(tile, False)] + ([(tile.flip(-1), True)] if self.flip else [])
+                out = 0
+                for view, flipped in views:
+                    padded = F.pad(view, (0, tw - view.shape[-1], 0, th - view.shape[-2]))  # 0 = the mean colour
+                    p = self._run(padded).float().softmax(dim=1)[..., :y2 - y1, :x2 - x1]
+                    out = out + (p.flip(-1) if flipped else p)
+                if probs is None:
+                    probs = x.new_zeros((x.shape[0], out.shape[1], h, w), dtype=torch.float32)
+                    counts = x.new_zeros((1, 1, h, w), dtype=torch.float32)
+                probs[..., y1:y2, x1:x2] += out / len(views)
+                counts[..., y1:y2, x1:x2] += 1
+        return probs / counts
+
+    def _reference_probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        total = 0
+        for scale in self.scales:
+            ratio = self.long_side * scale / max(h, w)
+            size = (max(1, round(h * ratio)), max(1, round(w * ratio)))
+            xs = F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+            with self._autocast():
+                probs = self._reference_windows(xs)
+            total = total + F.interpolate(probs, size=(h, w), mode="bilinear", align_corners=True)
+        return total / len(self.scales)
+
     @torch.inference_mode()
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """Averaged class probabilities (B, K, H, W) float32 for a normalised batch x (B, 3, H, W)."""
+        if self.mode == "reference":
+            return self._reference_probabilities(x)
         h, w = x.shape[-2:]
         total = None
         for scale in self.scales:

@@ -66,9 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val")
     p.add_argument("--scales", type=float, nargs="+", default=list(PAPER_SCALES),
                    help="scales of the multi-scale rows (default: the paper's)")
-    p.add_argument("--mode", choices=["whole", "slide"], default="whole",
-                   help="whole image or sliding window (the paper: slide with 769x769 windows on Cityscapes)")
-    p.add_argument("--window", type=int, nargs=2, default=[512, 512], metavar=("H", "W"))
+    p.add_argument("--mode", choices=["whole", "slide", "reference"], default="whole",
+                   help="whole image, sliding window, or the reference code's protocol (long side 2048 x scale, "
+                        "769x769 windows; see ifa.inference.Predictor)")
+    p.add_argument("--window", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="window of --mode slide (default 512 512) or reference (default 769 769)")
+    p.add_argument("--long-side", type=int, default=2048,
+                   help="--mode reference: the long side the image is resized to at scale 1 (default 2048)")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: CUDA when present)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
@@ -83,7 +87,7 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
     dataset = build_dataset(args.dataset, args.root, args.split)
     model = load_model(args.model, revision=args.revision, num_classes=dataset.info.num_classes)
     rows = table3(model, dataset, scales=tuple(args.scales), limit=args.limit, ctx=ctx, precision=args.precision,
-                  mode=args.mode, window=tuple(args.window))
+                  mode=args.mode, window=tuple(args.window) if args.window else None, long_side=args.long_side)
     if ctx.is_main:
         reference = PAPER_R101_IFA_CITYSCAPES if args.dataset == "cityscapes" else None
         print(format_table3(rows, reference))

@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,7 @@ from torchvision.models.resnet import Bottleneck
 
 import ifa
 from ifa.convert import file_sha256, infer_config, main
+from ifa.inference import Predictor
 
 NUM_CLASSES = 19
 POS_DIM = 24
@@ -301,3 +303,70 @@ def test_cli_help():
     help_run = subprocess.run([sys.executable, "-m", "ifa.convert", "official", "--help"],
                               capture_output=True, text=True, timeout=300)
     assert help_run.returncode == 0 and "--num-classes" in help_run.stdout and "--fp16" in help_run.stdout
+
+
+# --- the reference's evaluation protocol ----------------------------------------------------------
+def reference_eval_loop(net, image: np.ndarray, scales, flip: bool, long_side: int, tile: int) -> np.ndarray:
+    """The reference code's eval loop, written out on numpy arrays: image (1, 3, H, W) normalised -> probs (H, W, K).
+
+    Per scale: resize (bilinear, align_corners=True) to long side long_side x scale; tiles of tile x tile with
+    stride ceil(2/3 tile), rows = ceil((H - tile) / stride) + 1 (at least 1), each tile moved back to end at
+    the border, padded at the bottom/right with 0 (the mean), softmax of the net, cropped, summed and counted;
+    flip: the same for the flipped tile, flipped back, averaged with it; resized back, averaged over scales.
+    """
+    _, _, h, w = image.shape
+    stride = int(np.ceil(tile * 2 / 3))
+    full = np.zeros((h, w, NUM_CLASSES))
+    for scale in scales:
+        factor = long_side * scale / max(h, w)
+        size = (int(round(h * factor)), int(round(w * factor)))
+        scaled = F.interpolate(torch.from_numpy(image), size=size, mode="bilinear", align_corners=True).numpy()
+        sh, sw = size
+        probs, counts = np.zeros((sh, sw, NUM_CLASSES)), np.zeros((sh, sw, NUM_CLASSES))
+        for row in range(max(1, int(np.ceil((sh - tile) / stride)) + 1)):
+            for col in range(max(1, int(np.ceil((sw - tile) / stride)) + 1)):
+                x1, y1 = col * stride, row * stride
+                x2, y2 = min(x1 + tile, sw), min(y1 + tile, sh)
+                x1, y1 = max(x2 - tile, 0), max(y2 - tile, 0)
+                crop = scaled[:, :, y1:y2, x1:x2]
+                tiles = [crop] + ([crop[:, :, :, ::-1].copy()] if flip else [])
+                outs = []
+                for t in tiles:
+                    padded = np.pad(t, ((0, 0), (0, 0), (0, tile - t.shape[2]), (0, tile - t.shape[3])))
+                    with torch.no_grad():
+                        p = net(torch.from_numpy(padded)).softmax(dim=1)[0].numpy().transpose(1, 2, 0)
+                    outs.append(p[:y2 - y1, :x2 - x1])
+                if flip:
+                    outs[1] = outs[1][:, ::-1]
+                probs[y1:y2, x1:x2] += sum(outs) / len(outs)
+                counts[y1:y2, x1:x2] += 1
+        probs /= counts
+        back = F.interpolate(torch.from_numpy(probs.transpose(2, 0, 1).copy())[None], size=(h, w), mode="bilinear",
+                             align_corners=True)[0].numpy().transpose(1, 2, 0)
+        full += back
+    return full / len(scales)
+
+
+def test_reference_protocol_equals_the_reference_eval_loop(reference, reference_file, tmp_path):
+    """Predictor(mode="reference") on the converted checkpoint = the reference's eval loop on the reference model.
+
+    Small stand-ins for 2048 / 769: long side 150, 65 x 65 windows (stride 44). A 50 x 90 image becomes 83 x 150
+    at scale 1 (2 x 3 windows, overlapping) and 42 x 75 at scale 0.5 (shorter than a window: padded, not shrunk).
+    65 x 65 windows give level grids 17, 9, 5, 3 (no tied query centres). float32 on both sides, as the reference
+    runs; the two IFA implementations sum in another order: probabilities agree to 1e-5.
+    """
+    out = tmp_path / "converted"
+    assert main(["official", str(reference_file), str(out), "--dataset", "cityscapes"]) == 0
+    model = ifa.load_model(out)
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(50, 90, 3), dtype=np.uint8)
+    predictor = Predictor(model, device="cpu", mode="reference", window=(65, 65), long_side=150,
+                              scales=(0.5, 1.0), flip=True)
+    assert predictor.stride == (44, 44)
+    x = predictor.preprocess(image)
+    expected = reference_eval_loop(reference, x.numpy(), (0.5, 1.0), True, 150, 65)
+    got = predictor.probabilities(x)[0].numpy().transpose(1, 2, 0)
+    np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+    # the protocol matters: the project's whole-image protocol gives other probabilities
+    whole = Predictor(model, device="cpu", scales=(0.5, 1.0), flip=True).probabilities(x)[0].numpy()
+    assert np.abs(whole.transpose(1, 2, 0) - expected).max() > 1e-2
