@@ -10,7 +10,7 @@ from ifa.inference import Predictor
 from ifa.metrics import confusion_matrix, summarize
 from ifa.models import create_model
 from ifa.models.ifa import IFAHead
-from tools.offset_ablation import ablate, offsets_zeroed
+from tools.offset_ablation import ablate
 
 
 def level_maps(seed=0):
@@ -28,12 +28,11 @@ def spread_within_level4_cells(logits):
 
 def test_zeroed_offsets_leave_only_the_cells():
     torch.manual_seed(0)
-    model = SimpleNamespace(is_ifa=True, decoder=SimpleNamespace(head=IFAHead([4] * 4, 3, hidden=(8,), pos_dim=8)))
-    head = model.decoder.head.eval()
+    head = IFAHead([4] * 4, 3, hidden=(8,), pos_dim=8).eval()
     feats = level_maps()
     with torch.no_grad():
         trained = head(feats)
-        with offsets_zeroed(model):
+        with head.offsets_zeroed():
             zeroed = head(feats)
             reference = head.forward_reference(feats)
         restored = head(feats)
@@ -70,7 +69,7 @@ def test_ablate_scores_both_variants_and_counts_the_changed_pixels():
     result = ablate(model, dataset)
     predictor = Predictor(model, device="cpu")
     trained = [predictor.predict(image).labels for image, _ in dataset.samples]
-    with offsets_zeroed(model):
+    with model.offsets_zeroed():
         zeroed = [predictor.predict(image).labels for image, _ in dataset.samples]
     for key, preds in (("as_trained", trained), ("offsets_zeroed", zeroed)):
         cm = sum(confusion_matrix(p, label, 3, ignore_index=255) for p, (_, label) in zip(preds, dataset.samples))
@@ -83,5 +82,5 @@ def test_ablate_scores_both_variants_and_counts_the_changed_pixels():
     fpn = create_model(architecture="fpn", backbone="efficientnet_lite0", num_classes=3, neck_channels=8,
                        head_channels=8, aux_channels=4)
     with pytest.raises(ValueError, match="needs an IFA model"):
-        with offsets_zeroed(fpn):
+        with fpn.offsets_zeroed():
             pass

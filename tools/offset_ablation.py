@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from contextlib import contextmanager
 
 import numpy as np
-import torch
-from torch import nn
 from tqdm import tqdm
 
 from ifa.data.datasets import build_dataset
@@ -23,32 +20,6 @@ from ifa.hub import load_model
 from ifa.inference import Predictor
 from ifa.metrics import confusion_matrix, summarize
 from ifa.models.segmentor import SegmentationModel
-
-
-class _AtCellCentre(nn.Module):
-    """A position encoding evaluated at r = 0 whatever the offset: (..., 2) -> (..., out_dim)."""
-
-    def __init__(self, encoding: nn.Module):
-        super().__init__()
-        self.encoding = encoding
-        self.out_dim = encoding.out_dim
-
-    def forward(self, r: torch.Tensor) -> torch.Tensor:
-        return self.encoding(torch.zeros_like(r))
-
-
-@contextmanager
-def offsets_zeroed(model: SegmentationModel):
-    """Within the block the model's IFA head sees r = 0 at every level; restored on exit."""
-    if not model.is_ifa:
-        raise ValueError("offsets_zeroed needs an IFA model; this one is a Semantic FPN")
-    head = model.decoder.head
-    original = head.pos
-    head.pos = nn.ModuleList(_AtCellCentre(pe) for pe in original)
-    try:
-        yield model
-    finally:
-        head.pos = original
 
 
 def ablate(model: SegmentationModel, dataset, limit: int | None = None) -> dict:
@@ -60,7 +31,7 @@ def ablate(model: SegmentationModel, dataset, limit: int | None = None) -> dict:
     for index in tqdm(range(len(dataset) if limit is None else min(limit, len(dataset))), desc="ablate"):
         image, label = dataset[index]
         trained = predictor.predict(image).labels
-        with offsets_zeroed(model):
+        with model.offsets_zeroed():
             zeroed = predictor.predict(image).labels
         cms["as_trained"] += confusion_matrix(trained, label, k, ignore_index=255)
         cms["offsets_zeroed"] += confusion_matrix(zeroed, label, k, ignore_index=255)

@@ -23,6 +23,7 @@ Two evaluations of the same function:
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -147,6 +148,18 @@ def _rows(f: torch.Tensor, start: int, stop: int) -> torch.Tensor:
     return f[:, :, start:stop].flatten(2).transpose(1, 2)
 
 
+class _AtCellCentre(nn.Module):
+    """A position encoding evaluated at r = 0 whatever the offset: (..., 2) -> (..., out_dim)."""
+
+    def __init__(self, encoding: PositionEncoding):
+        super().__init__()
+        self.encoding = encoding
+        self.out_dim = encoding.out_dim
+
+    def forward(self, r: torch.Tensor) -> torch.Tensor:
+        return self.encoding(torch.zeros_like(r))
+
+
 class IFAHead(nn.Module):
     """MLP 4(C + P) -> hidden... -> num_classes over aligned multi-level features.
 
@@ -172,6 +185,18 @@ class IFAHead(nn.Module):
         self.hidden = nn.Sequential(*layers)  # hidden[0] is the first, per-level-split layer
         self.dropout = nn.Dropout2d(dropout)  # identity in eval mode, so inference never applies it
         self.classifier = nn.Conv2d(widths[-1], num_classes, 1)
+
+    @contextmanager
+    def offsets_zeroed(self):
+        """Within the block every level's offset r is fed to its position encoding as 0 (each level contributes
+        its cell's feature and the constant PE(0): the coarse levels act as nearest-cell upsampling, the implicit
+        alignment is off); every path (fast, reference, points) sees it. Restored on exit."""
+        original = self.pos
+        self.pos = nn.ModuleList(_AtCellCentre(pe) for pe in original)
+        try:
+            yield self
+        finally:
+            self.pos = original
 
     # --- the first layer, split per level -------------------------------------------------------
     def _split_first_layer(self) -> list[tuple[torch.Tensor, torch.Tensor]]:

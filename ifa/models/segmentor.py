@@ -137,6 +137,12 @@ class SegmentationModel(nn.Module):
         """
         return self.decoder.head(self._ifa_levels(x), size)
 
+    def offsets_zeroed(self):
+        """Context manager: within it the IFA head sees r = 0 at every level (the offset ablation)."""
+        if not self.is_ifa:
+            raise ValueError("offsets_zeroed needs an IFA model; this one is a Semantic FPN")
+        return self.decoder.head.offsets_zeroed()
+
     def query_points(self, x: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         """IFA logits at points coords (B, N, 2), normalised (y, x) in [-1, 1]: (B, K, N)."""
         levels = self._ifa_levels(x)
