@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,23 +42,27 @@ _AUTO_CHUNK = {"cpu": 2 ** 12}
 _AUTO_CHUNK_ACCELERATOR = 2 ** 18
 
 
-def query_centres(n: int, device=None) -> torch.Tensor:
+def query_centres(n: int) -> np.ndarray:
     """Centres of an n-cell axis in normalised coordinates, float32 (n,): -1 + (2i + 1) / n, evaluated as
     the reference code builds its query grid (LIIF's make_coord: (-1 + 1/n) + (2/n) i in float32), so that
-    `cell_index` sees the very values the reference rounds."""
+    `cell_index` sees the very values the reference rounds. Host-side numpy (grid geometry never syncs)."""
     half = 1 / n
-    return (-1 + half) + (2 * half) * torch.arange(n, dtype=torch.float32, device=device)
+    return (-1 + half) + (2 * half) * np.arange(n, dtype=np.float32)
 
 
-def cell_index(q: torch.Tensor, n) -> torch.Tensor:
-    """The cell the reference code reads at normalised coordinates q on an axis of n cells (long, q's shape).
+def cell_index(q, n):
+    """The cell the reference code reads at normalised coordinates q on an axis of n cells (int64, q's shape).
 
     The reference reads every level with grid_sample(mode="nearest", align_corners=False) in float32:
     index = round-half-to-even((q + 1) * (n / 2) - 0.5), each step rounded to float32 (torch's CPU kernel).
     Inside a cell this is the cell containing q; when q lies on an edge between two cells (a query centre
     on a coarser cell's edge), float rounding picks one of them, the lower one about half the time.
-    `n` is an int or a tensor broadcastable to q (e.g. (2,) sizes for (y, x) points).
+    q is a tensor (n: an int or a tensor broadcastable to q, e.g. (2,) sizes for (y, x) points) or, for
+    host-side grid geometry, a float32 numpy array (n: an int); the result has q's kind.
     """
+    if isinstance(q, np.ndarray):
+        scaled = (q.astype(np.float32) + np.float32(1)) * np.float32(n / 2) - np.float32(0.5)
+        return np.clip(np.rint(scaled), 0, n - 1).astype(np.int64)
     n = torch.as_tensor(n, device=q.device)
     scaled = (q.float() + 1) * (n.float() / 2) - 0.5
     return torch.round(scaled).long().clamp(min=0).minimum(n - 1)
@@ -109,35 +114,39 @@ class PositionEncoding(nn.Module):
 
 def grid_coords(h: int, w: int, device=None) -> torch.Tensor:
     """The centres of an (h, w) query grid as `forward` reads them: (h * w, 2) float32 (y, x), row-major."""
-    q = torch.stack(torch.meshgrid(query_centres(h, device), query_centres(w, device), indexing="ij"), dim=-1)
-    return q.reshape(-1, 2)
+    ys, xs = (torch.from_numpy(query_centres(n)).to(device) for n in (h, w))
+    return torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(-1, 2)
 
 
+@torch.compiler.disable  # host-side numpy geometry: eager under torch.compile
 def grid_cells(n_query: int, n_level: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Along one axis: the level cell read at each query centre, and the offset to its centre.
 
     Query i of an n_query grid has centre (2i + 1) / (2 n_query) in [0, 1] units; its cell k is
     `cell_index` at `query_centres` (the reference's rule: the containing cell, ties on an edge broken by
     float32 rounding) and the offset is exact, r = (2i + 1) n_level / n_query - (2k + 1), in [-1, 1].
-    Returns (k long (n_query,), r float64 (n_query,)); computed on the CPU, then moved to `device`.
+    Returns (k long (n_query,), r float64 (n_query,)); computed on the host, then moved to `device`.
     """
     k = cell_index(query_centres(n_query), n_level)
-    r = (2 * torch.arange(n_query) + 1).double() * n_level / n_query - (2 * k + 1)
-    return k.to(device), r.to(device)
+    r = (2 * np.arange(n_query) + 1) * n_level / n_query - (2 * k + 1)
+    return torch.from_numpy(k).to(device), torch.from_numpy(r).to(device)
 
 
+@torch.compiler.disable
 def offset_classes(offsets: list[torch.Tensor], n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Group the rows (or columns) of a query grid that share every given level's offset, hence every encoding.
 
     offsets: per level (n,) offsets along one axis (none: one class). Returns (class of each row (n,) long,
-    one representative row of each class (u,) long), on the CPU. Without ties the classes are the offsets'
-    period.
+    one representative row of each class (u,) long), on the CPU (host-side numpy: no device sync). Without
+    ties the classes are the offsets' period.
     """
     if not offsets:
         return torch.zeros(n, dtype=torch.long), torch.zeros(1, dtype=torch.long)
-    _, ids = torch.unique(torch.stack([r.cpu() for r in offsets], dim=1), dim=0, return_inverse=True)
-    reps = torch.empty(int(ids.max()) + 1, dtype=torch.long).scatter_(0, ids, torch.arange(n))
-    return ids, reps
+    _, ids = np.unique(np.stack([r.cpu().numpy() for r in offsets], axis=1), axis=0, return_inverse=True)
+    ids = ids.reshape(-1)
+    reps = np.zeros(ids.max() + 1, dtype=np.int64)
+    reps[ids] = np.arange(n)
+    return torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(reps)
 
 
 def _rows(f: torch.Tensor, start: int, stop: int) -> torch.Tensor:

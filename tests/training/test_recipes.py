@@ -65,7 +65,8 @@ def test_table1_pairs_share_the_reference_recipe():
             assert cfg["optim"] == {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0005,
                                     "head_lr_mult": 1.0, "ifa_head_lr_mult": None, "decay_norm_bias": True}
             assert cfg["schedule"] == {"iters": 80000, "warmup_iters": 0, "power": 0.9, "min_lr": 0.0}
-            assert cfg["loss"] == {"ohem": True, "ohem_thresh": 0.7, "ohem_min_kept": 100000, "aux_weight": 0.4}
+            assert cfg["loss"] == {"ohem": True, "ohem_thresh": 0.7, "ohem_min_kept": 100000, "aux_weight": 0.4,
+                                   "grid_weight": 1.0, "point_samples": 0, "point_weight": 1.0}
             assert cfg["train"]["batch_size"] == 8 and cfg["train"]["sync_bn"] and cfg["train"]["amp"]
             assert cfg["eval"] == {"scales": [1.0], "flip": False, "mode": "slide", "window": [769, 769],
                                    "stride": None}
