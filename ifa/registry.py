@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
-from .hub import HubError, load_model
-from .models.checkpoint import CheckpointError
+from .hub import HubError, load_model, resolve_checkpoint
+from .models.checkpoint import CheckpointError, offset_ablation
 from .models.config import ConfigError
 from .models.segmentor import SegmentationModel
 
@@ -99,6 +99,9 @@ class LoadedPair:
     device: torch.device
     load_seconds: float
     notes: list[str] = field(default_factory=list)
+    # The IFA model's offset ablation as its model card records it ({"as_trained", "offsets_zeroed",
+    # "changed_percent"}), or None.
+    ifa_offset_ablation: dict[str, float] | None = None
 
     @property
     def class_names(self) -> list[str]:
@@ -258,6 +261,16 @@ def _load_one(source: ModelSource, role: str) -> SegmentationModel:
                         f"{str(err).splitlines()[0] if str(err) else ''}") from None
 
 
+def _recorded_offset_ablation(source: ModelSource) -> dict[str, float] | None:
+    """The offset ablation in the model card of an already loaded model (its folder or cached snapshot)."""
+    try:
+        folder = (resolve_checkpoint(source.location, revision=source.revision) if source.source == "hub"
+                  else Path(source.location))
+        return offset_ablation(folder)
+    except (HubError, OSError, ValueError):
+        return None
+
+
 def check_pair(spec: PairSpec, baseline: SegmentationModel, ifa: SegmentationModel) -> list[str]:
     """Raise PairError when the two models cannot be compared; return notes about harmless differences."""
     notes = []
@@ -305,7 +318,7 @@ class PairCache:
             ifa = _load_one(spec.ifa, "IFA")
             notes = check_pair(spec, baseline, ifa)
             pair = LoadedPair(spec, baseline.to(self.device).eval(), ifa.to(self.device).eval(), self.device,
-                              time.perf_counter() - start, notes)
+                              time.perf_counter() - start, notes, _recorded_offset_ablation(spec.ifa))
             self._pairs[spec.id] = pair
             while len(self._pairs) > self.capacity:
                 self._pairs.popitem(last=False)

@@ -95,6 +95,10 @@ class FeatureAnalysis:
     fpn_features: np.ndarray | None  # (D, h_1, w_1) the baseline's summed stride-4 features
     ifa_query_size: tuple[int, int]  # (h, w) grid the IFA shares / features were queried on
     seconds: float
+    # Pixels of the image whose IFA label (scale 1, unflipped, stride-4 grid) changes when every level's offset
+    # is fed to the encodings as 0, out of all its pixels; None for a non-IFA model.
+    offsets_zeroed_changed: int | None = None
+    pixels: int = 0
 
 
 def _labels(probs: torch.Tensor) -> np.ndarray:
@@ -191,13 +195,31 @@ def analyse(spec: PairSpec, image: np.ndarray, ifa_resolution: str,
         full = ifa_resolution == "full" and pair.ifa.is_ifa and math.prod(padded) <= max_full_queries
         _, fpn_shares, fpn_features, fpn_logits, fpn_grid = _analyse_model(pair.baseline, xb, None)
         ifa_levels, ifa_shares, ifa_features, _, ifa_size = _analyse_model(pair.ifa, xi, padded if full else None)
+        changed = _offsets_zeroed_changed(pair.ifa, ifa_levels, x.shape[-2:]) if pair.ifa.is_ifa else None
     _sync()
     return FeatureAnalysis(
         padded_size=padded, ifa_level_sizes=[tuple(lv.shape[-2:]) for lv in ifa_levels],
         fpn_grid_size=tuple(fpn_grid), fpn_grid_logits=fpn_logits,
         ifa_levels=[lv[0].float().cpu().numpy() for lv in ifa_levels], ifa_shares=ifa_shares,
         fpn_shares=fpn_shares, ifa_features=ifa_features, fpn_features=fpn_features,
-        ifa_query_size=tuple(ifa_size), seconds=time.perf_counter() - start)
+        ifa_query_size=tuple(ifa_size), seconds=time.perf_counter() - start, offsets_zeroed_changed=changed,
+        pixels=int(image.shape[0] * image.shape[1]))
+
+
+def _offsets_zeroed_changed(model, levels: list[torch.Tensor], size: tuple[int, int]) -> int:
+    """Pixels of a size-(H, W) image whose IFA label changes when the offsets are zeroed (stride-4 grid)."""
+    d = model.size_divisor
+    padded = (size[0] + -size[0] % d, size[1] + -size[1] % d)
+
+    def labels() -> torch.Tensor:
+        logits = model.decoder.head(levels).float()
+        logits = F.interpolate(logits, size=padded, mode="bilinear", align_corners=model.config.align_corners)
+        return logits[0, :, :size[0], :size[1]].max(0).indices
+
+    trained = labels()
+    with model.offsets_zeroed():
+        zeroed = labels()
+    return int((trained != zeroed).sum())
 
 
 @gpu

@@ -409,7 +409,8 @@ class AppService:
                   f"{a.fpn_grid_size[1]}. Variance explained by the three components: FPN + IFA "
                   f"{', '.join(f'{100 * v:.0f}%' for v in ifa_var)}; Semantic FPN "
                   f"{', '.join(f'{100 * v:.0f}%' for v in fpn_var)}. "
-                  f"Analysis took {time.perf_counter() - start:.2f} s on {result.device}.")
+                  f"Analysis took {time.perf_counter() - start:.2f} s on {result.device}.\n\n"
+                  f"{views.offsets_explained(engine.load_pair(result.spec).ifa_offset_ablation, a)}")
             result.feature_views = (ifa_panel, fpn_panel, ifa_pca, fpn_pca, md)
         return result.feature_views
 

@@ -256,3 +256,22 @@ def probe_view(result: Result, point: tuple[int, int], ifa_point: np.ndarray | N
     probs_i = result.ifa.probs[:, y, x].astype(np.float32)
     return ProbeView(panel, crosshair(result.image, point), as_dict(probs_b), as_dict(probs_i),
                      as_dict(ifa_point) if ifa_point is not None else None, as_dict(mix), rows, data)
+
+
+def offsets_explained(recorded: dict[str, float] | None, analysis) -> str:
+    """Markdown: how much the loaded IFA model's offsets matter, on its val set (from its model card) and on
+    this image (labels that change when every level's offset is fed to the encodings as 0)."""
+    lines = ["**Do this model's offsets matter?** Feeding every level's offset r to its position encoding as 0 "
+             "switches the implicit alignment off (each coarse level then acts as nearest-cell upsampling)."]
+    if recorded:
+        drop = recorded["offsets_zeroed"] - recorded["as_trained"]
+        lines.append(f"On its validation set (model card): mIoU {recorded['as_trained']:.2f} as trained, "
+                     f"{recorded['offsets_zeroed']:.2f} with offsets zeroed ({drop:+.2f}); "
+                     f"{recorded['changed_percent']:.2f}% of the labels change.")
+    else:
+        lines.append("Its model card records no offset ablation (`python -m tools.offset_ablation MODEL`).")
+    if analysis.offsets_zeroed_changed is not None and analysis.pixels:
+        share = 100 * analysis.offsets_zeroed_changed / analysis.pixels
+        lines.append(f"On this image (scale 1, unflipped, stride-4 grid): {analysis.offsets_zeroed_changed:,} of "
+                     f"{analysis.pixels:,} pixels ({share:.2f}%) change label with offsets zeroed.")
+    return " ".join(lines)

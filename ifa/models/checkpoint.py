@@ -108,3 +108,35 @@ def load_checkpoint_folder(folder: str | Path, num_classes: int | None = None) -
         raise CheckpointError(f"{weights} has tensors of the wrong shape (checkpoint vs config): {wrong[:5]}")
     model.load_state_dict(state, strict=True)
     return model.float().eval()
+
+
+# --- measurements recorded in a model card's metadata (model-index) ---------------------------------
+# The offset ablation (tools.offset_ablation): val mIoU as trained and with every level's offset fed to its
+# position encoding as 0, and the share of scored pixels whose label changes then.
+OFFSET_ABLATION_METRICS = {"as_trained": "offset ablation: val mIoU as trained",
+                           "offsets_zeroed": "offset ablation: val mIoU offsets zeroed",
+                           "changed_percent": "offset ablation: labels changed (% of scored pixels)"}
+
+
+def card_metrics(folder: str | Path) -> dict[str, float]:
+    """{metric name: value} of the model-index in folder/README.md (huggingface_hub's ModelCard); {} when the
+    folder has no card or its metadata has no results."""
+    from huggingface_hub import ModelCard
+
+    path = Path(folder) / CARD_NAME
+    if not path.is_file():
+        return {}
+    try:
+        results = ModelCard.load(path).data.eval_results or []
+    except (ValueError, KeyError, TypeError):  # malformed front matter: no recorded measurements
+        return {}
+    return {r.metric_name: float(r.metric_value) for r in results if r.metric_name and r.metric_value is not None}
+
+
+def offset_ablation(folder: str | Path) -> dict[str, float] | None:
+    """The offset ablation recorded in the folder's model card: {"as_trained", "offsets_zeroed",
+    "changed_percent"} or None when the card does not record it."""
+    metrics = card_metrics(folder)
+    if not all(name in metrics for name in OFFSET_ABLATION_METRICS.values()):
+        return None
+    return {key: metrics[name] for key, name in OFFSET_ABLATION_METRICS.items()}
