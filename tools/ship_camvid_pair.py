@@ -19,7 +19,9 @@ from ifa.evaluate import evaluate
 from ifa.hub import load_model
 from ifa.inference import Predictor
 from ifa.metrics import summarize
+from ifa.models.checkpoint import OFFSET_ABLATION_METRICS
 from ifa.train import hardware
+from tools.offset_ablation import ablate
 
 MS_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
 CHECK_IMAGES = 8  # tests/test_shipped_checkpoints.py re-measures mIoU on the first val images
@@ -28,6 +30,16 @@ CHECK_IMAGES = 8  # tests/test_shipped_checkpoints.py re-measures mIoU on the fi
 def measure(model, dataset, scales=(1.0,), flip=False, limit=None) -> dict:
     cm = evaluate(Predictor(model, device="cpu", scales=scales, flip=flip), dataset, limit=limit)
     return summarize(cm, list(dataset.info.class_names))
+
+
+def ablation_metrics(ablation: dict | None) -> str:
+    """The offset ablation (tools.offset_ablation) as model-index metrics, named as ifa.models.checkpoint reads them."""
+    if not ablation:
+        return ""
+    values = {"as_trained": ablation["as_trained"]["mIoU"], "offsets_zeroed": ablation["offsets_zeroed"]["mIoU"],
+              "changed_percent": ablation["changed_pixels_percent"]}
+    return "".join(f"    - {{type: {'percent' if key == 'changed_percent' else 'mean_iou'}, value: {values[key]:.3f}, "
+                   f"name: '{name}'}}\n" for key, name in OFFSET_ABLATION_METRICS.items())
 
 
 def card(name: str, cfg: dict, config: dict, results: dict, minutes: float, device: str, notes: str = "") -> str:
@@ -68,7 +80,7 @@ model-index:
     - {{type: mean_iou, value: {ss['mIoU']:.2f}, name: val mIoU single scale 360x480}}
     - {{type: mean_iou, value: {ms['mIoU']:.2f}, name: val mIoU multi-scale + flip}}
     - {{type: mean_iou, value: {check['mIoU']:.3f}, name: check mIoU first {CHECK_IMAGES} val images single scale}}
----
+{ablation_metrics(results.get("offset_ablation"))}---
 
 # {name}: {kind}, EfficientNet-Lite0, CamVid
 
@@ -125,6 +137,8 @@ def main() -> None:
         results["check"] = measure(model, dataset, limit=CHECK_IMAGES)
     if "ms_flip" not in results:
         results["ms_flip"] = measure(model, dataset, scales=MS_SCALES, flip=True)
+    if model.is_ifa and "offset_ablation" not in results:
+        results["offset_ablation"] = ablate(model, dataset)
     cache.write_text(json.dumps(results, indent=2))
     state = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
     out.mkdir(parents=True, exist_ok=True)
