@@ -236,3 +236,23 @@ def test_invalid_config_json(folder, text, message):
     (folder / CONFIG_NAME).write_text(text)
     with pytest.raises(CheckpointError, match=message):
         load_checkpoint_folder(folder)
+
+
+def test_offset_ablation_is_read_from_the_card_metadata(tmp_path):
+    """The ship tool writes the ablation into the card's model-index; ifa.models.checkpoint reads it back."""
+    from ifa.models.checkpoint import card_metrics, offset_ablation
+    from tools.ship_camvid_pair import ablation_metrics
+
+    ablation = {"as_trained": {"mIoU": 70.1234}, "offsets_zeroed": {"mIoU": 68.5}, "changed_pixels_percent": 1.25}
+    card = ("---\nmodel-index:\n- name: m\n  results:\n  - task: {type: semantic-segmentation}\n"
+            "    dataset: {name: CamVid, type: camvid}\n    metrics:\n"
+            "    - {type: mean_iou, value: 71.0, name: val mIoU single scale}\n"
+            f"{ablation_metrics(ablation)}---\n\n# m\n")
+    (tmp_path / "README.md").write_text(card)
+    assert card_metrics(tmp_path)["val mIoU single scale"] == 71.0
+    assert offset_ablation(tmp_path) == {"as_trained": 70.123, "offsets_zeroed": 68.5, "changed_percent": 1.25}
+    (tmp_path / "README.md").write_text(card.replace(ablation_metrics(ablation), ""))
+    assert offset_ablation(tmp_path) is None
+    (tmp_path / "README.md").write_text("no front matter at all\n")
+    assert card_metrics(tmp_path) == {} and offset_ablation(tmp_path) is None
+    assert card_metrics(tmp_path / "missing") == {}
