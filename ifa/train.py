@@ -44,7 +44,8 @@ DEFAULTS: dict = {
     "pretrained_backbone": True,
     "data": {"dataset": "camvid", "root": "../shared/data/camvid", "train_split": "train", "val_split": "val",
              "crop_size": [256, 320], "scale_range": [0.5, 2.0], "base_size": None, "img_scale": None, "flip": True,
-             "photometric": False, "workers": 1, "in_memory": "auto"},
+             "photometric": False, "workers": 1, "in_memory": "auto",
+             "crop_jitter": 0},
     "optim": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "head_lr_mult": 1.0,
               "ifa_head_lr_mult": None, "decay_norm_bias": True},
     "schedule": {"iters": 1000, "warmup_iters": 0, "power": 0.9, "min_lr": 0.0},
@@ -104,20 +105,25 @@ def model_config(cfg: dict, info) -> ModelConfig:
 
 # --- data: deterministic, shardable, resumable ----------------------------------------------------
 class EpochBatches:
-    """Batches of (index, augmentation seed) for one epoch of one rank, skipping the first `skip`.
+    """Batches of (index, augmentation seed, crop height, crop width) for one epoch of one rank, skipping the
+    first `skip`.
 
     The permutation and seeds depend only on (seed, epoch); ranks take interleaved slices of each
-    global batch, so the union over ranks is the single-process batch.
+    global batch, so the union over ranks is the single-process batch. The crop is `crop_size`, or with
+    `crop_jitter` j > 0 crop_size + (dh, dw), dh and dw uniform integers in [-j, j], one draw per global batch.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, rank: int, world_size: int, skip: int = 0):
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, rank: int, world_size: int, skip: int = 0,
+                 crop_size: tuple[int, int] = (0, 0), crop_jitter: int = 0):
         gen = np.random.default_rng([seed, epoch])
         order = gen.permutation(n)
         seeds = gen.integers(0, 2 ** 31, size=n)
+        jitter = gen.integers(-crop_jitter, crop_jitter + 1, size=(n // batch_size, 2)) if crop_jitter else None
         self.batches = []
         for b in range(skip, n // batch_size):
             ids = order[b * batch_size:(b + 1) * batch_size][rank::world_size]
-            self.batches.append([(int(i), int(seeds[i])) for i in ids])
+            crop_h, crop_w = (np.asarray(crop_size) + (jitter[b] if jitter is not None else 0)).tolist()
+            self.batches.append([(int(i), int(seeds[i]), crop_h, crop_w) for i in ids])
 
     def __iter__(self):
         return iter(self.batches)
@@ -130,21 +136,21 @@ class AugmentedSamples:
     def __init__(self, dataset, augment: TrainAugment):
         self.dataset, self.augment = dataset, augment
 
-    def __getitem__(self, key: tuple[int, int]):
-        index, seed = key
+    def __getitem__(self, key: tuple[int, int, int, int]):
+        index, seed, crop_h, crop_w = key
         image, label = self.dataset[index]
-        return self.augment(image, label, np.random.default_rng(seed))
+        return self.augment(image, label, np.random.default_rng(seed), crop_size=(crop_h, crop_w))
 
 
 def batch_stream(samples, n: int, batch_size: int, seed: int, start_iter: int, ctx: DistributedContext,
-                 workers: int):
+                 workers: int, crop_size: tuple[int, int], crop_jitter: int = 0):
     """Yields (images, labels) batches for iterations start_iter, start_iter + 1, ... forever."""
     per_epoch = n // batch_size
     if per_epoch == 0:
         raise DatasetError(f"the training split has {n} images, fewer than one batch of {batch_size}")
     epoch, skip = divmod(start_iter, per_epoch)
     while True:
-        sampler = EpochBatches(n, batch_size, seed, epoch, ctx.rank, ctx.world_size, skip)
+        sampler = EpochBatches(n, batch_size, seed, epoch, ctx.rank, ctx.world_size, skip, crop_size, crop_jitter)
         loader = DataLoader(samples, batch_sampler=sampler, num_workers=workers,
                             generator=torch.Generator().manual_seed(seed), pin_memory=ctx.device.type == "cuda")
         yield from loader
@@ -353,6 +359,9 @@ def train(cfg: dict, resume: bool = False, device: str | None = None) -> dict:
     memory_format = torch.channels_last if tcfg["channels_last"] else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     optimizer = build_optimizer(model, cfg["optim"])
+    jitter = dcfg["crop_jitter"]
+    if not isinstance(jitter, int) or jitter < 0 or jitter >= min(dcfg["crop_size"]):
+        raise ConfigError(f"data.crop_jitter must be an integer in [0, {min(dcfg['crop_size'])}), got {jitter!r}")
     lcfg = cfg["loss"]
     if lcfg["point_samples"] > 0 and not model.is_ifa:
         raise ConfigError("loss.point_samples needs an IFA model: Semantic FPN cannot be queried at points")
@@ -391,7 +400,7 @@ def train(cfg: dict, resume: bool = False, device: str | None = None) -> dict:
              + (", BatchNorm synchronised" if ctx.world_size > 1 and tcfg["sync_bn"] else "")
              + (f", {str(amp_dtype).removeprefix('torch.')} autocast" if amp_dtype is not None else ", fp32"))
     stream = batch_stream(AugmentedSamples(train_set, augment), len(train_set), batch_size, tcfg["seed"],
-                          start_iter, ctx, dcfg["workers"])
+                          start_iter, ctx, dcfg["workers"], tuple(dcfg["crop_size"]), dcfg["crop_jitter"])
     total = cfg["schedule"]["iters"]
     model.train()
     bar = tqdm(total=total, initial=start_iter, desc=cfg["name"], disable=not ctx.is_main, dynamic_ncols=True)

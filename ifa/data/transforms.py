@@ -61,7 +61,9 @@ class TrainAugment:
             return height * ratio, width * ratio
         return height, width
 
-    def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator):
+    def __call__(self, image: np.ndarray, label: np.ndarray, rng: np.random.Generator,
+                 crop_size: tuple[int, int] | None = None):
+        """One augmented sample; `crop_size` (H, W) overrides the configured crop (e.g. a per-batch random size)."""
         img = to_tensor(image)
         lab = torch.from_numpy(label.astype(np.int64))
         base_h, base_w = self.base(*img.shape[-2:])
@@ -72,7 +74,7 @@ class TrainAugment:
         if self.photometric:
             img = _jitter(img, rng)
         img = normalize(img, self.mean, self.std)
-        crop_h, crop_w = self.crop_size
+        crop_h, crop_w = crop_size or self.crop_size
         pad_h, pad_w = max(0, crop_h - size[0]), max(0, crop_w - size[1])
         if pad_h or pad_w:
             img = F.pad(img, (0, pad_w, 0, pad_h), value=0.0)

@@ -45,14 +45,15 @@ def test_cpu_bf16_is_refused_clearly_without_native_support(monkeypatch):
     assert autocast_dtype({"amp": True, "cpu_bf16": True}, cpu) == torch.bfloat16
 
 
-FAST = {"data": {"crop_size": [49, 63], "in_memory": True},
+FAST = {"data": {"crop_size": [49, 63], "in_memory": True, "crop_jitter": 4},
         "loss": {"point_samples": 64, "point_weight": 0.5},
         "train": {"channels_last": True, "ckpt_interval": 2}}
 
 
 def test_point_supervised_channels_last_run_resumes_exactly(camvid_tiny, tmp_path, monkeypatch, one_thread):
-    """IFA with odd crops (non-integer level ratios), point supervision and channels_last: a run interrupted after
-    iteration 2 and resumed ends as an uninterrupted one (the points are drawn from (seed, iteration))."""
+    """IFA with odd, per-batch random crops (non-integer level ratios), point supervision and channels_last: a run
+    interrupted after iteration 2 and resumed ends as an uninterrupted one (crops and points are drawn from the
+    seed and the iteration)."""
     full = load_config(write_recipe(tmp_path / "full.yaml", camvid_tiny, tmp_path / "full", **FAST))
     train(full, device="cpu")
     reference = load_checkpoint(tmp_path / "full" / "last.pt")
@@ -89,3 +90,21 @@ def test_point_supervision_needs_an_ifa_model(camvid_tiny, tmp_path):
                                    loss={"point_samples": 8}))
     with pytest.raises(ConfigError, match="point_samples"):
         train(cfg, device="cpu")
+
+
+def test_random_crop_sizes_per_batch_are_deterministic_and_bounded():
+    """data.crop_jitter: one crop size per global batch, within crop_size +- jitter, from (seed, epoch) alone;
+    ranks see the same size; without jitter the batches (order, seeds) are those of before."""
+    from ifa.train import EpochBatches
+
+    a = EpochBatches(40, 8, seed=3, epoch=1, rank=0, world_size=1, crop_size=(256, 320), crop_jitter=32)
+    b = EpochBatches(40, 8, seed=3, epoch=1, rank=0, world_size=1, crop_size=(256, 320), crop_jitter=32)
+    assert a.batches == b.batches
+    sizes = [{(h, w) for _, _, h, w in batch} for batch in a.batches]
+    assert all(len(s) == 1 for s in sizes) and len(set().union(*sizes)) > 1
+    assert all(224 <= h <= 288 and 288 <= w <= 352 for s in sizes for h, w in s)
+    ranks = [EpochBatches(40, 8, 3, 1, r, 2, crop_size=(256, 320), crop_jitter=32) for r in range(2)]
+    assert [{(h, w) for *_, h, w in batch} for batch in ranks[1].batches] == sizes
+    plain = EpochBatches(40, 8, seed=3, epoch=1, rank=0, world_size=1, crop_size=(256, 320))
+    assert [[k[:2] for k in batch] for batch in plain.batches] == [[k[:2] for k in batch] for batch in a.batches]
+    assert all(k[2:] == (256, 320) for batch in plain.batches for k in batch)
