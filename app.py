@@ -102,7 +102,9 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
                                                     interactive=False, elem_id="regions", wrap=True)
                     with gr.Tab("Scores", id="scores"):
                         c["scores"] = gr.Dataframe(headers=S.views.SCORE_HEADERS, interactive=False,
-                                                   label="IoU per class on this image (needs ground truth)",
+                                                   label="IoU per class on this image (needs ground truth): means "
+                                                         "over the ground truth's classes; other predicted classes "
+                                                         "as false-positive pixels",
                                                    elem_id="scores")
                         c["boundary_plot"] = gr.Plot(label="Accuracy vs distance to ground-truth boundaries",
                                                      elem_id="boundary-plot", format="png", show_label=False)

@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 from .compare import IFA_FIXED, DifferenceRegion, difference_regions
 from .data.datasets import IMAGE_SUFFIXES, DatasetError, build_dataset, read_image, read_label
-from .metrics import boundary_distance_bands, confusion_matrix, mean_iou, overall_accuracy
+from .metrics import boundary_distance_bands, confusion_matrix, image_summary, mean_iou, overall_accuracy
 from .prediction_cache import (
     CacheItem,
     PredictionCache,
@@ -128,14 +128,16 @@ def _percent(value: float) -> float | None:
 def image_scores(baseline: np.ndarray, ifa: np.ndarray, gt: np.ndarray | None, num_classes: int,
                  ignore_index: int = 255) -> dict:
     """Per-image scores in percent: disagreement (share of pixels where the maps differ) and, with
-    ground truth, each model's mIoU / aAcc and the gain (IFA minus baseline mIoU); None if undefined."""
+    ground truth, each model's mIoU over the ground truth's classes / aAcc and the gain (IFA minus baseline
+    mIoU); None if undefined."""
     scores = {"disagreement": 100.0 * float(np.mean(baseline != ifa))}
     if gt is None:
         return scores
+    names = [str(c) for c in range(num_classes)]
     for role, pred in (("baseline", baseline), ("ifa", ifa)):
-        cm = confusion_matrix(pred, gt, num_classes, ignore_index)
-        scores[f"{role}_mIoU"] = _percent(mean_iou(cm))
-        scores[f"{role}_aAcc"] = _percent(overall_accuracy(cm))
+        summary = image_summary(pred, gt, names, ignore_index)  # both over the ground truth's classes
+        scores[f"{role}_mIoU"] = None if math.isnan(summary["mIoU"]) else summary["mIoU"]
+        scores[f"{role}_aAcc"] = None if math.isnan(summary["aAcc"]) else summary["aAcc"]
     b, i = scores["baseline_mIoU"], scores["ifa_mIoU"]
     scores["gain"] = None if b is None or i is None else i - b
     return scores

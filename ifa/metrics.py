@@ -145,6 +145,33 @@ def summarize(cm: np.ndarray, class_names: Sequence[str]) -> dict:
     }
 
 
+def image_summary(pred: ArrayLike, target: ArrayLike, class_names: Sequence[str], ignore_index: int = 255) -> dict:
+    """Scores of one prediction on one image, in percent, over the classes present in its ground truth.
+
+    The usual convention for a single image, and one class set for every model scored on it: a class the
+    ground truth does not contain has no IoU (None), so a model's false positives of such a class do not
+    enter its mean as an IoU of 0 (they still lower the IoU of the classes whose pixels they took) and are
+    reported separately instead.
+
+    Returns:
+        ``{"mIoU", "mAcc", "aAcc", "per_class": {name: IoU or None}, "false_positive_pixels": {name: count}}``:
+        means over the ground truth's classes (NaN when no pixel is scored); false_positive_pixels lists
+        the classes absent from the ground truth that the model predicts on scored pixels, with pixel counts.
+    """
+    k = len(class_names)
+    cm = confusion_matrix(pred, target, k, ignore_index)
+    present = cm.sum(axis=1) > 0
+    ious = np.where(present, iou_per_class(cm), np.nan)
+    false_positives = {class_names[c]: int(cm[:, c].sum()) for c in range(k) if not present[c] and cm[:, c].sum()}
+    return {
+        "mIoU": 100.0 * _nanmean(ious),
+        "mAcc": 100.0 * mean_accuracy(cm),
+        "aAcc": 100.0 * overall_accuracy(cm),
+        "per_class": {name: None if np.isnan(iou) else 100.0 * float(iou) for name, iou in zip(class_names, ious)},
+        "false_positive_pixels": false_positives,
+    }
+
+
 def boundary_distance(target: ArrayLike, ignore_index: int = 255) -> np.ndarray:
     """Euclidean distance, in pixels, from each pixel to the nearest ground-truth boundary pixel.
 

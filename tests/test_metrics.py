@@ -170,3 +170,32 @@ def test_trimap_without_boundary_is_empty():
     flat = np.zeros((4, 4), dtype=np.int64)
     out = trimap_accuracy(flat, flat, widths=(4,), num_classes=2)
     assert out[4]["pixels"] == 0 and np.isnan(out[4]["accuracy"]) and np.isnan(out[4]["mIoU"])
+
+
+def test_image_summary_scores_both_models_over_the_ground_truths_classes():
+    """One image: a model's false positives of a class absent from the ground truth do not enter its mean as an
+    IoU of 0 (which would rank a better model lower); they are counted apart, and still lower the IoU of the class
+    whose pixels they took."""
+    from ifa.metrics import image_summary
+
+    names = ["road", "car", "fence"]
+    gt = np.zeros((10, 10), np.int64)
+    gt[:, 5:] = 1
+    gt[0, 0] = 255
+    better = gt.copy()
+    better[9, 0:3] = 2  # 3 fence pixels where the road is; fence is not in the ground truth
+    worse = gt.copy()
+    worse[:, 4] = 1  # the 10 road pixels of column 4 taken by the car
+    b, w = image_summary(better, gt, names), image_summary(worse, gt, names)
+    assert b["per_class"]["fence"] is None and w["per_class"]["fence"] is None
+    assert b["false_positive_pixels"] == {"fence": 3} and w["false_positive_pixels"] == {}
+    road_b, car_b = 46 / 49, 1.0  # road: 49 scored, 3 lost
+    road_w, car_w = 39 / 49, 50 / 60
+    assert b["mIoU"] == pytest.approx(100 * (road_b + car_b) / 2)
+    assert w["mIoU"] == pytest.approx(100 * (road_w + car_w) / 2)
+    assert b["mIoU"] > w["mIoU"]
+    # summarize() over all classes would give the better model the fence's IoU 0 and rank it lower
+    assert summarize(confusion_matrix(better, gt, 3), names)["mIoU"] < w["mIoU"]
+    assert b["aAcc"] == pytest.approx(100 * 96 / 99)
+    empty = image_summary(better, np.full_like(gt, 255), names)
+    assert np.isnan(empty["mIoU"]) and empty["false_positive_pixels"] == {}

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from ..compare import AGREE, UNKNOWN, VERDICTS, DifferenceRegion, difference_regions, disagreement, verdict_map
-from ..metrics import DEFAULT_TRIMAP_WIDTHS, confusion_matrix, summarize, trimap_accuracy
+from ..metrics import DEFAULT_TRIMAP_WIDTHS, image_summary, trimap_accuracy
 from ..viz import overlay
 from ..viz.boxes import draw_boxes, verdict_image
 from ..viz.draw import LEVEL_COLORS
@@ -120,11 +120,11 @@ def region_rows(result: Result, regions: list[DifferenceRegion]) -> list[list]:
 # --- scores ---------------------------------------------------------------------------------------
 
 def scores(result: Result) -> dict | None:
-    """{"Semantic FPN": summarize(...), "FPN + IFA": summarize(...)} in percent, or None without ground truth."""
+    """{"Semantic FPN": image_summary(...), "FPN + IFA": image_summary(...)} in percent (both over the classes of
+    the ground truth; false positives of other classes counted apart), or None without ground truth."""
     if result.gt is None:
         return None
-    k = result.num_classes
-    return {name: summarize(confusion_matrix(out.labels, result.gt, k), result.class_names)
+    return {name: image_summary(out.labels, result.gt, result.class_names)
             for name, out in ((BASELINE_NAME, result.baseline), (IFA_NAME, result.ifa))}
 
 
@@ -135,11 +135,17 @@ def _num(value) -> float | None:
 def score_rows(result: Result, summary: dict) -> list[list]:
     b, i = summary[BASELINE_NAME], summary[IFA_NAME]
     rows = []
-    for label, key in (("mIoU (classes present)", "mIoU"), ("pixel accuracy", "aAcc"), ("mean class accuracy", "mAcc")):
+    for label, key in (("mIoU (classes in the ground truth)", "mIoU"), ("pixel accuracy", "aAcc"),
+                       ("mean class accuracy", "mAcc")):
         bv, iv = _num(b[key]), _num(i[key])
         rows.append([label, bv, iv, _num(iv - bv) if bv is not None and iv is not None else None])
     for name in result.class_names:
         bv, iv = _num(b["per_class"][name]), _num(i["per_class"][name])
+        if bv is None and iv is None:
+            fb, fi = b["false_positive_pixels"].get(name, 0), i["false_positive_pixels"].get(name, 0)
+            if fb or fi:  # not in the ground truth: no IoU, the pixels predicted as it instead
+                rows.append([f"{name}: false-positive pixels (not in the ground truth)", fb, fi, fi - fb])
+            continue
         rows.append([name, bv, iv, _num(iv - bv) if bv is not None and iv is not None else None])
     return rows
 

@@ -20,7 +20,6 @@ from PIL import Image
 from ifa.compare import difference_regions
 from ifa.hub import load_model
 from ifa.inference import Predictor
-from ifa.metrics import confusion_matrix, summarize
 from ifa.models.checkpoint import offset_ablation
 
 pytestmark = [pytest.mark.slow,  # gradio's own pandas deprecation notices
@@ -116,19 +115,26 @@ def test_sample_with_ground_truth_everything_consistent(app, pair_registry, camv
         assert tuple(got["box"]) == want.box and got["area"] == want.area and got["verdict"] == want.verdict
     assert [row[3] for row in out["regions"]["data"]] == [r.area for r in expected[:len(out["regions"]["data"])]]
 
-    # Per-class IoU (table and JSON) = ifa.metrics on the same maps.
+    # Per-class IoU (table and JSON), recomputed by hand: both models over the classes in the ground truth,
+    # other predicted classes as false-positive pixel counts.
     names = summary["class_names"]
+    scored = gt != 255
+    present = sorted(int(c) for c in np.unique(gt[scored]))
     for key, pred in (("Semantic FPN", baseline), ("FPN + IFA", ifa)):
-        want = summarize(confusion_matrix(pred, gt, len(names)), names)
+        p, t = pred[scored], gt[scored]
+        want = {names[c]: 100 * ((p == c) & (t == c)).sum() / ((p == c) | (t == c)).sum() for c in present}
         got = summary["scores"][key]
-        assert got["mIoU"] == pytest.approx(want["mIoU"], abs=1e-6)
-        for name in names:
-            assert (got["per_class"][name] is None) == (want["per_class"][name] is None)
-            if want["per_class"][name] is not None:
-                assert got["per_class"][name] == pytest.approx(want["per_class"][name], abs=1e-6)
+        assert got["mIoU"] == pytest.approx(np.mean(list(want.values())), abs=1e-6)
+        assert {n: v for n, v in got["per_class"].items() if v is not None}.keys() == want.keys()
+        for name, value in want.items():
+            assert got["per_class"][name] == pytest.approx(value, abs=1e-6)
+        false_positives = {names[c]: int((p == c).sum()) for c in set(np.unique(p).tolist()) - set(present)}
+        assert got["false_positive_pixels"] == false_positives
     table = {row[0]: row for row in out["scores"]["data"]}
+    assert table["mIoU (classes in the ground truth)"][1] == pytest.approx(summary["scores"]["Semantic FPN"]["mIoU"],
+                                                                         abs=0.006)
     for name in names:
-        want_b = summarize(confusion_matrix(baseline, gt, len(names)), names)["per_class"][name]
+        want_b = summary["scores"]["Semantic FPN"]["per_class"][name]
         if want_b is not None:
             assert table[name][1] == pytest.approx(want_b, abs=0.006)
     curves = summary["boundary_accuracy"]
