@@ -145,7 +145,7 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
             return [c[n] for n in names]
 
         seg_in = out(("image", "ground_truth", "sample", "pair", "scales", "flip", "ifa_resolution", "opacity",
-                      "classes", "min_area"))
+                      "classes", "min_area", "result_state"))  # the state: this session's run to replace
         model = {"concurrency_id": "model"}
 
         def run_chain(event, public: bool):

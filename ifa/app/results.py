@@ -1,9 +1,10 @@
-"""One comparison run (image, both predictions, ground truth, analysis) and a bounded store of runs."""
+"""One comparison run (image, both predictions, ground truth, analysis) and a per-session store of runs."""
 
 from __future__ import annotations
 
 import shutil
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -45,28 +46,51 @@ class Result:
 
 
 class ResultStore:
-    """The `capacity` most recent results, by id (thread-safe); evicted results' files are deleted."""
+    """The latest result of each session, by id (thread-safe), bounded in count and age.
 
-    def __init__(self, capacity: int = 8, files_root: Path | None = None):
+    A session's state holds the id of its latest run; when the session runs again, `add(result, replaces=id)`
+    drops that previous run, so each session holds one result and sessions never evict each other's until
+    more than `capacity` sessions are live (then the least recently used goes). Results unused for `ttl`
+    seconds expire. Dropped results' files are deleted.
+    """
+
+    def __init__(self, capacity: int = 32, files_root: Path | None = None, ttl: float = 3600.0):
         self.capacity = max(1, capacity)
         self.files_root = files_root
-        self._items: OrderedDict[str, Result] = OrderedDict()
+        self.ttl = ttl
+        self._items: OrderedDict[str, tuple[Result, float]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def add(self, result: Result) -> Result:
+    def add(self, result: Result, replaces: str | None = None) -> Result:
         with self._lock:
-            self._items[result.id] = result
+            if replaces and replaces != result.id and replaces in self._items:
+                self._drop(replaces)
+            self._items[result.id] = (result, time.monotonic())
+            self._expire()
             while len(self._items) > self.capacity:
-                _, old = self._items.popitem(last=False)
-                self._delete_files(old)
+                self._drop(next(iter(self._items)))
         return result
 
     def get(self, result_id: str | None) -> Result | None:
         with self._lock:
+            self._expire()
             if not result_id or result_id not in self._items:
                 return None
-            self._items.move_to_end(result_id)
-            return self._items[result_id]
+            result, _ = self._items.pop(result_id)
+            self._items[result_id] = (result, time.monotonic())
+            return result
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for result_id in [k for k, (_, used) in self._items.items() if now - used > self.ttl]:
+            self._drop(result_id)
+
+    def _drop(self, result_id: str) -> None:
+        result, _ = self._items.pop(result_id)
+        self._delete_files(result)
 
     def folder(self, result: Result) -> Path:
         root = self.files_root

@@ -8,10 +8,12 @@ Nothing here builds UI; app.py holds no logic.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import math
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -137,9 +139,11 @@ class AppService:
             self.registry_error = str(err)
         self.samples: list[Sample] = list_samples()
         self._samples_by_name = {s.name: s for s in self.samples}
-        capacity = results_capacity or int(os.environ.get("IFA_APP_MAX_RESULTS", "8") or 8)
+        capacity = results_capacity or int(os.environ.get("IFA_APP_MAX_SESSIONS", "32") or 32)
+        ttl = 60 * float(os.environ.get("IFA_APP_RESULT_MINUTES", "60") or 60)
         self.files_root = Path(tempfile.mkdtemp(prefix="ifa-app-"))
-        self.results = ResultStore(capacity, self.files_root)
+        atexit.register(shutil.rmtree, self.files_root, ignore_errors=True)
+        self.results = ResultStore(capacity, self.files_root, ttl)
         self._gallery: list[tuple[str, str, str]] | None = None
 
     # --- what the UI is built from ---------------------------------------------------------------
@@ -297,7 +301,8 @@ class AppService:
     # --- the main run ---------------------------------------------------------------------------
     @guarded("segmenting the image")
     def segment(self, image, ground_truth, sample, pair_id, scales, flip, ifa_resolution, opacity, classes,
-                min_area):
+                min_area, previous_result_id=None):
+        """The main run; `previous_result_id` (the session's state) is the run it replaces in the store."""
         spec = self._spec(pair_id)
         options, notices = self._options(scales, flip, ifa_resolution)
         pair = engine.load_pair(spec)
@@ -309,15 +314,19 @@ class AppService:
         result = Result(name=name, image=array, gt=gt, spec=spec, class_names=pair.class_names, palette=pair.palette,
                         baseline_align_corners=bool(pair.baseline.config.align_corners), options=options,
                         baseline=baseline, ifa=ifa, notices=notices, device=engine.device_description())
-        self.results.add(result)
+        self.results.add(result, replaces=previous_result_id)
         result.files = views.write_label_maps(result, self.results.folder(result))
         outputs = self._views(result, opacity, classes, min_area)
         return (result.id, *outputs, array, result.files)
 
     def _result(self, result_id) -> Result:
         result = self.results.get(result_id)
+        if result is None and result_id:
+            minutes = self.results.ttl / 60
+            raise UserError(f"this run has expired (runs are kept {minutes:g} min after their last use, for the "
+                            f"{self.results.capacity} most recent sessions): run the segmentation again")
         if result is None:
-            raise UserError("no result to show yet (or it expired): run a segmentation first")
+            raise UserError("no result to show yet: run a segmentation first")
         return result
 
     @guarded("redrawing the results")

@@ -192,3 +192,27 @@ def test_missing_default_pair_is_reported_not_raised(tmp_path):
     assert "not valid JSON" in service.preload_default()
     with pytest.raises(gr.Error, match="no model pairs"):
         service.load_pair("x")
+
+
+def test_result_store_keeps_each_sessions_latest_run(tmp_path, monkeypatch):
+    """A session's new run replaces its previous one (files deleted); other sessions' runs stay until more than
+    `capacity` sessions are live (least recently used first) or a run goes unused for `ttl` seconds."""
+    from types import SimpleNamespace
+
+    from ifa.app import results as results_module
+    from ifa.app.results import ResultStore
+
+    clock = [0.0]
+    monkeypatch.setattr(results_module.time, "monotonic", lambda: clock[0])
+    store = ResultStore(capacity=3, files_root=tmp_path, ttl=100)
+    runs = [SimpleNamespace(id=f"r{i}") for i in range(6)]
+    for run in runs[:3]:
+        store.add(run)
+        store.folder(run)
+    store.add(runs[3], replaces="r0")  # session 0 runs again
+    assert store.get("r0") is None and not (tmp_path / "r0").exists() and len(store) == 3
+    assert store.get("r1") is runs[1]  # r1 used: r2 is now the least recently used
+    store.add(runs[4])  # a fourth session
+    assert store.get("r2") is None and store.get("r1") is runs[1] and store.get("r3") is runs[3]
+    clock[0] = 150  # r4 unused since t=0, r1 and r3 since t=0 too: all expire
+    assert store.get("r4") is None and len(store) == 0
