@@ -159,12 +159,17 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
 
         # The Run button: /segment, then /analyse (public endpoints).
         run_chain(run.click(None, None, None, api_visibility="private", queue=False), public=True)
-        run_chain(c["gallery"].select(service.pick_gallery, None, out(("sample", "image")), api_visibility="private",
-                                      queue=False), public=False)
-        run_chain(c["sample"].input(lambda: None, None, c["image"], api_visibility="private", queue=False),
-                  public=False)
-        run_chain(c["image"].upload(lambda: None, None, c["sample"], api_visibility="private", queue=False),
-                  public=False)
+        # A new input clears the other input and the label attached to the previous upload.
+        run_chain(c["gallery"].select(service.pick_gallery, None, out(("sample", "image", "ground_truth")),
+                                      api_visibility="private", queue=False), public=False)
+        run_chain(c["sample"].input(lambda: (None, None), None, out(("image", "ground_truth")),
+                                    api_visibility="private", queue=False), public=False)
+        run_chain(c["image"].upload(lambda: (None, None), None, out(("sample", "ground_truth")),
+                                    api_visibility="private", queue=False), public=False)
+        # Attaching or removing a label re-scores the shown run.
+        label_in = out(("result_state", "ground_truth", "opacity", "classes", "min_area"))
+        for label_event in (c["ground_truth"].upload, c["ground_truth"].clear):
+            label_event(service.attach_label, label_in, out(S.RENDER_OUTPUTS), api_visibility="private")
 
         c["pair"].input(service.load_pair, c["pair"], out(S.PAIR_OUTPUTS), api_name="load_pair", **model)
         hub_load.click(service.load_hub_pair, [hub_b, hub_b_rev, hub_i, hub_i_rev], out(S.HUB_OUTPUTS),

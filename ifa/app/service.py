@@ -335,6 +335,29 @@ class AppService:
             return tuple(gr.skip() for _ in RENDER_OUTPUTS)
         return self._views(self._result(result_id), opacity, classes, min_area)
 
+    @guarded("attaching the ground truth")
+    def attach_label(self, result_id, ground_truth, opacity, classes, min_area):
+        """A label attached to (or removed from) the shown run: re-score it without running the models again."""
+        result = self.results.get(result_id)
+        path = _path_of(ground_truth)
+        if result is None:
+            if path:
+                gr.Info("upload or pick the image first, then attach its label: a new image clears the label")
+            return tuple(gr.skip() for _ in RENDER_OUTPUTS)
+        if path:
+            w, h = result.image.shape[1], result.image.shape[0]
+            try:
+                gt, notices = load_label(path, (w, h), result.num_classes)
+            except ImageLoadError as err:
+                raise UserError(f"ground truth not used: {err}") from None
+            result.gt = gt
+            result.notices = [n for n in result.notices if not n.startswith("ground truth")] + notices
+            gr.Info(f"ground truth attached to {result.name}: scores and verdicts updated")
+        else:
+            result.gt = None
+            gr.Info(f"ground truth removed from {result.name}")
+        return self._views(result, opacity, classes, min_area)
+
     def _views(self, result: Result, opacity, classes, min_area) -> tuple:
         opacity = _float(opacity, "opacity", 0.0, 1.0, 0.5)
         min_area = int(_float(min_area, "the smallest region size", 1, 10 ** 7, DEFAULT_MIN_AREA))
@@ -486,12 +509,12 @@ class AppService:
 
     # --- samples ----------------------------------------------------------------------------------
     def pick_gallery(self, evt: gr.SelectData):
-        """Gallery click -> (sample name, cleared upload)."""
+        """Gallery click -> (sample name, cleared upload, cleared upload label)."""
         names = self.gallery_names()
         index = evt.index if isinstance(evt.index, int) else None
         if index is None or not 0 <= index < len(names):
             raise gr.Error("pick a sample from the gallery", print_exception=False)
-        return names[index], None
+        return names[index], None, None
 
 
 def _jsonable(value):

@@ -216,3 +216,30 @@ def test_result_store_keeps_each_sessions_latest_run(tmp_path, monkeypatch):
     assert store.get("r2") is None and store.get("r1") is runs[1] and store.get("r3") is runs[3]
     clock[0] = 150  # r4 unused since t=0, r1 and r3 since t=0 too: all expire
     assert store.get("r4") is None and len(store) == 0
+
+
+def test_attaching_and_removing_a_label_rescores_the_shown_run(pair_registry, camvid_val, tmp_path):
+    """The service directly: a run without ground truth, a label attached (scores appear, the models do not run
+    again), the label removed (scores gone); before any run the label is refused with what to do."""
+    from conftest import SAMPLE
+
+    from ifa.app.service import RENDER_OUTPUTS, SEGMENT_OUTPUTS, AppService
+
+    service = AppService(pair_registry[0])
+    image = str(camvid_val / SAMPLE)
+    label = str(camvid_val.parent / f"{camvid_val.name}annot" / SAMPLE)
+    out = dict(zip(SEGMENT_OUTPUTS, service.segment({"path": image}, None, None, pair_registry[1], ["1.0"], False,
+                                                    "stride4", 0.5, None, 64)))
+    assert out["summary"]["has_ground_truth"] is False and out["summary"]["scores"] is None
+    result = service.results.get(out["result_state"])
+    outputs_before = (result.baseline, result.ifa)
+    attached = dict(zip(RENDER_OUTPUTS, service.attach_label(out["result_state"], {"path": label}, 0.5, None, 64)))
+    assert attached["summary"]["has_ground_truth"] and attached["summary"]["scores"]["FPN + IFA"]["mIoU"] > 0
+    assert (result.baseline, result.ifa) == outputs_before  # re-scored, not re-run
+    removed = dict(zip(RENDER_OUTPUTS, service.attach_label(out["result_state"], None, 0.5, None, 64)))
+    assert removed["summary"]["scores"] is None
+    # classes=None (all) redraws
+    redrawn = dict(zip(RENDER_OUTPUTS, service.render(out["result_state"], 0.5, None, 64)))
+    assert redrawn["summary"]["differing_pixels"] == out["summary"]["differing_pixels"]
+    # no run yet: nothing is redrawn (the user is told to pick the image first)
+    assert all(v == {"__type__": "update"} for v in service.attach_label(None, {"path": label}, 0.5, None, 64))
