@@ -176,9 +176,11 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
                        api_name="load_hub_pair", **model)
 
         render_in = out(("result_state", "opacity", "classes", "min_area"))
-        c["opacity"].release(service.render, render_in, out(S.RENDER_OUTPUTS), api_name="render")
-        c["min_area"].release(service.render, render_in, out(S.RENDER_OUTPUTS), api_visibility="private")
-        c["classes"].input(service.render, render_in, out(S.RENDER_OUTPUTS), api_visibility="private")
+        # preprocess=False: the raw values, so that classes=None ("all", as documented) reaches the handler
+        raw = {"preprocess": False}
+        c["opacity"].release(service.render, render_in, out(S.RENDER_OUTPUTS), api_name="render", **raw)
+        c["min_area"].release(service.render, render_in, out(S.RENDER_OUTPUTS), api_visibility="private", **raw)
+        c["classes"].input(service.render, render_in, out(S.RENDER_OUTPUTS), api_visibility="private", **raw)
 
         c["click_view"].select(service.probe_select, c["result_state"], out(S.PROBE_OUTPUTS),
                                api_visibility="private", **model)

@@ -111,6 +111,8 @@ def _to_rgb(img: Image.Image, notices: list[str]) -> np.ndarray:
         notices.append("grayscale image: its gray values were copied to R, G and B")
     if mode == "CMYK":
         notices.append("CMYK image converted to RGB")
+    if mode in ("P", "PA"):
+        notices.append("palette (indexed-colour) image converted to RGB")
     has_alpha = mode in ("RGBA", "LA", "La", "RGBa", "PA") or (mode == "P" and "transparency" in img.info)
     if has_alpha:
         rgba = img.convert("RGBA")
@@ -119,8 +121,19 @@ def _to_rgb(img: Image.Image, notices: list[str]) -> np.ndarray:
             notices.append("transparent pixels were put on a white background")
             white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             rgba = Image.alpha_composite(white, rgba)
+        else:
+            notices.append("alpha channel dropped (every pixel is opaque)")
         return np.asarray(rgba.convert("RGB"))
     return np.asarray(img.convert("RGB"))
+
+
+def _png_bit_depth(path: Path) -> int | None:
+    """Bits per sample of a PNG file from its IHDR chunk (Pillow opens 16-bit colour PNGs as 8-bit RGB)."""
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    return head[24]
 
 
 def load_image(path: str | os.PathLike, max_side: int | None = None, max_pixels: int | None = None,
@@ -141,15 +154,22 @@ def load_image(path: str | os.PathLike, max_side: int | None = None, max_pixels:
                                  f"images up to {max_pixels / 1e6:.0f} Mpx are accepted")
         if getattr(img, "n_frames", 1) > 1:
             notices.append(f"the file holds {img.n_frames} frames/pages; the first is used")
-        try:
-            orientation = img.getexif().get(0x0112, 1)
-        except Exception:  # noqa: BLE001 - a broken EXIF block is not worth refusing the image
-            orientation = 1
-        rotated = orientation in (5, 6, 7, 8)
         if img.format == "JPEG" and max(width, height) > 2 * max_side:
             img.draft("RGB", (max_side, max_side))  # decode at 1/2, 1/4 or 1/8 size, still >= max_side
         try:
-            img.load()
+            img.load()  # decode first: a corrupt body must fail here, not be half-read behind another call
+        except MemoryError:
+            raise ImageLoadError(f"image '{path.name}' is too large to decode here") from None
+        except Exception as err:  # noqa: BLE001 - truncated or corrupt pixel data
+            raise ImageLoadError(f"image '{path.name}' is damaged or truncated: {_brief(err)}") from None
+        try:
+            orientation = img.getexif().get(0x0112, 1)
+        except Exception:  # noqa: BLE001 - a broken EXIF block is not worth refusing the (decoded) image
+            orientation = 1
+        rotated = orientation in (5, 6, 7, 8)
+        if _png_bit_depth(path) == 16 and img.mode not in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
+            notices.append("16-bit colour image reduced to 8 bits per channel")
+        try:
             if orientation != 1:
                 img = ImageOps.exif_transpose(img)
                 notices.append(f"rotated upright from its EXIF orientation ({orientation})")
@@ -201,4 +221,8 @@ def load_label(path: str | os.PathLike, size: tuple[int, int], num_classes: int,
         raw = np.asarray(Image.fromarray(raw.astype(np.int32)).resize(tuple(size), Image.Resampling.NEAREST))
         notices.append(f"label map resized from {w} x {h} to {size[0]} x {size[1]} px (nearest)")
     label = np.where((raw < 0) | (raw >= num_classes), ignore_index, raw).astype(np.uint8)
+    if (label == ignore_index).all():
+        found = ", ".join(str(v) for v in np.unique(raw)[:8])
+        raise ImageLoadError(f"label map '{path.name}' has no pixel of the model's {num_classes} classes "
+                             f"(values 0-{num_classes - 1}; it holds {found}): nothing to score")
     return label, notices

@@ -59,6 +59,14 @@ def bomb_png(path: Path) -> None:
                      + _png_chunk(b"IEND", b""))
 
 
+def raw_png(path: Path, rows: list[bytes], width: int, height: int, bit_depth: int, colour_type: int) -> None:
+    """A PNG written by hand (Pillow cannot write 16-bit colour): IHDR, one IDAT of filter-0 rows, IEND."""
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    idat = zlib.compress(b"".join(b"\0" + row for row in rows))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat)
+                     + _png_chunk(b"IEND", b""))
+
+
 def _photo(w: int, h: int) -> np.ndarray:
     y, x = np.mgrid[0:h, 0:w]
     return np.stack([(x * 255 // max(w - 1, 1)), (y * 255 // max(h - 1, 1)), ((x + y) % 256)], -1).astype(np.uint8)
@@ -86,6 +94,15 @@ def make(kind: str, folder: Path) -> Path:
         Image.fromarray(_photo(320, 240)).save(path, quality=90)
         data = path.read_bytes()
         path.write_bytes(data[: len(data) // 3])
+    elif kind == "corrupt_body":  # a valid 200 x 150 RGB header, then pixel data that does not decompress
+        path = folder / "corrupt_body.png"
+        ihdr = struct.pack(">IIBBBBB", 200, 150, 8, 2, 0, 0, 0)
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", b"broken" * 50)
+                         + _png_chunk(b"IEND", b""))
+    elif kind == "rgb16":
+        path = folder / "rgb16.png"
+        photo = _photo(200, 150).astype(">u2") * 257
+        raw_png(path, [row.tobytes() for row in photo], 200, 150, 16, 2)
     elif kind == "grayscale":
         path = folder / "gray.png"
         Image.fromarray(_photo(200, 150)[..., 0]).save(path)
@@ -120,12 +137,14 @@ REFUSED = [
     ("one_pixel", ("1 x 1 px", "at least 32 px")),
     ("bomb", ("too many pixels", "Mpx")),
     ("truncated", ("damaged or truncated",)),
+    ("corrupt_body", ("damaged or truncated",)),
 ]
 ACCEPTED = [  # (kind, expected working size (h, w), words in the notices)
     ("grayscale", (150, 200), "grayscale"),
     ("rgba", (150, 200), "transparent"),
     ("gray16", (150, 200), "16-bit"),
-    ("palette", (150, 200), None),
+    ("palette", (150, 200), "palette"),
+    ("rgb16", (150, 200), "16-bit colour"),
     ("exif_rotated", (200, 120), "EXIF"),
     ("large", (480, 640), "downscaled from 2000 x 1500"),
 ]
@@ -186,6 +205,17 @@ def test_bad_options_and_requests_then_good_request(app, pair_registry, small_im
     Image.new("L", (50, 300)).save(bad_gt)
     out = run(app.client, pair, image=small_image, ground_truth=bad_gt)
     assert not out[-3]["has_ground_truth"] and any("ground truth not used" in n for n in out[-3]["notices"])
+    good_request(app, pair, small_image)
+    # A label map with no pixel of the model's classes is reported, not scored as ground truth.
+    all_ignore = tmp_path / "all_ignore.png"
+    Image.new("L", (160, 120), 11).save(all_ignore)
+    out = run(app.client, pair, image=small_image, ground_truth=all_ignore)
+    notices = out[-3]["notices"]
+    assert not out[-3]["has_ground_truth"] and any("no pixel of the model's 11 classes" in n for n in notices)
+    good_request(app, pair, small_image)
+    # /render with classes=None (all classes) redraws
+    redrawn = app.client.predict(0.7, None, 64, api_name="/render")
+    assert redrawn[-1]["size"] == {"height": 120, "width": 160}
     good_request(app, pair, small_image)
 
 
