@@ -25,7 +25,7 @@ import warnings
 from pathlib import Path
 
 import httpx2
-from huggingface_hub import HfApi, constants, hf_hub_download, try_to_load_from_cache
+from huggingface_hub import HfApi, constants, get_hf_file_metadata, hf_hub_download, hf_hub_url, try_to_load_from_cache
 from huggingface_hub.errors import (
     GatedRepoError,
     HfHubHTTPError,
@@ -38,7 +38,15 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import validate_repo_id
 
-from .models.checkpoint import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, CheckpointError, load_checkpoint_folder
+from .models.checkpoint import (
+    CARD_NAME,
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    CheckpointError,
+    load_checkpoint_folder,
+    read_config,
+)
+from .models.config import ConfigError
 from .models.segmentor import SegmentationModel
 
 DEFAULT_REVISION = "main"
@@ -72,6 +80,33 @@ def load_model(path_or_repo_id: str | Path, revision: str | None = None,
         return load_checkpoint_folder(folder, num_classes=num_classes)
     except CheckpointError as err:
         raise CheckpointError(f"{where} (commit {folder.name}): {err}") from err
+
+
+def load_hub_model(repo_id: str, revision: str | None = None,
+                   max_weights_bytes: int | None = None) -> SegmentationModel:
+    """Load a Hub repo, never a local path: for an app that takes repo ids from the public.
+
+    `repo_id` is always read as 'org/name' on the Hub (an existing folder of that name is not looked at);
+    config.json is fetched and validated before the weights; weights larger than `max_weights_bytes` are
+    refused before they are downloaded. Error messages name the repo, never a path of this machine.
+    """
+    repo_id = str(repo_id or "").strip()
+    _check_repo_id(repo_id)
+    revision = revision or DEFAULT_REVISION
+    where = f"Hub repo '{repo_id}' at revision '{revision}'"
+    try:
+        folder = _download(repo_id, revision, where, max_weights_bytes)
+        return load_checkpoint_folder(folder)
+    except (HubError, CheckpointError) as err:
+        raise type(err)(_without_paths(str(err))) from None
+
+
+def _without_paths(text: str) -> str:
+    """`text` with this machine's cache folder and home directory replaced by words."""
+    for path, words in ((constants.HF_HUB_CACHE, "the server's cache"), (str(Path.home()), "~")):
+        if path:
+            text = text.replace(str(path), words)
+    return text
 
 
 def push_to_hub(folder: str | Path, repo_id: str, revision: str | None = None, private: bool = False,
@@ -159,8 +194,11 @@ def _check_repo_id(repo_id: str) -> None:
                        f"('org/name'): {err}") from err
 
 
-def _download(repo_id: str, revision: str, where: str) -> Path:
-    """The cache snapshot folder holding config.json, model.safetensors (and README.md) of repo_id@revision."""
+def _download(repo_id: str, revision: str, where: str, max_weights_bytes: int | None = None) -> Path:
+    """The cache snapshot folder holding config.json, model.safetensors (and README.md) of repo_id@revision.
+
+    config.json comes first and must describe a model of this project before the weights are fetched;
+    weights above `max_weights_bytes` (when given) are refused before their download."""
     if constants.HF_HUB_OFFLINE:
         return _from_cache(repo_id, revision, where, reason="HF_HUB_OFFLINE is set")
     if _COMMIT.fullmatch(revision):  # an immutable commit that is already cached needs no request at all
@@ -192,6 +230,14 @@ def _download(repo_id: str, revision: str, where: str) -> Path:
     # the other files at the commit it resolved to, so that all of them come from one commit.
     config = _fetch(repo_id, CONFIG_NAME, revision, where, siblings)
     commit = config.parent.name
+    try:
+        read_config(config.parent)
+    except (CheckpointError, ConfigError) as err:
+        reason = str(err).split(f"{CONFIG_NAME}: ", 1)[-1]  # without the cache path
+        raise HubError(f"{where}: its {CONFIG_NAME} does not describe a model of this project ({reason}); "
+                       f"its weights were not downloaded") from None
+    if max_weights_bytes is not None:
+        _check_weights_size(repo_id, commit, where, max_weights_bytes)
     _fetch(repo_id, WEIGHTS_NAME, commit, where, siblings)
     if siblings is None or CARD_NAME in siblings:
         try:
@@ -199,6 +245,19 @@ def _download(repo_id: str, revision: str, where: str) -> Path:
         except HubError:
             pass  # the model card is optional
     return config.parent
+
+
+def _check_weights_size(repo_id: str, commit: str, where: str, limit: int) -> None:
+    """HubError when the repo's weights file is larger than `limit` bytes (asked with one HEAD request)."""
+    try:
+        size = get_hf_file_metadata(hf_hub_url(repo_id, WEIGHTS_NAME, revision=commit)).size
+    except RemoteEntryNotFoundError:
+        return  # missing weights: the download below says so
+    except (HfHubHTTPError, OSError, *_UNREACHABLE) as err:
+        raise HubError(f"asking the size of {WEIGHTS_NAME} of {where} failed ({_brief(err)})") from err
+    if size is not None and size > limit:
+        raise HubError(f"{where}: {WEIGHTS_NAME} is {size / 2 ** 20:.0f} MB; this app loads weights up to "
+                       f"{limit / 2 ** 20:.0f} MB, so it was not downloaded")
 
 
 def _fetch(repo_id: str, filename: str, revision: str, where: str, siblings: list[str] | None) -> Path:

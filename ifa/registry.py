@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from .hub import HubError, load_model, resolve_checkpoint
+from .hub import HubError, load_hub_model, load_model, resolve_checkpoint
 from .models.checkpoint import CheckpointError, offset_ablation
 from .models.config import ConfigError
 from .models.segmentor import SegmentationModel
@@ -228,15 +228,35 @@ def hub_pair(baseline_repo: str, ifa_repo: str, baseline_revision: str | None = 
     if not baseline_repo or not ifa_repo:
         missing = " and ".join(n for n, v in (("baseline", baseline_repo), ("IFA", ifa_repo)) if not v)
         raise PairError(f"a Hub pair needs two repo ids ('org/name'); the {missing} repo id is empty")
-    for repo in (baseline_repo, ifa_repo):
-        if repo.count("/") != 1 or any(ch.isspace() for ch in repo) or repo.startswith(("/", ".", "~")):
-            raise PairError(f"{repo!r} is not a Hub repo id: expected 'org/name'")
     b_rev = (baseline_revision or "").strip() or None
     i_rev = (ifa_revision or "").strip() or None
+    sources = []
+    for repo, rev in ((baseline_repo, b_rev), (ifa_repo, i_rev)):
+        if local_pairs_allowed() and (PROJECT_ROOT / repo).is_dir() and rev is None:
+            sources.append(ModelSource("local", str(PROJECT_ROOT / repo)))  # the operator allows local folders
+            continue
+        if repo.count("/") != 1 or any(ch.isspace() for ch in repo) or repo.startswith(("/", ".", "~")):
+            raise PairError(f"{repo!r} is not a Hub repo id: expected 'org/name'")
+        sources.append(ModelSource("hub", repo, rev))
     b_text = baseline_repo + (f"@{b_rev}" if b_rev else "")
     i_text = ifa_repo + (f"@{i_rev}" if i_rev else "")
     return PairSpec(id=f"{HUB_PREFIX}{b_text}|{i_text}", title=f"Hub: {b_text} vs {i_text}",
-                    baseline=ModelSource("hub", baseline_repo, b_rev), ifa=ModelSource("hub", ifa_repo, i_rev))
+                    baseline=sources[0], ifa=sources[1])
+
+
+def local_pairs_allowed() -> bool:
+    """Whether pairs typed into the app may name local folders (relative to the project): only when the operator
+    sets IFA_APP_ALLOW_LOCAL_PAIRS=1, and never on a Hugging Face Space (SPACE_ID set)."""
+    return os.environ.get("IFA_APP_ALLOW_LOCAL_PAIRS") == "1" and not os.environ.get("SPACE_ID")
+
+
+def max_weights_bytes() -> int:
+    """The largest weights file the app downloads from the Hub (IFA_APP_MAX_WEIGHTS_MB, default 500 MB)."""
+    try:
+        megabytes = float(os.environ.get("IFA_APP_MAX_WEIGHTS_MB", "500"))
+    except ValueError:
+        megabytes = 500.0
+    return int(megabytes * 2 ** 20)
 
 
 def parse_hub_pair_id(pair_id: str) -> PairSpec:
@@ -251,8 +271,8 @@ def parse_hub_pair_id(pair_id: str) -> PairSpec:
 
 def _load_one(source: ModelSource, role: str) -> SegmentationModel:
     try:
-        if source.source == "hub":
-            return load_model(source.location, revision=source.revision)
+        if source.source == "hub":  # a repo id, never a path of this machine; config checked before weights
+            return load_hub_model(source.location, revision=source.revision, max_weights_bytes=max_weights_bytes())
         return load_model(Path(source.location))
     except (HubError, CheckpointError, ConfigError) as err:
         raise PairError(f"cannot load the {role} model from {source.describe()}: {err}") from None

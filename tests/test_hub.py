@@ -377,3 +377,55 @@ def test_push_errors(hub, sources, monkeypatch):
 
 def test_public_api():
     assert ifa.load_model is load_model and ifa.push_to_hub is push_to_hub and issubclass(ifa.HubError, Exception)
+
+
+# --- load_hub_model: what a public app may load ---------------------------------------------------
+def _weights_requested(hub) -> bool:
+    return any(method == "GET" and path.endswith(WEIGHTS_NAME) for method, path in hub.requests)
+
+
+def test_hub_model_loads_a_repo_and_never_a_local_folder(hub, sources, tmp_path, monkeypatch):
+    from ifa.hub import load_hub_model
+
+    model = load_hub_model(REPO)
+    torch.testing.assert_close(model.state_dict(), sources["v2"]["state"])
+    # a local folder that looks like a repo id is not looked at: the Hub is asked for it (and has no such repo)
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(sources["v1"]["folder"], tmp_path / "org" / "local")
+    with pytest.raises(HubError) as err:
+        load_hub_model("org/local")
+    assert "not found" in str(err.value) and str(tmp_path) not in str(err.value)
+    for bad in ("/etc/passwd", "../org/tiny", "not a repo"):
+        with pytest.raises(HubError, match="repo id"):
+            load_hub_model(bad)
+
+
+def test_hub_model_validates_config_before_the_weights_and_limits_their_size(hub, sources, tmp_path):
+    from ifa.hub import load_hub_model
+
+    broken = tmp_path / "broken"
+    shutil.copytree(sources["v1"]["folder"], broken)
+    config = json.loads((broken / CONFIG_NAME).read_text())
+    config["architecture"] = "segformer"
+    (broken / CONFIG_NAME).write_text(json.dumps(config))
+    hub.add_folder("org/broken", broken)
+    hub.clear_requests()
+    with pytest.raises(HubError, match="does not describe a model of this project") as err:
+        load_hub_model("org/broken")
+    assert not _weights_requested(hub) and constants.HF_HUB_CACHE not in str(err.value)
+    size = (sources["v2"]["folder"] / WEIGHTS_NAME).stat().st_size
+    hub.clear_requests()
+    with pytest.raises(HubError, match="MB; this app loads weights up to"):
+        load_hub_model(REPO, max_weights_bytes=size - 1)
+    assert not _weights_requested(hub)
+    assert load_hub_model(REPO, max_weights_bytes=size) is not None
+
+
+def test_hub_model_errors_name_no_server_path(monkeypatch, tmp_path):
+    from ifa.hub import load_hub_model
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "secret-cache"))
+    offline(monkeypatch)
+    with pytest.raises(HubError) as err:
+        load_hub_model("org/absent")
+    assert "secret-cache" not in str(err.value) and "the server's cache" in str(err.value)

@@ -236,9 +236,9 @@ class AppService:
         """Load two Hub repos as a pair -> (pair dropdown update, status markdown, class filter update)."""
         spec = hub_pair(str(baseline_repo or ""), str(ifa_repo or ""), baseline_revision, ifa_revision)
         pair = engine.load_pair(spec)
-        self.registry.add(spec)
         names = pair.class_names
-        return (gr.update(choices=self.pair_choices(), value=spec.id), self._status(pair),
+        # In this session's dropdown only: a pair one user loads is not added to everyone's list.
+        return (gr.update(choices=[*self.pair_choices(), (spec.title, spec.id)], value=spec.id), self._status(pair),
                 gr.update(choices=names, value=names))
 
     # --- inputs -----------------------------------------------------------------------------------

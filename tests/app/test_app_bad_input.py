@@ -230,6 +230,12 @@ def test_hub_pair_errors_are_clear_then_good_request(app, pair_registry, small_i
     with pytest.raises(AppError) as err:
         app.client.predict("not a repo id", "", "", "", api_name="/load_hub_pair")
     assert_clean_error(err.value, "repo id")
+    # the shipped folders are not Hub repos: refused (IFA_APP_ALLOW_LOCAL_PAIRS is not set), no server path named
+    with pytest.raises(AppError) as err:
+        app.client.predict("checkpoints/camvid-effl0-fpn", "", "checkpoints/camvid-effl0-ifa", "",
+                           api_name="/load_hub_pair")
+    assert_clean_error(err.value, "Hub repo 'checkpoints/camvid-effl0-fpn'")
+    assert str(Path.home()) not in str(err.value) and constants.HF_HUB_CACHE not in str(err.value)
     good_request(app, pair_registry[1], small_image)
 
 
@@ -266,6 +272,8 @@ def test_hub_pair_loads_from_a_hub_and_class_mismatch_is_reported(app, small_ima
         assert "3 classes" in status and classes["value"] == ["class 0", "class 1", "class 2"]
         out = run(app.client, pair_id, image=small_image)
         assert out[-3]["pair"]["ifa"]["location"] == "org/ifa"
+        # the pair is this session's: another user's pair list does not get it
+        assert pair_id not in str(app.new_client().predict(api_name="/catalog")["pairs"])
         with pytest.raises(AppError) as err:
             app.client.predict("org/fpn", "", "org/ifa4", "", api_name="/load_hub_pair")
         assert_clean_error(err.value, "disagree on classes")

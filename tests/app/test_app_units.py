@@ -243,3 +243,15 @@ def test_attaching_and_removing_a_label_rescores_the_shown_run(pair_registry, ca
     assert redrawn["summary"]["differing_pixels"] == out["summary"]["differing_pixels"]
     # no run yet: nothing is redrawn (the user is told to pick the image first)
     assert all(v == {"__type__": "update"} for v in service.attach_label(None, {"path": label}, 0.5, None, 64))
+
+
+def test_local_folders_in_typed_pairs_only_when_the_operator_allows(monkeypatch):
+    monkeypatch.delenv("IFA_APP_ALLOW_LOCAL_PAIRS", raising=False)
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    names = ("checkpoints/camvid-effl0-fpn", "checkpoints/camvid-effl0-ifa")
+    assert hub_pair(*names).baseline.source == "hub"  # read as a repo id: the Hub is asked, not the disk
+    monkeypatch.setenv("IFA_APP_ALLOW_LOCAL_PAIRS", "1")
+    spec = hub_pair(*names)
+    assert (spec.baseline.source, spec.ifa.source) == ("local", "local")
+    monkeypatch.setenv("SPACE_ID", "org/space")  # never on a Space
+    assert hub_pair(*names).ifa.source == "hub"
