@@ -28,6 +28,10 @@ except ImportError:  # pragma: no cover - depends on the environment
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 PAIRS = PairCache(DEVICE, capacity=int(os.environ.get("IFA_APP_MAX_PAIRS", "2") or 2))
 GPU_DURATION = 60  # seconds a ZeroGPU slot is held per call
+# Model input one request may take (Options.work_mpx), so that one user cannot hold the queue: single-threaded
+# the shipped pair takes 0.51 s for a 480x360 image (0.17 Mpx, BENCHMARKS.md), about 0.34 Mpx/s, so 2 Mpx is
+# at most about 6 s of CPU; a GPU takes far more.
+WORK_BUDGET_MPX = float(os.environ.get("IFA_APP_MAX_WORK_MPX", "0") or 0) or (64.0 if DEVICE.type == "cuda" else 2.0)
 
 
 def gpu(fn):
@@ -66,6 +70,38 @@ class Options:
     scales: tuple[float, ...] = (1.0,)
     flip: bool = False
     ifa_resolution: str = "stride4"  # or "full"
+
+    def work_mpx(self, height: int, width: int) -> float:
+        """Model input processed by one run, in megapixels: the image at every scale, twice with flip; IFA
+        queried at every pixel counts 4x (its head then answers 16x the stride-4 grid's queries)."""
+        views = sum(s * s for s in self.scales) * (2 if self.flip else 1)
+        return height * width * views * (4 if self.ifa_resolution == "full" else 1) / 1e6
+
+    def within(self, height: int, width: int, budget_mpx: float) -> tuple[Options, list[str]]:
+        """These options reduced until a run fits `budget_mpx` (full resolution first, then the flip, then the
+        largest scales; a lone scale still too large becomes 1.0), and a notice saying what was dropped and why."""
+        scales, flip, resolution, dropped = list(self.scales), self.flip, self.ifa_resolution, []
+
+        def over() -> bool:
+            return Options(tuple(scales), flip, resolution).work_mpx(height, width) > budget_mpx
+
+        if over() and resolution == "full":
+            resolution = "stride4"
+            dropped.append("full-resolution IFA")
+        if over() and flip:
+            flip = False
+            dropped.append("the flip")
+        while over() and len(scales) > 1:
+            dropped.append(f"scale {scales.pop():g}")
+        if over() and scales != [1.0]:
+            dropped.append(f"scale {scales.pop():g} (1.0 used instead)")
+            scales = [1.0]
+        options = Options(tuple(scales), flip, resolution)
+        if not dropped:
+            return options, []
+        return options, [f"{', '.join(dropped)} dropped: this request asked for {self.work_mpx(height, width):.1f} "
+                         f"Mpx of model input, more than the {budget_mpx:g} Mpx one request may take here "
+                         f"({options.describe()})"]
 
     def describe(self) -> str:
         scales = ", ".join(f"{s:g}" for s in self.scales)

@@ -33,6 +33,7 @@ from .results import Result, ResultStore
 from .samples import Sample, list_samples, thumbnail
 
 log = logging.getLogger("ifa.app")
+PROGRESS = gr.Progress()  # the default that makes Gradio pass each event its own progress tracker
 
 SCALE_CHOICES = ("0.5", "0.75", "1.0", "1.25", "1.5", "1.75", "2.0")
 IFA_RESOLUTIONS = (("stride-4 grid + bilinear upsampling (as trained)", "stride4"),
@@ -301,16 +302,19 @@ class AppService:
     # --- the main run ---------------------------------------------------------------------------
     @guarded("segmenting the image")
     def segment(self, image, ground_truth, sample, pair_id, scales, flip, ifa_resolution, opacity, classes,
-                min_area, previous_result_id=None):
+                min_area, previous_result_id=None, progress=PROGRESS):
         """The main run; `previous_result_id` (the session's state) is the run it replaces in the store."""
         spec = self._spec(pair_id)
         options, notices = self._options(scales, flip, ifa_resolution)
         pair = engine.load_pair(spec)
         name, array, gt, image_notices = self._image(image, sample, ground_truth, pair.num_classes, pair.dataset)
-        notices = image_notices + notices
+        options, budget_notices = options.within(*array.shape[:2], engine.WORK_BUDGET_MPX)
+        notices = image_notices + notices + budget_notices
         for notice in notices:
             gr.Warning(notice)
+        progress(0.1, desc=f"running both models ({options.describe()})")
         baseline, ifa = engine.predict_pair(spec, array, options)
+        progress(0.9, desc="comparing the predictions")
         result = Result(name=name, image=array, gt=gt, spec=spec, class_names=pair.class_names, palette=pair.palette,
                         baseline_align_corners=bool(pair.baseline.config.align_corners), options=options,
                         baseline=baseline, ifa=ifa, notices=notices, device=engine.device_description())
@@ -426,10 +430,11 @@ class AppService:
         return result
 
     @guarded("analysing the features")
-    def analyse(self, result_id):
+    def analyse(self, result_id, progress=PROGRESS):
         result = self._result(result_id)
         if result.feature_views is None:
             start = time.perf_counter()
+            progress(0.1, desc="looking inside both models")
             a = self._analysed(result).analysis
             ifa_panel, fpn_panel = views.level_panels(result)
             ifa_pca, fpn_pca, ifa_var, fpn_var = views.pca_images(result)

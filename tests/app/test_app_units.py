@@ -255,3 +255,16 @@ def test_local_folders_in_typed_pairs_only_when_the_operator_allows(monkeypatch)
     assert (spec.baseline.source, spec.ifa.source) == ("local", "local")
     monkeypatch.setenv("SPACE_ID", "org/space")  # never on a Space
     assert hub_pair(*names).ifa.source == "hub"
+
+
+def test_options_are_reduced_to_the_work_budget_with_a_notice():
+    from ifa.app.engine import Options
+
+    asked = Options((0.5, 1.0, 1.5, 2.0), True, "full")
+    assert asked.work_mpx(480, 640) == pytest.approx(480 * 640 * 7.5 * 2 * 4 / 1e6)
+    kept, notices = asked.within(480, 640, 2.0)
+    assert kept == Options((0.5, 1.0, 1.5), False, "stride4") and kept.work_mpx(480, 640) <= 2.0
+    assert "full-resolution IFA, the flip, scale 2 dropped" in notices[0] and "2 Mpx" in notices[0]
+    assert asked.within(480, 640, 100.0) == (asked, [])
+    alone, notices = Options((2.0,), False, "stride4").within(1000, 1000, 2.0)
+    assert alone.scales == (1.0,) and "1.0 used instead" in notices[0]
