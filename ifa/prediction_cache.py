@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .inference import autocast_dtype
 from .models.checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, atomic_write, read_config
 
 ENTRY_NAME = "entry.json"
@@ -112,10 +113,9 @@ def options_key(options: dict) -> str:
 
 
 def effective_precision(device: torch.device | str, precision: str) -> str:
-    """The precision a Predictor really runs at: fp32 on the CPU or when asked, else fp16 / bf16."""
-    if torch.device(device).type != "cuda" or precision == "fp32":
-        return "fp32"
-    return "bf16" if precision == "bf16" else "fp16"
+    """The precision a Predictor really runs at (ifa.inference.autocast_dtype): fp32, fp16 or bf16."""
+    dtype = autocast_dtype(torch.device(device), precision)
+    return {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
 
 
 # --- the cache ------------------------------------------------------------------------------------

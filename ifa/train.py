@@ -31,7 +31,7 @@ from .data.datasets import DatasetError, InMemory, build_dataset, decoded_bytes_
 from .data.transforms import TrainAugment
 from .distributed import DistributedContext, all_reduce_mean, convert_sync_batchnorm
 from .evaluate import evaluate
-from .inference import Predictor
+from .inference import Predictor, cpu_supports_bf16
 from .losses import ohem_cross_entropy
 from .metrics import summarize
 from .models.checkpoint import atomic_write, save_pretrained
@@ -194,11 +194,6 @@ def autocast_dtype(tcfg: dict, device: torch.device) -> torch.dtype | None:
         raise ConfigError(f"train.cpu_bf16: this {device.type} has no native bf16 support "
                           "(oneDNN needs AVX-512 BF16 or AMX); train in fp32 (train.cpu_bf16=false)")
     return torch.bfloat16
-
-
-def cpu_supports_bf16() -> bool:
-    """Whether oneDNN runs bf16 natively on this CPU (AVX-512 BF16 / AMX), not emulated."""
-    return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 # --- optimisation ---------------------------------------------------------------------------------

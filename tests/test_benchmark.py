@@ -176,11 +176,30 @@ def _model(architecture: str):
 
 @pytest.mark.parametrize("architecture", ["fpn", "ifa"])
 def test_channels_last_predictor_matches_the_default(architecture, image):
-    plain = Predictor(_model(architecture), device="cpu").predict(image)
+    plain = Predictor(_model(architecture), device="cpu", channels_last=False).predict(image)
     nhwc_predictor = Predictor(_model(architecture), device="cpu", channels_last=True)
-    assert nhwc_predictor.channels_last and not Predictor(_model(architecture), device="cpu").channels_last
+    default = Predictor(_model(architecture), device="cpu")
+    assert nhwc_predictor.channels_last and default.channels_last == torch.backends.mkldnn.is_available()
     nhwc = nhwc_predictor.predict(image)
     torch.testing.assert_close(nhwc.probs, plain.probs, atol=1e-5, rtol=1e-4)
+
+
+def test_cpu_precisions(image, monkeypatch):
+    """bf16 on the CPU where it is native (labels as fp32's almost everywhere), refused clearly where not;
+    fp16 is CUDA-only."""
+    import ifa.inference
+
+    model = _model("ifa")
+    with pytest.raises(ValueError, match="fp16 runs on CUDA only"):
+        Predictor(model, device="cpu", precision="fp16")
+    if ifa.inference.cpu_supports_bf16():
+        fp32 = Predictor(model, device="cpu").predict(image)
+        bf16 = Predictor(model, device="cpu", precision="bf16").predict(image)
+        assert (bf16.labels == fp32.labels).mean() > 0.95
+        torch.testing.assert_close(bf16.probs, fp32.probs, atol=0.05, rtol=0)
+    monkeypatch.setattr(ifa.inference, "cpu_supports_bf16", lambda: False)
+    with pytest.raises(ValueError, match="native bf16"):
+        Predictor(model, device="cpu", precision="bf16")
 
 
 @pytest.mark.slow

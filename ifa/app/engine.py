@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..inference import Predictor
+from ..inference import Predictor, autocast_dtype
 from ..registry import LoadedPair, PairCache, PairSpec
 
 try:  # Hugging Face ZeroGPU; a no-op elsewhere
@@ -41,10 +41,17 @@ def gpu(fn):
     return spaces.GPU(duration=GPU_DURATION)(fn)
 
 
+# IFA_APP_PRECISION: "auto" (fp16 autocast on CUDA, fp32 on the CPU), "fp32", or "bf16" (on CUDA, or on CPUs with
+# native bf16: about half the fp32 time there, labels as fp32's on 99.7-99.8% of the pixels; ifa.inference).
+PRECISION = os.environ.get("IFA_APP_PRECISION", "auto")
+AMP_DTYPE = autocast_dtype(DEVICE, PRECISION)  # a ValueError at start-up names a precision this machine lacks
+
+
 def device_description() -> str:
+    precision = {None: "fp32", torch.float16: "fp16 autocast", torch.bfloat16: "bf16 autocast"}[AMP_DTYPE]
     if DEVICE.type == "cuda":
-        return f"CUDA ({torch.cuda.get_device_name(DEVICE)}, fp16 autocast)"
-    return f"CPU ({torch.get_num_threads()} threads, fp32)"
+        return f"CUDA ({torch.cuda.get_device_name(DEVICE)}, {precision})"
+    return f"CPU ({torch.get_num_threads()} threads, {precision})"
 
 
 def _sync() -> None:
@@ -53,9 +60,7 @@ def _sync() -> None:
 
 
 def _autocast():
-    if DEVICE.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16)
-    return torch.autocast("cpu", enabled=False)
+    return torch.autocast(DEVICE.type, dtype=AMP_DTYPE, enabled=AMP_DTYPE is not None)
 
 
 def load_pair(spec: PairSpec) -> LoadedPair:
@@ -143,7 +148,7 @@ def _labels(probs: torch.Tensor) -> np.ndarray:
 
 
 def _predict(model, image: np.ndarray, options: Options, ifa_resolution: str) -> ModelOutput:
-    predictor = Predictor(model, device=DEVICE, scales=options.scales, flip=options.flip,
+    predictor = Predictor(model, device=DEVICE, precision=PRECISION, scales=options.scales, flip=options.flip,
                           ifa_resolution=ifa_resolution)
     _sync()
     start = time.perf_counter()
