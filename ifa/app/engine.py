@@ -119,6 +119,7 @@ class ModelOutput:
     labels: np.ndarray  # (H, W) uint8 class per pixel
     probs: np.ndarray  # (K, H, W) float16 class probabilities (averaged over scales / flips)
     seconds: float  # wall time of the prediction on DEVICE, pre- and post-processing included
+    head_inputs: list[np.ndarray] | None = None  # (C, h_l, w_l) float32 per level, of a scale-1 unflipped run
 
 
 @dataclass
@@ -143,19 +144,37 @@ class FeatureAnalysis:
 
 
 def _labels(probs: torch.Tensor) -> np.ndarray:
-    labels = probs.argmax(0).numpy()
+    labels = probs.max(0).indices.numpy()  # max(0).indices: the argmax, several times faster on the CPU
     return labels.astype(np.uint8 if probs.shape[0] <= 255 else np.int32)
 
 
 def _predict(model, image: np.ndarray, options: Options, ifa_resolution: str) -> ModelOutput:
+    """One model on one image. At scale 1 unflipped on the stride-4 grid (the default), one pass whose head inputs
+    are kept for the feature analysis; otherwise the Predictor's views (scales, flip, full resolution)."""
     predictor = Predictor(model, device=DEVICE, precision=PRECISION, scales=options.scales, flip=options.flip,
                           ifa_resolution=ifa_resolution)
     _sync()
     start = time.perf_counter()
-    prediction = predictor.predict(image)
+    head_inputs = None
+    if options.scales == (1.0,) and not options.flip and ifa_resolution == "stride4":
+        with torch.inference_mode(), _autocast():
+            x = _model_input(predictor, image, model)
+            levels = model.levels(x)
+            logits = model.upsample_logits(model.head_logits(levels), image.shape[:2])
+            probs = logits[0].float().softmax(0).cpu()
+        head_inputs = [lv[0].float().cpu().numpy() for lv in levels]
+    else:
+        probs = predictor.probabilities(predictor.preprocess(image))[0].cpu()
+    labels = _labels(probs)
     _sync()
     seconds = time.perf_counter() - start
-    return ModelOutput(_labels(prediction.probs), prediction.probs.numpy().astype(np.float16), seconds)
+    return ModelOutput(labels, probs.numpy().astype(np.float16), seconds, head_inputs)
+
+
+def _model_input(predictor: Predictor, image: np.ndarray, model) -> torch.Tensor:
+    """The normalised, padded (size divisor) image in the models' memory layout: (1, 3, H', W')."""
+    layout = torch.channels_last if predictor.channels_last else torch.contiguous_format
+    return _pad(predictor.preprocess(image), model.size_divisor).contiguous(memory_format=layout)
 
 
 @gpu
@@ -179,47 +198,19 @@ def _shares(norms: torch.Tensor) -> np.ndarray:
     return shares.float().cpu().numpy()
 
 
-def _ifa_term_norms(head, levels: list[torch.Tensor], size: tuple[int, int], budget: int = 2 ** 24) -> torch.Tensor:
-    """L2 norm over channels of each level's first-layer term on a size-(h, w) query grid: (L, h, w).
-
-    Evaluated in row chunks so that at most about `budget` floats of terms are held at once.
-    """
-    h, w = size
-    width = head.hidden[0].out_channels * len(levels) * w
-    step = max(1, budget // max(width, 1))
-    chunks = []
-    for start in range(0, h, step):
-        terms = head.first_layer_terms(levels, size, rows=slice(start, min(h, start + step)))
-        chunks.append(torch.stack([t[0].float().norm(dim=0) for t in terms]))
-    return torch.cat(chunks, dim=1)
-
-
-def _analyse_model(model, x: torch.Tensor, ifa_size: tuple[int, int] | None):
-    """(levels, shares (L, h, w), features (D, h, w), grid logits (K, h_1, w_1) or None, query size)."""
-    levels = model.levels(x)
-    head = model.decoder.head
-    if model.is_ifa:
-        size = ifa_size or tuple(levels[0].shape[-2:])
-        shares = _shares(_ifa_term_norms(head, levels, size))
-        features = head.decode_features(levels, size)[0]
-        logits = None
-        if size == tuple(levels[0].shape[-2:]):
-            logits = head.classifier(features[None])[0]
-    else:
-        branches = head.level_branches(levels)
-        shares = _shares(torch.stack([b[0].float().norm(dim=0) for b in branches]))
-        features = sum(branches)[0]
-        logits = head.classifier(features[None])[0]
-        size = tuple(features.shape[-2:])
-    features = features.float().cpu().numpy()
-    logits = logits.float().cpu().numpy() if logits is not None else None
-    return levels, shares, features, logits, size
+def _analyse_model(model, levels: list[torch.Tensor], ifa_size: tuple[int, int] | None):
+    """(shares (L, h, w), features (D, h, w), grid logits (K, h, w), query size) from the head's inputs."""
+    inside = model.inspect(levels, ifa_size if model.is_ifa else None)
+    size = tuple(inside.features.shape[-2:])
+    return (_shares(inside.level_norms[0]), inside.features[0].float().cpu().numpy(),
+            inside.logits[0].float().cpu().numpy(), size)
 
 
 @gpu
-def analyse(spec: PairSpec, image: np.ndarray, ifa_resolution: str,
-            max_full_queries: int = 1_100_000) -> FeatureAnalysis:
-    """Level contributions, final features and the baseline's stride-4 logits at scale 1, unflipped.
+def analyse(spec: PairSpec, image: np.ndarray, ifa_resolution: str, baseline: ModelOutput | None = None,
+            ifa: ModelOutput | None = None, max_full_queries: int = 1_100_000) -> FeatureAnalysis:
+    """Level contributions, final features and the baseline's stride-4 logits at scale 1, unflipped; from the
+    head inputs the run kept (`baseline`, `ifa` outputs of a default run), else from a scale-1 pass.
 
     IFA's shares and features are queried on the stride-4 grid, or at every pixel when
     ifa_resolution is "full" (and the image has at most `max_full_queries` pixels).
@@ -227,16 +218,20 @@ def analyse(spec: PairSpec, image: np.ndarray, ifa_resolution: str,
     pair = PAIRS.get(spec)
     _sync()
     start = time.perf_counter()
-    predictor = Predictor(pair.ifa, device=DEVICE)
     with torch.inference_mode(), _autocast():
-        x = predictor.preprocess(image)
-        xb = _pad(x, pair.baseline.size_divisor)
-        xi = _pad(x, pair.ifa.size_divisor)
-        padded = tuple(xi.shape[-2:])
+        levels = {}
+        for role, model, output in (("baseline", pair.baseline, baseline), ("ifa", pair.ifa, ifa)):
+            if output is not None and output.head_inputs is not None:  # the run's own single-scale pass
+                levels[role] = [torch.from_numpy(lv)[None].to(DEVICE) for lv in output.head_inputs]
+            else:  # each model with its own normalisation
+                levels[role] = model.levels(_model_input(Predictor(model, device=DEVICE), image, model))
+        d = pair.ifa.size_divisor
+        padded = (image.shape[0] + -image.shape[0] % d, image.shape[1] + -image.shape[1] % d)
         full = ifa_resolution == "full" and pair.ifa.is_ifa and math.prod(padded) <= max_full_queries
-        _, fpn_shares, fpn_features, fpn_logits, fpn_grid = _analyse_model(pair.baseline, xb, None)
-        ifa_levels, ifa_shares, ifa_features, _, ifa_size = _analyse_model(pair.ifa, xi, padded if full else None)
-        changed = _offsets_zeroed_changed(pair.ifa, ifa_levels, x.shape[-2:]) if pair.ifa.is_ifa else None
+        fpn_shares, fpn_features, fpn_logits, fpn_grid = _analyse_model(pair.baseline, levels["baseline"], None)
+        ifa_shares, ifa_features, _, ifa_size = _analyse_model(pair.ifa, levels["ifa"], padded if full else None)
+        changed = _offsets_zeroed_changed(pair.ifa, levels["ifa"], image.shape[:2]) if pair.ifa.is_ifa else None
+        ifa_levels = levels["ifa"]
     _sync()
     return FeatureAnalysis(
         padded_size=padded, ifa_level_sizes=[tuple(lv.shape[-2:]) for lv in ifa_levels],
@@ -249,13 +244,8 @@ def analyse(spec: PairSpec, image: np.ndarray, ifa_resolution: str,
 
 def _offsets_zeroed_changed(model, levels: list[torch.Tensor], size: tuple[int, int]) -> int:
     """Pixels of a size-(H, W) image whose IFA label changes when the offsets are zeroed (stride-4 grid)."""
-    d = model.size_divisor
-    padded = (size[0] + -size[0] % d, size[1] + -size[1] % d)
-
     def labels() -> torch.Tensor:
-        logits = model.decoder.head(levels).float()
-        logits = F.interpolate(logits, size=padded, mode="bilinear", align_corners=model.config.align_corners)
-        return logits[0, :, :size[0], :size[1]].max(0).indices
+        return model.upsample_logits(model.head_logits(levels).float(), size)[0].max(0).indices
 
     trained = labels()
     with model.offsets_zeroed():
@@ -267,9 +257,8 @@ def _offsets_zeroed_changed(model, levels: list[torch.Tensor], size: tuple[int, 
 def query_point(spec: PairSpec, levels: list[np.ndarray], coords: np.ndarray) -> np.ndarray:
     """IFA class probabilities (N, K) at normalised (y, x) points coords (N, 2), from stored head inputs."""
     pair = PAIRS.get(spec)
-    head = pair.ifa.decoder.head
     with torch.inference_mode(), _autocast():
         feats = [torch.from_numpy(lv)[None].to(DEVICE) for lv in levels]
         q = torch.from_numpy(np.asarray(coords, dtype=np.float32))[None].to(DEVICE)
-        logits = head.query_points(feats, q)[0].float()  # (K, N)
+        logits = pair.ifa.query_levels(feats, q)[0].float()  # (K, N)
     return logits.softmax(0).T.cpu().numpy()

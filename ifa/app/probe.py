@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ifa.models.ifa import grid_cells
+from ifa.models.ifa import grid_cells, query_centres
 
 
 @dataclass
@@ -40,9 +40,10 @@ class FootprintCell:
 
 
 def normalised_point(point: tuple[int, int], size: tuple[int, int]) -> tuple[float, float]:
-    """Pixel (x, y) of a size-(H, W) image -> normalised (y, x) of its centre."""
+    """Pixel (x, y) of a size-(H, W) image -> normalised (y, x) of its centre, -1 + (2i + 1) / n, as the IFA head's
+    query grid holds it (`query_centres`, float32), so that a probe reads the cells a full-resolution query does."""
     (x, y), (h, w) = point, size
-    return -1 + (2 * y + 1) / h, -1 + (2 * x + 1) / w
+    return float(query_centres(h)[y]), float(query_centres(w)[x])
 
 
 def _cell(i: int, n_query: int, n_level: int) -> tuple[int, float]:

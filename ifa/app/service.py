@@ -426,7 +426,8 @@ class AppService:
     def _analysed(self, result: Result) -> Result:
         if result.analysis is None:
             engine.load_pair(result.spec)  # loaded outside the GPU function (a no-op when cached)
-            result.analysis = engine.analyse(result.spec, result.image, result.options.ifa_resolution)
+            result.analysis = engine.analyse(result.spec, result.image, result.options.ifa_resolution,
+                                             result.baseline, result.ifa)
         return result
 
     @guarded("analysing the features")

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .intermediates import HeadIntermediates
+
 
 def conv_bn_relu(c_in: int, c_out: int, kernel: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, kernel, padding=kernel // 2, bias=False),
@@ -67,6 +69,13 @@ class SemanticFPNHead(nn.Module):
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         return self.classifier(self.dropout(self.decode_features(feats)))
+
+    def inspect(self, feats: list[torch.Tensor]) -> HeadIntermediates:
+        """From one pass: each level's branch norm, the summed features and the logits (eval: no dropout)."""
+        branches = self.level_branches(feats)
+        features = sum(branches)
+        norms = torch.stack([b.float().norm(dim=1) for b in branches], dim=1)
+        return HeadIntermediates(norms, features, self.classifier(self.dropout(features)))
 
 
 class AuxHead(nn.Module):

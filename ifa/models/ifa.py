@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .intermediates import HeadIntermediates
+
 POSITION_ENCODINGS = ("none", "coord", "sine", "cosine", "fixed", "learned")
 # Inference sums all levels' encoding terms (and the first bias) into one table over the common
 # period of their offsets when it has at most this many (row, column) entries (e.g. 8 x 8 on the
@@ -296,6 +298,19 @@ class IFAHead(nn.Module):
             table = table.index_select(1, row_ids[start:stop].to(device)).index_select(2, col_ids.to(device))
             term = term + table.to(term.dtype)[None]
         return term
+
+    def inspect(self, feats: list[torch.Tensor], size: tuple[int, int] | None = None,
+                budget: int = 2 ** 24) -> HeadIntermediates:
+        """On a size-(h, w) query grid (default: the finest level's): each level's first-layer term norm, the last
+        hidden features and the logits. The terms are evaluated in row chunks of about `budget` floats."""
+        h, w = size if size is not None else feats[0].shape[-2:]
+        step = max(1, budget // max(self.hidden[0].out_channels * len(feats) * w, 1))
+        norms = []
+        for start in range(0, h, step):
+            terms = self.first_layer_terms(feats, (h, w), rows=slice(start, min(h, start + step)))
+            norms.append(torch.stack([t.float().norm(dim=1) for t in terms], dim=1))
+        features = self.decode_features(feats, (h, w))
+        return HeadIntermediates(torch.cat(norms, dim=2), features, self.classifier(self.dropout(features)))
 
     # --- fast evaluation ------------------------------------------------------------------------
     def decode_features(self, feats: list[torch.Tensor], size: tuple[int, int] | None = None) -> torch.Tensor:

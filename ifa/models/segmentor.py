@@ -15,6 +15,7 @@ from .backbones import create_backbone
 from .config import ModelConfig
 from .fpn import AuxHead, FPNNeck, SemanticFPNHead, conv_bn_relu
 from .ifa import IFAHead
+from .intermediates import HeadIntermediates
 
 
 class IFADecoder(nn.Module):
@@ -121,6 +122,35 @@ class SegmentationModel(nn.Module):
     def decode_features(self, x: torch.Tensor) -> torch.Tensor:
         """Final per-pixel features before the classifier, at the stride-4 grid: (B, D, h_1, w_1)."""
         return self.decoder.head.decode_features(self.levels(x))
+
+    # --- a look inside, for tools and the app (they never reach into the head) --------------------
+    def head_logits(self, levels: list[torch.Tensor], size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Logits on the head's grid from its inputs `levels` (as `levels(x)` gives them): (B, K, h, w); `size`
+        (IFA only) queries another grid."""
+        if size is not None and not self.is_ifa:
+            raise ValueError("only an IFA head can be queried on another grid")
+        return self.decoder.head(levels, size) if self.is_ifa else self.decoder.head(levels)
+
+    def upsample_logits(self, logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Grid logits (B, K, h, w) -> (B, K, H, W) at an input of `size` (H, W), as `forward` does (padding of
+        size-divisor backbones cropped off)."""
+        d = self.size_divisor
+        padded = (size[0] + -size[0] % d, size[1] + -size[1] % d)
+        return self._upsample(logits, padded)[..., :size[0], :size[1]]
+
+    def inspect(self, levels: list[torch.Tensor], size: tuple[int, int] | None = None) -> HeadIntermediates:
+        """The head's inside for its inputs `levels`: per-level contribution norms, last features and grid logits
+        (`HeadIntermediates`); in the spirit of timm's forward_intermediates, from one pass over the head.
+        `size` (IFA only) queries another grid, e.g. every input pixel."""
+        if size is not None and not self.is_ifa:
+            raise ValueError("only an IFA head can be queried on another grid")
+        return self.decoder.head.inspect(levels, size) if self.is_ifa else self.decoder.head.inspect(levels)
+
+    def query_levels(self, levels: list[torch.Tensor], coords: torch.Tensor) -> torch.Tensor:
+        """IFA logits at points coords (B, N, 2), normalised (y, x), from the head's inputs: (B, K, N)."""
+        if not self.is_ifa:
+            raise ValueError("point queries need an IFA model (architecture 'ifa')")
+        return self.decoder.head.query_points(levels, coords)
 
     # --- IFA only: arbitrary-resolution querying -------------------------------------------------
     def _ifa_levels(self, x: torch.Tensor) -> list[torch.Tensor]:

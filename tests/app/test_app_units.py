@@ -13,7 +13,7 @@ from PIL import Image
 
 from ifa.app.probe import bilinear_footprint, ifa_reads, mix_logits, normalised_point
 from ifa.images import ImageLoadError, load_image, load_label
-from ifa.models.ifa import grid_cells
+from ifa.models.ifa import grid_cells, query_centres
 from ifa.registry import PairError, RegistryError, hub_pair, parse_hub_pair_id, read_registry
 from ifa.viz.pca import pca_rgb
 
@@ -43,15 +43,19 @@ def test_ifa_reads_use_the_heads_cell_rule(size, levels):
             read = ifa_reads((x, y), size, levels)[level]
             assert read.cell == (int(ky[y]), int(kx[x]))
             assert read.offset == pytest.approx((float(ry[y]), float(rx[x])), abs=1e-5)
-            qy, qx = normalised_point((x, y), size)  # the pixel centre the head is queried at
-            assert qy == pytest.approx(-1 + (2 * y + 1) / h) and qx == pytest.approx(-1 + (2 * x + 1) / w)
+            qy, qx = normalised_point((x, y), size)  # the pixel centre the head is queried at, as its grid holds it
+            assert (qy, qx) == (float(query_centres(h)[y]), float(query_centres(w)[x]))
+            assert qy == pytest.approx(-1 + (2 * y + 1) / h, abs=1e-6) and qx == pytest.approx(-1 + (2 * x + 1) / w,
+                                                                                                abs=1e-6)
             cx, cy = read.centre
             assert read.box[0] <= x + 0.5 <= read.box[2] and read.box[1] <= y + 0.5 <= read.box[3]
             assert read.offset_px == pytest.approx((x + 0.5 - cx, y + 0.5 - cy))
 
 
-def test_level_decompositions_match_the_heads():
+def test_inspect_returns_the_heads_own_decompositions():
+    """SegmentationModel.inspect: per-level norms of exactly the terms each head sums, its features and logits."""
     import ifa
+    from ifa.app.engine import _shares
 
     torch.manual_seed(0)
     common = dict(backbone="efficientnet_lite0", num_classes=4, neck_channels=16)
@@ -60,17 +64,22 @@ def test_level_decompositions_match_the_heads():
     x = torch.randn(1, 3, 72, 88)
     with torch.no_grad():
         levels = fpn.levels(x)
+        inside = fpn.inspect(levels)
         branches = fpn.decoder.head.level_branches(levels)
-        torch.testing.assert_close(sum(branches), fpn.decoder.head.decode_features(levels))
+        torch.testing.assert_close(inside.level_norms[0], torch.stack([b[0].norm(dim=0) for b in branches]))
+        torch.testing.assert_close(inside.features, sum(branches))
+        torch.testing.assert_close(inside.logits, fpn.head_logits(levels))
         feats = model.levels(x)
         head = model.decoder.head
         terms = head.first_layer_terms(feats, (18, 22))
-    from ifa.app.engine import _ifa_term_norms, _shares
-
-    with torch.no_grad():
-        norms = _ifa_term_norms(head, feats, (18, 22), budget=500)  # several row chunks
-        torch.testing.assert_close(norms, torch.stack([t[0].norm(dim=0) for t in terms]))
-    shares = _shares(norms)
+        inside = head.inspect(feats, (18, 22), budget=500)  # several row chunks
+        torch.testing.assert_close(inside.level_norms[0], torch.stack([t[0].norm(dim=0) for t in terms]))
+        torch.testing.assert_close(inside.features, head.decode_features(feats, (18, 22)))
+        torch.testing.assert_close(inside.logits, model.head_logits(feats, (18, 22)), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(model.inspect(feats, (18, 22)).logits, inside.logits)
+        with pytest.raises(ValueError, match="only an IFA head"):
+            fpn.inspect(levels, (18, 22))
+    shares = _shares(inside.level_norms[0])
     np.testing.assert_allclose(shares.sum(0), 1.0, atol=1e-5)
 
 

@@ -1,0 +1,99 @@
+"""What one comparison in the app costs against the two models' bare forward passes, side by side.
+
+In process: AppService.segment + AppService.analyse (both models, comparison, views, feature analysis) on a
+CamVid val image, against `model(x)` of both models on the normalised image (inference mode), interleaved.
+With --api the same comparison goes through the running app's API (gradio_client /segment + /analyse,
+Gradio's encoding and transport included) of an app launched here on 127.0.0.1.
+
+python -m tools.bench_app_request [--threads 2] [--repeats 5] [--api]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGE = ROOT.parent / "shared" / "data" / "camvid" / "val" / "0016E5_07959.png"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--image", type=Path, default=IMAGE)
+    p.add_argument("--api", action="store_true", help="also through the API of an app launched here")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import numpy as np
+    from PIL import Image
+
+    from ifa.app import engine
+    from ifa.app.service import AppService
+
+    service = AppService()
+    pair_id = service.default_pair
+    pair = engine.load_pair(service._spec(pair_id))
+    image = np.asarray(Image.open(args.image).convert("RGB"))
+    from ifa.inference import Predictor
+
+    x = Predictor(pair.ifa, device=engine.DEVICE).preprocess(image)
+
+    def bare():
+        with torch.inference_mode():
+            pair.baseline(x.contiguous(memory_format=torch.channels_last))
+            pair.ifa(x.contiguous(memory_format=torch.channels_last))
+
+    def comparison():
+        out = service.segment({"path": str(args.image)}, None, None, pair_id, ["1.0"], False, "stride4", 0.5, None,
+                              64)
+        service.analyse(out[0])
+
+    fns = {"bare forwards (both models)": bare, "segment + analyse, in process": comparison}
+    client = app = None
+    if args.api:
+        from gradio_client import Client, handle_file
+
+        import app as app_module
+
+        app = app_module.build_demo()
+        app.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True, ssr_mode=False,
+                   **app_module.launch_kwargs())
+        client = Client(app.local_url, verbose=False, download_files=tempfile.mkdtemp())
+
+        def through_api():
+            client.predict(handle_file(str(args.image)), None, None, pair_id, ["1.0"], False, "stride4", 0.5, None,
+                           64, api_name="/segment")
+            client.predict(api_name="/analyse")
+
+        fns["segment + analyse, through the API"] = through_api
+    times = {k: [] for k in fns}
+    for fn in fns.values():
+        fn()
+    for _ in range(args.repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    if app is not None:
+        app.close()
+    med = {k: statistics.median(v) for k, v in times.items()}
+    base = med["bare forwards (both models)"]
+    print(f"{torch.get_num_threads()} thread(s), {engine.device_description()}, "
+          f"image {image.shape[1]}x{image.shape[0]}, "
+          f"{args.repeats} interleaved repeats (medians):")
+    for name, value in med.items():
+        print(f"  {name}: {1e3 * value:.0f} ms ({value / base:.2f}x the bare forwards)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
