@@ -1,4 +1,5 @@
-"""Speed and memory of the IFA head, FPN vs FPN+IFA models, full-resolution querying and the app's request.
+"""Speed and memory of the IFA head, FPN vs FPN+IFA models and full-resolution querying (the app's request is
+measured by tools/bench_app_request.py, outside the library).
 
 python -m ifa.benchmark [--device cpu|cuda] [--size HxW] [--model-size HxW] [--json OUT] [--repeats N] [--quick]
 
@@ -42,17 +43,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .inference import Predictor
 from .models import create_model
 from .models.ifa import IFAHead
 
-PARTS = ("head", "models", "fullres", "app")
+PARTS = ("head", "models", "fullres")
 MODEL_BACKBONES = (("efficientnet_lite0", "effl0"), ("resnet50", "r50"))
 # Paper widths: C = 256 per level, MLP 512-256-256, K = 19 (Cityscapes), learned PE with d = 24.
 PAPER = {"channels": 256, "hidden": (512, 256, 256), "num_classes": 19}
@@ -365,53 +364,6 @@ def bench_fullres(size: tuple[int, int], device: torch.device, precision: str, c
     return {"size": list(size), "precision": precision, "default_chunk_size": default_chunk, "rows": rows}
 
 
-# --- 4. the app's request -----------------------------------------------------------------------
-def app_models(num_classes: int = 11) -> dict[str, nn.Module]:
-    """Stand-ins for the app's pair when it cannot be loaded: the CamVid recipes' widths, random weights."""
-    root = Path(__file__).resolve().parent.parent
-    models = {}
-    for arch in ("fpn", "ifa"):
-        overrides = {"architecture": arch, "backbone": "efficientnet_lite0", "num_classes": num_classes}
-        config = root / "configs" / f"camvid-effl0-{arch}.yaml"
-        if config.exists():
-            import yaml
-
-            overrides.update(yaml.safe_load(config.read_text()).get("model", {}))
-        overrides["aux_channels"] = 0
-        torch.manual_seed(0)
-        models[arch] = create_model(**overrides).eval()
-    return models
-
-
-def bench_app(image_size: tuple[int, int], device: torch.device, warmup: int, repeats: int) -> dict:
-    """The app's request on a random uint8 image: `engine.predict_pair` with the registry's default
-    pair (both models, resident, on the app's device), and each model's share of it
-    (Predictor.predict: normalise, run, softmax, argmax, to numpy). Falls back to the CamVid
-    recipes' models when the app or its checkpoints cannot be loaded (the reason is recorded)."""
-    rng = np.random.default_rng(4)
-    image = rng.integers(0, 256, size=(*image_size, 3), dtype=np.uint8)
-    fns: dict[str, Callable[[], object]] = {}
-    try:
-        from .app import engine
-        from .registry import read_registry
-
-        registry = read_registry()
-        spec = registry.get(registry.default)
-        pair = engine.load_pair(spec)
-        models = {"fpn": pair.baseline, "ifa": pair.ifa}
-        app_device = engine.DEVICE
-        fns["request"] = functools.partial(engine.predict_pair, spec, image, engine.Options())
-        source = f"app engine.predict_pair, pair {spec.id!r}"
-    except (ImportError, ValueError, RuntimeError, OSError) as err:
-        models, app_device = app_models(), device
-        source = f"Predictor.predict on the CamVid recipes' models (app not loadable: {err})"
-    predictors = {arch: Predictor(model, device=app_device) for arch, model in models.items()}
-    for arch, predictor in predictors.items():
-        fns[arch] = functools.partial(predictor.predict, image)
-    times = measure_times(fns, torch.device(app_device), warmup, repeats)
-    return {"image_size": list(image_size), "source": source, "device": str(app_device), **times}
-
-
 # --- report -------------------------------------------------------------------------------------
 def machine_info(device: torch.device) -> dict:
     info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
@@ -462,8 +414,6 @@ def summarize(results: dict, clock: str) -> tuple[dict, dict, dict]:
         if default.get("extra_peak_mb") is not None:
             memory[f"fullres_extra_peak_mb_{tag}"] = default["extra_peak_mb"]
             memory["fullres_chunk_size"] = default["chunk_size"]
-    if "app" in results:
-        ratios["app_request_ifa_over_fpn"] = _ms(results["app"]["ifa"], clock) / _ms(results["app"]["fpn"], clock)
     full = size_tag(FULL_SIZE)
     if f"head_speedup_{full}" in ratios:
         targets[f"head_speedup_{full} >= {TARGETS['head_speedup']}"] = (
@@ -525,11 +475,6 @@ def format_report(report: dict) -> str:
         for r in fr["rows"]:
             mem = r.get("extra_peak_mb")
             lines.append(f"{r['chunk_size']:<34}{fmt(r)}" + (f"{mem:10.0f}" if mem is not None else f"{'-':>10}"))
-    if results.get("app"):
-        app = results["app"]
-        request = f", request (both) {_ms(app['request'], clock):.1f} ms" if "request" in app else ""
-        lines += ["", f"app {size_tag(app['image_size'])} image ({app['source']}): "
-                      f"FPN {_ms(app['fpn'], clock):.1f} ms, FPN+IFA {_ms(app['ifa'], clock):.1f} ms{request}"]
     lines += ["", "ratios:"] + [f"  {k:<44}{v:8.3f}" for k, v in report["ratios"].items()]
     lines += ["memory:"] + [f"  {k:<44}{v:8.1f}" for k, v in report["memory"].items()]
     if report["targets"]:
@@ -549,7 +494,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--small-size", type=parse_size, default=None, help="small head size (default 360x480)")
     p.add_argument("--model-size", type=parse_size, default=None, help="input size of the whole models "
                    "(default 512x1024)")
-    p.add_argument("--app-size", type=parse_size, default=None, help="image size of the app request (default 360x480)")
     p.add_argument("--chunks", type=int, nargs="+", default=None,
                    help="chunk sizes (queries) of full-resolution querying, besides the head's default for the "
                         "device (default 16384 131072 524288)")
@@ -574,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve(args: argparse.Namespace) -> argparse.Namespace:
     quick = args.quick
     defaults = {"size": (128, 256) if quick else FULL_SIZE, "small_size": (64, 96) if quick else (360, 480),
-                "model_size": (64, 128) if quick else (512, 1024), "app_size": (60, 80) if quick else (360, 480),
+                "model_size": (64, 128) if quick else (512, 1024),
                 "chunks": [2 ** 13] if quick else [2 ** 14, 2 ** 17, 2 ** 19],
                 "repeats": 2 if quick else 5}
     for key, value in defaults.items():
@@ -621,8 +565,6 @@ def run(args: argparse.Namespace) -> dict:
         elif part == "fullres":
             results["fullres"] = bench_fullres(args.size, device, args.precision, args.chunks, args.warmup,
                                                args.fullres_repeats, memory)
-        elif part == "app":
-            results["app"] = bench_app(args.app_size, device, args.warmup, args.repeats)
     if hasattr(os, "getloadavg"):
         machine["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     ratios, mem, targets = summarize(results, args.clock)

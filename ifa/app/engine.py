@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..inference import Predictor, autocast_dtype
-from ..registry import LoadedPair, PairCache, PairSpec
+from .registry import LoadedPair, PairCache, PairSpec
 
 try:  # Hugging Face ZeroGPU; a no-op elsewhere
     import spaces  # type: ignore[import-not-found]

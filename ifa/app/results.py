@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..registry import PairSpec
 from .engine import FeatureAnalysis, ModelOutput, Options
+from .registry import PairSpec
 
 
 @dataclass

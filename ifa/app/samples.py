@@ -21,7 +21,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ..registry import PROJECT_ROOT
+from .registry import PROJECT_ROOT
 
 MANIFEST = PROJECT_ROOT / "assets" / "samples.json"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")

@@ -23,12 +23,12 @@ import gradio as gr
 import numpy as np
 
 from ..compare import VERDICTS
-from ..images import ImageLoadError, load_image, load_label
-from ..registry import PairError, PairSpec, Registry, RegistryError, hub_pair, read_registry, registry_path
-from ..viz.legend import legend_html, verdict_legend_html
 from . import engine, views
 from .engine import Options
+from .images import ImageLoadError, load_image, load_label
+from .legend import legend_html, verdict_legend_html
 from .probe import normalised_point
+from .registry import PairError, PairSpec, Registry, RegistryError, hub_pair, read_registry, registry_path
 from .results import Result, ResultStore
 from .samples import Sample, list_samples, thumbnail
 

@@ -19,8 +19,8 @@ from ..viz.boxes import draw_boxes, verdict_image
 from ..viz.draw import LEVEL_COLORS
 from ..viz.heatmaps import level_share_panel
 from ..viz.pca import pca_rgb
-from ..viz.plots import boundary_accuracy_figure
 from ..viz.probe import CellMark, crosshair, probe_panel
+from .plots import boundary_accuracy_figure
 from .probe import bilinear_footprint, ifa_reads, mix_logits, normalised_point, softmax
 from .results import Result
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .colors import VERDICT_COLORS
 from .draw import YELLOW, label_box
-from .legend import VERDICT_COLORS
 
 
 def draw_boxes(image: np.ndarray, regions, color=YELLOW, width: int | None = None, numbers: bool = True) -> np.ndarray:

@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..compare import BOTH_WRONG, IFA_BROKE, IFA_FIXED, UNKNOWN
+
+# Colours of the difference verdicts (ifa.compare): green = IFA fixed it, red = IFA broke it, orange = both
+# wrong, blue = unknown (no ground truth).
+VERDICT_COLORS = {IFA_FIXED: (40, 200, 70), IFA_BROKE: (230, 40, 40), BOTH_WRONG: (255, 140, 0),
+                  UNKNOWN: (70, 150, 255)}
+
 
 def colorize(labels: np.ndarray, palette, ignore_index: int = 255, ignore_color=(0, 0, 0)) -> np.ndarray:
     """(H, W) class indices -> (H, W, 3) uint8 using palette (K, 3); ignored/out-of-range pixels get ignore_color."""

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ifa.app.images import ImageLoadError, load_image, load_label
 from ifa.app.probe import bilinear_footprint, ifa_reads, mix_logits, normalised_point
-from ifa.images import ImageLoadError, load_image, load_label
+from ifa.app.registry import PairError, RegistryError, hub_pair, parse_hub_pair_id, read_registry
 from ifa.models.ifa import grid_cells, query_centres
-from ifa.registry import PairError, RegistryError, hub_pair, parse_hub_pair_id, read_registry
 from ifa.viz.pca import pca_rgb
 
 

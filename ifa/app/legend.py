@@ -5,10 +5,7 @@ from __future__ import annotations
 from html import escape
 
 from ..compare import BOTH_WRONG, IFA_BROKE, IFA_FIXED, UNKNOWN, VERDICTS
-
-# Colours of the difference verdicts (ifa.compare): green = IFA fixed it, red = IFA broke it, ...
-VERDICT_COLORS = {IFA_FIXED: (40, 200, 70), IFA_BROKE: (230, 40, 40), BOTH_WRONG: (255, 140, 0),
-                  UNKNOWN: (70, 150, 255)}
+from ..viz.colors import VERDICT_COLORS
 
 
 def _swatch(color, text: str, dim: bool = False, bold: bool = False) -> str:

@@ -27,12 +27,12 @@ from pathlib import Path
 
 import torch
 
-from .hub import HubError, load_hub_model, load_model, resolve_checkpoint
-from .models.checkpoint import CheckpointError, offset_ablation
-from .models.config import ConfigError
-from .models.segmentor import SegmentationModel
+from ..hub import HubError, load_hub_model, load_model, resolve_checkpoint
+from ..models.checkpoint import CheckpointError, offset_ablation
+from ..models.config import ConfigError
+from ..models.segmentor import SegmentationModel
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_REGISTRY = PROJECT_ROOT / "checkpoints" / "registry.json"
 HUB_PREFIX = "hub:"
 
