@@ -234,8 +234,8 @@ def _download(repo_id: str, revision: str, where: str, max_weights_bytes: int | 
         read_config(config.parent)
     except (CheckpointError, ConfigError) as err:
         reason = str(err).split(f"{CONFIG_NAME}: ", 1)[-1]  # without the cache path
-        raise HubError(f"{where}: its {CONFIG_NAME} does not describe a model of this project ({reason}); "
-                       f"its weights were not downloaded") from None
+        raise CheckpointError(f"{where} (commit {commit}): its {CONFIG_NAME} does not describe a model of this "
+                              f"project ({reason}); its weights were not downloaded") from None
     if max_weights_bytes is not None:
         _check_weights_size(repo_id, commit, where, max_weights_bytes)
     _fetch(repo_id, WEIGHTS_NAME, commit, where, siblings)

@@ -410,7 +410,7 @@ def test_hub_model_validates_config_before_the_weights_and_limits_their_size(hub
     (broken / CONFIG_NAME).write_text(json.dumps(config))
     hub.add_folder("org/broken", broken)
     hub.clear_requests()
-    with pytest.raises(HubError, match="does not describe a model of this project") as err:
+    with pytest.raises(CheckpointError, match="does not describe a model of this project") as err:
         load_hub_model("org/broken")
     assert not _weights_requested(hub) and constants.HF_HUB_CACHE not in str(err.value)
     size = (sources["v2"]["folder"] / WEIGHTS_NAME).stat().st_size

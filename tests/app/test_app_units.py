@@ -230,13 +230,12 @@ def test_result_store_keeps_each_sessions_latest_run(tmp_path, monkeypatch):
 def test_attaching_and_removing_a_label_rescores_the_shown_run(pair_registry, camvid_val, tmp_path):
     """The service directly: a run without ground truth, a label attached (scores appear, the models do not run
     again), the label removed (scores gone); before any run the label is refused with what to do."""
-    from conftest import SAMPLE
-
     from ifa.app.service import RENDER_OUTPUTS, SEGMENT_OUTPUTS, AppService
 
     service = AppService(pair_registry[0])
-    image = str(camvid_val / SAMPLE)
-    label = str(camvid_val.parent / f"{camvid_val.name}annot" / SAMPLE)
+    sample = sorted(p.name for p in camvid_val.glob("*.png"))[0]
+    image = str(camvid_val / sample)
+    label = str(camvid_val.parent / f"{camvid_val.name}annot" / sample)
     out = dict(zip(SEGMENT_OUTPUTS, service.segment({"path": image}, None, None, pair_registry[1], ["1.0"], False,
                                                     "stride4", 0.5, None, 64)))
     assert out["summary"]["has_ground_truth"] is False and out["summary"]["scores"] is None
