@@ -17,8 +17,7 @@ Outputs beside FILE: STEM.manifest.json (models with revision and file hash, ima
 per-image scores, boxes; `--from-manifest` redraws the same figure from it) and, with --boundary,
 STEM.boundary.EXT (accuracy / mIoU versus distance to ground-truth boundaries) + STEM.boundary.json.
 
-Function API (the app's "download figure"): make_row, build_figure, render_bytes, render_to_file,
-image_scores, boundary_analysis.
+Function API: make_row, build_figure, render_to_file, image_scores, boundary_analysis.
 """
 
 from __future__ import annotations
@@ -89,9 +88,15 @@ def make_row(name: str, image: np.ndarray, baseline: np.ndarray, ifa: np.ndarray
 
     image (H, W, 3) uint8; baseline / ifa / gt (H, W) class indices (gt 255 = ignored, or None).
     """
+    _, squares = boxed_regions(baseline, ifa, gt, boxes, min_area, fixed_only, max_box, box_pad)
+    return PanelRow(name=name, image=image, baseline=baseline, ifa=ifa, gt=gt, label=label, boxes=squares)
+
+
+def boxed_regions(baseline: np.ndarray, ifa: np.ndarray, gt: np.ndarray | None, boxes: int, min_area: int,
+                  fixed_only: bool, max_box: float, box_pad: int) -> tuple[list, list[tuple[int, int, int, int]]]:
+    """The regions a row draws (`select_regions`) and their yellow squares (top, left, bottom, right)."""
     regions = select_regions(baseline, ifa, gt, boxes, min_area, fixed_only, max_box)
-    return PanelRow(name=name, image=image, baseline=baseline, ifa=ifa, gt=gt, label=label,
-                    boxes=[square_box(r.box, baseline.shape, pad=box_pad) for r in regions])
+    return regions, [square_box(r.box, baseline.shape, pad=box_pad) for r in regions]
 
 
 def build_figure(rows: Sequence[PanelRow], class_names: Sequence[str], palette, *, column_titles: bool = True,
@@ -100,12 +105,6 @@ def build_figure(rows: Sequence[PanelRow], class_names: Sequence[str], palette, 
     """The grid figure of ifa.viz.figure.grid_figure for these rows."""
     return grid_figure(rows, palette, class_names, column_titles=column_titles, legend=legend, row_labels=row_labels,
                        insets=insets, panel_width=panel_width)
-
-
-def render_bytes(rows: Sequence[PanelRow], class_names: Sequence[str], palette, fmt: str = "png", dpi: float = 300,
-                 **layout) -> bytes:
-    """The figure as PDF / PNG / SVG bytes (deterministic): what the app offers for download."""
-    return figure_bytes(build_figure(rows, class_names, palette, **layout), fmt, dpi)
 
 
 def render_to_file(rows_or_figure: Sequence[PanelRow] | Figure, path: str | Path, class_names=None, palette=None,
@@ -550,8 +549,8 @@ def run(args: argparse.Namespace, command: str = "") -> FigureResult | None:
     rows, manifest_rows = [], []
     for name in row_names:
         baseline, ifa, gt = labels_of(name)
-        regions = select_regions(baseline, ifa, gt, args.boxes, args.min_area, args.fixed_only, args.max_box)
-        boxes = [square_box(r.box, baseline.shape, pad=args.box_pad) for r in regions]
+        regions, boxes = boxed_regions(baseline, ifa, gt, args.boxes, args.min_area, args.fixed_only, args.max_box,
+                                       args.box_pad)
         rows.append(PanelRow(name, by_name[name].load_image(), baseline, ifa, gt, boxes, score_label(scores[name])))
         manifest_rows.append({"name": name, "key": by_name[name].key, "size": list(baseline.shape),
                               "scores": scores[name],

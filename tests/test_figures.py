@@ -24,7 +24,6 @@ from ifa.figures import (
     image_scores,
     main,
     make_row,
-    render_bytes,
     select_images,
 )
 from ifa.inference import Predictor
@@ -286,10 +285,12 @@ def test_grid_panels_sizes_and_deterministic_bytes():
     fig = build_figure(rows, INFO.class_names, INFO.palette, insets=True, panel_width=1.0)
     assert len(fig.axes) == 2 * len(columns(True, True)) == 14
     assert pixel_size(fig, 300) == tuple(round(v * 300) for v in fig.get_size_inches())
+    def render(fmt):
+        return figure_bytes(build_figure(rows, INFO.class_names, INFO.palette, panel_width=1.0), fmt, 72)
+
     for fmt in ("pdf", "png", "svg"):
-        first = render_bytes(rows, INFO.class_names, INFO.palette, fmt=fmt, dpi=72, panel_width=1.0)
-        assert first == render_bytes(rows, INFO.class_names, INFO.palette, fmt=fmt, dpi=72, panel_width=1.0)
-    pdf = render_bytes(rows, INFO.class_names, INFO.palette, fmt="pdf", dpi=72, panel_width=1.0)
+        assert render(fmt) == render(fmt)
+    pdf = render("pdf")
     assert b"/Subtype /Image" in pdf and b"CreationDate" not in pdf
     no_gt = build_figure([PanelRow("x", image, baseline, ifa)], INFO.class_names, INFO.palette, legend=False)
     assert len(no_gt.axes) == 3

@@ -85,12 +85,6 @@ def list_samples() -> list[Sample]:
     return out
 
 
-def sample_folders() -> list[str]:
-    """Folders the app must be allowed to serve files from (samples outside the project)."""
-    folders = {str(s.image.parent) for s in list_samples()}
-    return sorted(folders)
-
-
 def thumbnail(sample: Sample, width: int = 160, cache_dir: Path | None = None) -> str | None:
     """A small JPEG of the sample in a temp folder (cached by path and mtime); None if unreadable."""
     cache_dir = cache_dir or Path(tempfile.gettempdir()) / "ifa-app-thumbs"
