@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import os
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -199,6 +200,27 @@ class _AtCellCentre(nn.Module):
 
     def forward(self, r: torch.Tensor) -> torch.Tensor:
         return self.encoding(torch.zeros_like(r))
+
+
+@dataclass
+class _GridLevel:
+    """One level as the inference path reads it on a query grid (h, w): its map, first-layer blocks and geometry."""
+
+    f: torch.Tensor  # (B, C, h_l, w_l) the level's map
+    w_z: torch.Tensor  # (D, C) the first layer's block for the level's features
+    w_pe: torch.Tensor  # (D, P) its block for the level's encoding
+    pe: nn.Module  # the level's position encoding
+    w_l: int  # the level's width
+    ry: torch.Tensor  # (h,) float64 offsets of the query rows, on the CPU
+    rx: torch.Tensor  # (w,) float64 offsets of the query columns, on the CPU
+    ky: torch.Tensor  # (h,) long cell row of each query row, on the device
+    kx: torch.Tensor  # (w,) long cell column of each query column
+    on_grid: bool  # the level is the query grid itself
+    int_rows: bool  # h is a multiple of h_l (then no ties: a broadcast)
+    int_cols: bool  # w is a multiple of w_l
+    py: int  # h // h_l
+    px: int  # w // w_l
+    proj: torch.Tensor | None  # (B, h_l, w_l, D) W_z,l z at the level's resolution, channels last; None on the grid
 
 
 class IFAHead(nn.Module):
@@ -425,31 +447,29 @@ class IFAHead(nn.Module):
                 ky, ry = grid_cells(h, h_l)
                 kx, rx = grid_cells(w, w_l)
                 on_grid = (h_l, w_l) == (h, w)
-                levels.append({
-                    "f": f, "w_z": w_z.contiguous(), "w_pe": w_pe, "pe": pe, "w_l": w_l, "ry": ry, "rx": rx,
-                    "ky": ky.to(device), "kx": kx.to(device), "on_grid": on_grid,
-                    "int_rows": h % h_l == 0, "int_cols": w % w_l == 0, "py": h // h_l, "px": w // w_l,
-                    # W_z,l z at the level's resolution, channels last: (B, h_l, w_l, D).
-                    "proj": None if on_grid else (_rows(f, 0, h_l) @ w_z.t()).view(b, h_l, w_l, d),
-                })
+                levels.append(_GridLevel(
+                    f=f, w_z=w_z.contiguous(), w_pe=w_pe, pe=pe, w_l=w_l, ry=ry, rx=rx, ky=ky.to(device),
+                    kx=kx.to(device), on_grid=on_grid, int_rows=h % h_l == 0, int_cols=w % w_l == 0,
+                    py=h // h_l, px=w // w_l,
+                    proj=None if on_grid else (_rows(f, 0, h_l) @ w_z.t()).view(b, h_l, w_l, d)))
 
             def encoding(level, rows, cols):  # W_pe,l PE(r) for offsets rows (a,) x cols (c,): (a, c, D)
                 r = torch.stack(torch.broadcast_tensors(rows[:, None], cols[None, :]), dim=-1)
-                return level["pe"](r.to(device, dtype)) @ level["w_pe"].t()
+                return level.pe(r.to(device, dtype)) @ level.w_pe.t()
 
             # Rows (columns) sharing every level's offset share the summed encoding terms: one table over
             # those classes (+ the bias), gathered per chunk; per-level terms when the table would be large.
-            encoded = [lv for lv in levels if lv["pe"].out_dim]
-            row_ids, row_reps = offset_classes([lv["ry"] for lv in encoded], h)
-            col_ids, col_reps = offset_classes([lv["rx"] for lv in encoded], w)
+            encoded = [lv for lv in levels if lv.pe.out_dim]
+            row_ids, row_reps = offset_classes([lv.ry for lv in encoded], h)
+            col_ids, col_reps = offset_classes([lv.rx for lv in encoded], w)
             table = None
             if len(row_reps) * len(col_reps) <= _COMBINED_TABLE_MAX:
                 table = b0.expand(len(row_reps), len(col_reps), d).clone()
                 for lv in encoded:
-                    table.add_(encoding(lv, lv["ry"][row_reps], lv["rx"][col_reps]))
+                    table.add_(encoding(lv, lv.ry[row_reps], lv.rx[col_reps]))
                 row_ids, col_ids = row_ids.to(device), col_ids.to(device)
             # Chunks of whole periods of the broadcast levels' rows (when chunks are that tall).
-            align = math.lcm(1, *(lv["py"] for lv in levels if lv["int_rows"] and lv["int_cols"]))
+            align = math.lcm(1, *(lv.py for lv in levels if lv.int_rows and lv.int_cols))
             step = max(1, self._chunk_queries(device) // max(w, 1))
             step = step - step % align if step >= align else step
             widest = max((weight.shape[0] for weight, _ in rest), default=0)
@@ -464,26 +484,26 @@ class IFAHead(nn.Module):
                 else:
                     pre[0].copy_(b0.expand(n, w, d))
                     for lv in encoded:
-                        pre[0].add_(encoding(lv, lv["ry"][start:stop], lv["rx"]))
+                        pre[0].add_(encoding(lv, lv.ry[start:stop], lv.rx))
                 pre[1:].copy_(pre[:1].expand(b - 1, n, w, d))
                 for lv in levels:
-                    py, px, w_l = lv["py"], lv["px"], lv["w_l"]
-                    if lv["on_grid"]:
-                        z = _rows(lv["f"], start, stop)
+                    py, px, w_l = lv.py, lv.px, lv.w_l
+                    if lv.on_grid:
+                        z = _rows(lv.f, start, stop)
                         if cpu_gemm_backend(z) == "onednn":
                             for i in range(b):
-                                pre[i].view(n * w, d).add_(_linear(z[i], lv["w_z"], None, relu=False))
+                                pre[i].view(n * w, d).add_(_linear(z[i], lv.w_z, None, relu=False))
                         else:
-                            pre.view(b, n * w, d).baddbmm_(z, lv["w_z"].t().expand(b, -1, -1))
-                    elif lv["int_rows"] and lv["int_cols"] and start % py == 0 and n % py == 0:
+                            pre.view(b, n * w, d).baddbmm_(z, lv.w_z.t().expand(b, -1, -1))
+                    elif lv.int_rows and lv.int_cols and start % py == 0 and n % py == 0:
                         # Cell (i, j) covers query rows i*py.. and columns j*px..: a broadcast add.
-                        pre.view(b, n // py, py, w_l, px, d).add_(lv["proj"][:, start // py:stop // py, None, :, None])
+                        pre.view(b, n // py, py, w_l, px, d).add_(lv.proj[:, start // py:stop // py, None, :, None])
                     else:
-                        rows = lv["proj"].index_select(1, lv["ky"][start:stop])  # (B, n, w_l, D)
-                        if lv["int_cols"]:
+                        rows = lv.proj.index_select(1, lv.ky[start:stop])  # (B, n, w_l, D)
+                        if lv.int_cols:
                             pre.view(b, n, w_l, px, d).add_(rows[:, :, :, None])
                         else:
-                            pre.add_(rows.index_select(2, lv["kx"]))
+                            pre.add_(rows.index_select(2, lv.kx))
                 x = pre.view(m, d).relu_()
                 for i, (weight, bias) in enumerate(rest):
                     out = work[m_max * (d + (i % 2) * widest):][:m * weight.shape[0]].view(m, -1)
