@@ -103,17 +103,21 @@ class PositionEncoding(nn.Module):
         self.out_dim = 2 + (dim if kind in ("fixed", "learned") else dim // 2)
 
     def forward(self, r: torch.Tensor) -> torch.Tensor:
+        """PE(r) in r's dtype; the phases r E^T are computed in at least float32 even under autocast: with
+        frequencies up to 2^6 a bf16 phase would be off by up to 0.25 rad."""
         if self.kind == "none":
             return r[..., :0]
         if self.kind == "coord":
             return r
-        phase = r @ self.emb.to(r.dtype).t()
-        parts = [r]
-        if self.kind in ("sine", "fixed", "learned"):
-            parts.append(torch.sin(phase))
-        if self.kind in ("cosine", "fixed", "learned"):
-            parts.append(torch.cos(phase))
-        return torch.cat(parts, dim=-1)
+        precise = torch.promote_types(r.dtype, torch.float32)
+        with torch.autocast(r.device.type, enabled=False):
+            phase = r.to(precise) @ self.emb.to(precise).t()
+            parts = [r.to(precise)]
+            if self.kind in ("sine", "fixed", "learned"):
+                parts.append(torch.sin(phase))
+            if self.kind in ("cosine", "fixed", "learned"):
+                parts.append(torch.cos(phase))
+            return torch.cat(parts, dim=-1).to(r.dtype)
 
 
 def grid_coords(h: int, w: int, device=None) -> torch.Tensor:
@@ -455,7 +459,8 @@ class IFAHead(nn.Module):
 
             def encoding(level, rows, cols):  # W_pe,l PE(r) for offsets rows (a,) x cols (c,): (a, c, D)
                 r = torch.stack(torch.broadcast_tensors(rows[:, None], cols[None, :]), dim=-1)
-                return level.pe(r.to(device, dtype)) @ level.w_pe.t()
+                r = r.to(device, torch.promote_types(dtype, torch.float32))  # offsets and phases: >= fp32
+                return level.pe(r).to(dtype) @ level.w_pe.t()
 
             # Rows (columns) sharing every level's offset share the summed encoding terms: one table over
             # those classes (+ the bias), gathered per chunk; per-level terms when the table would be large.
