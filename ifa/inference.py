@@ -59,9 +59,9 @@ class Predictor:
     """Runs a SegmentationModel on images of any size.
 
     precision: "auto" = fp16 autocast on CUDA, fp32 on CPU; "bf16" runs bf16 autocast on CUDA and on CPUs with
-    native bf16 (opt-in there: 0.48-0.55x / 0.53-0.63x the fp32 time of the shipped FPN / FPN + IFA at 360x480
-    on one thread, labels as fp32's on 99.72% / 99.80% of the pixels of 21 CamVid val images, no image below
-    99.6%; BENCHMARKS.md).
+    native bf16 (opt-in there: 0.48-0.61x / 0.53-0.78x the fp32 time of the shipped FPN / FPN + IFA at 360x480
+    on one thread of a shared machine, labels as fp32's on 99.72% / 99.80% of the pixels of 21 CamVid val
+    images, no image below 99.6%; BENCHMARKS.md).
 
     mode "slide" uses `window` crops with
     `stride` (default 2/3 of the window). scales multiply the image size; flip adds left-right
@@ -79,8 +79,8 @@ class Predictor:
     (IFA models only).
 
     The model stays resident on the device. channels_last (default on CUDA, and on CPUs where PyTorch has
-    oneDNN: the shipped models ran 0.77-0.88x the NCHW time at 360x480, labels identical, probabilities
-    within 1e-6) runs the convolutions in NHWC;
+    oneDNN: the shipped models ran 0.77-0.88x the NCHW time at 360x480 in most runs, labels identical,
+    probabilities within 1e-6) runs the convolutions in NHWC;
     cuDNN autotunes for the fixed sizes it sees (`cudnn.benchmark`, set on
     CUDA), and everything runs under inference_mode. compile=True wraps the model's forward in
     torch.compile (a string names the backend, e.g. "eager" to check the capture cheaply); the
