@@ -225,8 +225,7 @@ def analyse(spec: PairSpec, image: np.ndarray, ifa_resolution: str, baseline: Mo
                 levels[role] = [torch.from_numpy(lv)[None].to(DEVICE) for lv in output.head_inputs]
             else:  # each model with its own normalisation
                 levels[role] = model.levels(_model_input(Predictor(model, device=DEVICE), image, model))
-        d = pair.ifa.size_divisor
-        padded = (image.shape[0] + -image.shape[0] % d, image.shape[1] + -image.shape[1] % d)
+        padded = pair.ifa.padded_size(image.shape[:2])
         full = ifa_resolution == "full" and pair.ifa.is_ifa and math.prod(padded) <= max_full_queries
         fpn_shares, fpn_features, fpn_logits, fpn_grid = _analyse_model(pair.baseline, levels["baseline"], None)
         ifa_shares, ifa_features, _, ifa_size = _analyse_model(pair.ifa, levels["ifa"], padded if full else None)

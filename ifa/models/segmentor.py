@@ -134,9 +134,12 @@ class SegmentationModel(nn.Module):
     def upsample_logits(self, logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Grid logits (B, K, h, w) -> (B, K, H, W) at an input of `size` (H, W), as `forward` does (padding of
         size-divisor backbones cropped off)."""
+        return self._upsample(logits, self.padded_size(size))[..., :size[0], :size[1]]
+
+    def padded_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """(H, W) rounded up to the backbone's size divisor: what the model sees of a size-(H, W) input."""
         d = self.size_divisor
-        padded = (size[0] + -size[0] % d, size[1] + -size[1] % d)
-        return self._upsample(logits, padded)[..., :size[0], :size[1]]
+        return size[0] + -size[0] % d, size[1] + -size[1] % d
 
     def inspect(self, levels: list[torch.Tensor], size: tuple[int, int] | None = None) -> HeadIntermediates:
         """The head's inside for its inputs `levels`: per-level contribution norms, last features and grid logits
