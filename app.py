@@ -57,19 +57,24 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
                 c["image"] = gr.Image(label="Upload an image (any common format)", type="filepath", image_mode=None,
                                       sources=["upload", "clipboard"], elem_id="upload", height=220)
                 with gr.Accordion("Ground truth for an upload (optional)", open=False):
-                    c["ground_truth"] = gr.File(label="Label map: single-channel PNG of class indices (255 = ignore)",
-                                                file_types=["image"], elem_id="ground-truth")
+                    c["ground_truth"] = gr.File(label="Label map: a single-channel PNG", file_types=["image"],
+                                                elem_id="ground-truth")
+                    c["label_set"] = gr.Dropdown(S.LABEL_SET_CHOICES, value="", label="Its label format",
+                                                 info="other datasets' labels are scored through a written mapping "
+                                                      "where one exists (Cityscapes → CamVid)", elem_id="label-set")
                 c["sample"] = gr.Dropdown(service.sample_names(), value=None, label="…or pick a sample",
                                           elem_id="sample")
                 c["gallery"] = gr.Gallery(service.gallery(), label="Samples (click one to run)", columns=4,
                                           height=230, allow_preview=False, elem_id="gallery")
+                c["sample_info"] = gr.Markdown(label="About the sample", elem_id="sample-info")
                 with gr.Accordion("Options", open=True):
                     c["scales"] = gr.CheckboxGroup(list(S.SCALE_CHOICES), value=["1.0"], label="Inference scales",
                                                    elem_id="scales")
                     c["flip"] = gr.Checkbox(False, label="Also average a left-right flipped copy", elem_id="flip")
                     c["ifa_resolution"] = gr.Radio(list(S.IFA_RESOLUTIONS), value="stride4",
                                                    label="IFA output resolution", elem_id="ifa-resolution")
-                    c["opacity"] = gr.Slider(0, 1, 0.55, step=0.05, label="Overlay opacity", elem_id="opacity")
+                    c["opacity"] = gr.Slider(0, 1, S.DEFAULT_OPACITY, step=0.05, label="Overlay opacity",
+                                             elem_id="opacity")
                     c["classes"] = gr.CheckboxGroup(class_names, value=class_names, label="Classes to show",
                                                     elem_id="classes")
                     c["min_area"] = gr.Slider(4, 4000, S.DEFAULT_MIN_AREA, step=1,
@@ -145,7 +150,7 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
             return [c[n] for n in names]
 
         seg_in = out(("image", "ground_truth", "sample", "pair", "scales", "flip", "ifa_resolution", "opacity",
-                      "classes", "min_area", "result_state"))  # the state: this session's run to replace
+                      "classes", "min_area", "label_set", "result_state"))  # the state: this session's run to replace
         model = {"concurrency_id": "model"}
 
         def run_chain(event, public: bool):
@@ -160,15 +165,23 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
         # The Run button: /segment, then /analyse (public endpoints).
         run_chain(run.click(None, None, None, api_visibility="private", queue=False), public=True)
         # A new input clears the other input and the label attached to the previous upload.
-        run_chain(c["gallery"].select(service.pick_gallery, None, out(("sample", "image", "ground_truth")),
+        run_chain(c["gallery"].select(service.pick_gallery, c["pair"],
+                                      out(("sample", "image", "ground_truth", "sample_info")),
                                       api_visibility="private", queue=False), public=False)
-        run_chain(c["sample"].input(lambda: (None, None), None, out(("image", "ground_truth")),
+        run_chain(c["sample"].input(lambda name: (None, None, service.sample_info(name)), c["sample"],
+                                    out(("image", "ground_truth", "sample_info")), api_visibility="private",
+                                    queue=False), public=False)
+        run_chain(c["image"].upload(lambda: (None, None, ""), None, out(("sample", "ground_truth", "sample_info")),
                                     api_visibility="private", queue=False), public=False)
-        run_chain(c["image"].upload(lambda: (None, None), None, out(("sample", "ground_truth")),
-                                    api_visibility="private", queue=False), public=False)
-        # Attaching or removing a label re-scores the shown run.
-        label_in = out(("result_state", "ground_truth", "opacity", "classes", "min_area"))
-        for label_event in (c["ground_truth"].upload, c["ground_truth"].clear):
+        # A new page shows a finished comparison (computed once per server, a copy per session); wired after
+        # the public /segment and /analyse so that those keep their names.
+        welcome = demo.load(service.welcome, c["result_state"], out(("sample", "sample_info", *S.SEGMENT_OUTPUTS)),
+                            api_visibility="private", **model)
+        (welcome.success(service.analyse, c["result_state"], out(S.ANALYSE_OUTPUTS), api_visibility="private", **model)
+         .success(service.auto_probe, c["result_state"], out(S.PROBE_OUTPUTS), api_visibility="private", **model))
+        # Attaching or removing a label, or changing its format, re-scores the shown run.
+        label_in = out(("result_state", "ground_truth", "opacity", "classes", "min_area", "label_set"))
+        for label_event in (c["ground_truth"].upload, c["ground_truth"].clear, c["label_set"].input):
             label_event(service.attach_label, label_in, out(S.RENDER_OUTPUTS), api_visibility="private")
 
         c["pair"].input(service.load_pair, c["pair"], out(S.PAIR_OUTPUTS), api_name="load_pair", **model)
@@ -197,4 +210,7 @@ def launch_kwargs() -> dict:
 
 
 if __name__ == "__main__":
-    build_demo().launch(**launch_kwargs())
+    app_service = AppService()
+    demo = build_demo(app_service)
+    app_service.first_paint()  # the first page's comparison, ready before the first visitor
+    demo.launch(**launch_kwargs())

@@ -72,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--revision", default=None, help="Hub revision (commit sha, branch or tag)")
     p.add_argument("--compare", default=None, help="a second model to evaluate side by side")
     p.add_argument("--compare-revision", default=None)
-    p.add_argument("--dataset", required=True, help="camvid, cityscapes, ade20k, pascal_context, pascal_context_60")
+    p.add_argument("--dataset", required=True,
+                   help="camvid, cityscapes, ade20k, pascal_context, pascal_context_60, kitti (Cityscapes labelIds; "
+                        "scored in a CamVid model's classes through ifa.data.label_sets' mapping)")
     p.add_argument("--root", required=True, help="dataset root folder")
     p.add_argument("--split", default="val")
     p.add_argument("--scales", type=float, nargs="+", default=[1.0])
@@ -95,25 +97,31 @@ def run(args: argparse.Namespace) -> dict[str, dict]:
     from .hub import load_model
 
     ctx = DistributedContext.from_env(args.device)
-    dataset = build_dataset(args.dataset, args.root, args.split)
-    results = {}
+    models = {}
     for spec, revision in ((args.model, args.revision), (args.compare, args.compare_revision)):
-        if spec is None:
-            continue
-        model = load_model(spec, revision=revision, num_classes=dataset.info.num_classes)
+        if spec is not None:
+            models[spec if spec not in models else f"{spec} (2)"] = load_model(spec, revision=revision)
+    classes = {model.config.dataset for model in models.values() if model.config.dataset}
+    if len(classes) > 1:
+        raise ValueError(f"the models predict different class sets ({', '.join(sorted(classes))})")
+    # A model's own class set decides how the labels are read: KITTI's Cityscapes labels for a CamVid model
+    # go through ifa.data.label_sets' written mapping.
+    dataset = build_dataset(args.dataset, args.root, args.split, classes=next(iter(classes), None))
+    results = {}
+    for key, model in models.items():
         predictor = Predictor(model, device=ctx.device, precision=args.precision, mode=args.mode,
                               window=tuple(args.window) if args.window else None, long_side=args.long_side,
                               scales=tuple(args.scales), flip=args.flip,
                               ifa_resolution=args.ifa_resolution if model.is_ifa else "stride4")
         cm = evaluate(predictor, dataset, limit=args.limit, ctx=ctx)
-        key = spec if spec not in results else f"{spec} (2)"
         results[key] = summarize(cm, list(dataset.info.class_names))
     if ctx.is_main:
         print(format_table(results, list(dataset.info.class_names)))
         if args.json:
             payload = results[args.model] if len(results) == 1 else {"models": results}
-            payload = {**payload, "dataset": args.dataset, "split": args.split, "scales": args.scales,
-                       "flip": args.flip, "mode": args.mode}
+            payload = {**payload, "dataset": args.dataset, "split": args.split, "images": len(dataset),
+                       "label_set": dataset.label_set, "classes": dataset.info.name,
+                       "scales": args.scales, "flip": args.flip, "mode": args.mode}
             write_json(args.json, payload)
     ctx.close()
     return results

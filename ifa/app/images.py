@@ -20,6 +20,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..data.classes import DATASETS, get_dataset_info
+from ..data.label_sets import apply_lut, get_label_set, label_lut
+
 # Defaults; the app reads overrides from IFA_APP_MAX_SIDE / IFA_APP_MAX_PIXELS.
 DEFAULT_MAX_SIDE = 1024
 DEFAULT_MAX_PIXELS = 64_000_000  # refuse to decode more (a 8000 x 8000 photo passes; a decompression bomb not)
@@ -194,15 +197,18 @@ def load_image(path: str | os.PathLike, max_side: int | None = None, max_pixels:
     return LoadedImage(np.ascontiguousarray(array, dtype=np.uint8), notices, original, path.name)
 
 
-def load_label(path: str | os.PathLike, size: tuple[int, int], num_classes: int,
-               ignore_index: int = 255) -> tuple[np.ndarray, list[str]]:
-    """A ground-truth label map (single-channel PNG of class indices) as uint8 (h, w) at `size` (width, height).
+def load_label(path: str | os.PathLike, size: tuple[int, int], num_classes: int, label_set: str = "",
+               classes: str = "", ignore_index: int = 255) -> tuple[np.ndarray, list[str]]:
+    """A ground-truth label map as uint8 (h, w) train ids of the pair's classes at `size` (width, height).
 
-    Values outside [0, num_classes) become `ignore_index` (CamVid's Unlabelled 11 included). A map of
-    another size than the image is resized with nearest neighbour when its aspect ratio matches.
+    `label_set` names the file's format (:mod:`ifa.data.label_sets`); "" means the pair's own: values
+    outside [0, num_classes) are ignored (CamVid's Unlabelled 11 included). A label set of another class
+    set than the pair's (`classes`) goes through the written mapping; without one, ImageLoadError says so.
+    A map of another size than the image is resized with nearest neighbour when its aspect ratio matches.
     """
     path = Path(path)
     notices: list[str] = []
+    lut = _label_lut(label_set, classes, num_classes, notices)
     with _open(path, "label map") as img:
         if img.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L", "1"):
             raise ImageLoadError(f"label map '{path.name}' must be a single-channel image of class indices "
@@ -220,9 +226,36 @@ def load_label(path: str | os.PathLike, size: tuple[int, int], num_classes: int,
             raise ImageLoadError(f"label map '{path.name}' is {w} x {h} px but the image is {size[0]} x {size[1]} px")
         raw = np.asarray(Image.fromarray(raw.astype(np.int32)).resize(tuple(size), Image.Resampling.NEAREST))
         notices.append(f"label map resized from {w} x {h} to {size[0]} x {size[1]} px (nearest)")
-    label = np.where((raw < 0) | (raw >= num_classes), ignore_index, raw).astype(np.uint8)
+    if lut is None:
+        label = np.where((raw < 0) | (raw >= num_classes), ignore_index, raw).astype(np.uint8)
+    else:
+        label = apply_lut(lut, raw)
     if (label == ignore_index).all():
         found = ", ".join(str(v) for v in np.unique(raw)[:8])
+        where = f"as {get_label_set(label_set).title}" if label_set else f"values 0-{num_classes - 1}"
         raise ImageLoadError(f"label map '{path.name}' has no pixel of the model's {num_classes} classes "
-                             f"(values 0-{num_classes - 1}; it holds {found}): nothing to score")
+                             f"({where}; it holds {found}): nothing to score")
     return label, notices
+
+
+def _label_lut(label_set: str, classes: str, num_classes: int, notices: list[str]) -> np.ndarray | None:
+    """The lookup table of a declared label set for the pair's classes; None = read values as class indices."""
+    if not label_set:
+        return None
+    try:
+        source = get_label_set(label_set)
+    except ValueError as err:
+        raise ImageLoadError(str(err)) from None
+    known = classes in DATASETS
+    target = classes if known else source.classes  # a pair of an unnamed class set: the label set's, if K matches
+    if not known and get_dataset_info(target).num_classes != num_classes:
+        raise ImageLoadError(f"labels in {source.title} have {get_dataset_info(target).num_classes} classes, the "
+                             f"pair predicts {num_classes}")
+    lut = label_lut(label_set, target)
+    if lut is None:
+        raise ImageLoadError(f"labels in {source.title} cannot be scored against the pair's {target} classes: no "
+                             f"mapping between them is written (ifa.data.label_sets maps Cityscapes to CamVid)")
+    if source.classes != target:
+        notices.append(f"label read as {source.title} and mapped to the pair's {target} classes "
+                       f"(ifa.data.label_sets; ids without a counterpart are ignored)")
+    return lut

@@ -34,6 +34,7 @@ class Result:
     analysis: FeatureAnalysis | None = None
     feature_views: tuple | None = None  # the /analyse outputs, computed once
     files: list[str] = field(default_factory=list)  # downloadable label maps
+    dataset: str = ""  # the pair's class set (ifa.data.classes), "" when unnamed
 
     @property
     def size(self) -> tuple[int, int]:

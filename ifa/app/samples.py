@@ -1,13 +1,16 @@
 """Sample images for the app: a manifest shipped in assets/ plus a folder named by IFA_SAMPLES_DIR.
 
 assets/samples.json:
-    {"samples": [{"name": "...", "dataset": "camvid", "image": "samples/x.jpg", "label": "samples/x.png"}]}
-paths relative to the manifest's folder; "label" is optional (a single-channel PNG of class indices,
-255 or any value >= the number of classes = ignored).
+    {"samples": [{"name": "...", "image": "samples/x.jpg", "label": "samples/x.png", "label_set": "camvid",
+                  "dataset": "CamVid", "source": "...", "licence": "..."}]}
+paths relative to the manifest's folder; "label" is optional (a single-channel PNG), "label_set" names its
+format (ifa.data.label_sets; "" = the pair's class indices), "dataset", "source" and "licence" are shown
+next to the sample.
 
 IFA_SAMPLES_DIR: every image in that folder (sorted by name); its label, when a sibling folder
 "<folder name>annot" holds a file of the same name (the CamVid / SegNet layout, e.g.
-camvid/val + camvid/valannot). Samples from that folder are named "<folder name>/<file name>".
+camvid/val + camvid/valannot). Samples from that folder are named "<folder name>/<file name>"; their
+label set is the dataset folder's name when it is one (e.g. camvid), else the pair's.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..data.classes import DATASETS
+from ..data.label_sets import LABEL_SETS, label_lut
 from .registry import PROJECT_ROOT
 
 MANIFEST = PROJECT_ROOT / "assets" / "samples.json"
@@ -32,8 +37,36 @@ class Sample:
     name: str
     image: Path
     label: Path | None = None
-    dataset: str = ""
-    source: str = "manifest"  # or "folder"
+    dataset: str = ""  # where the image comes from, as shown (e.g. "KITTI")
+    label_set: str = ""  # the label file's format (ifa.data.label_sets); "" = the pair's class indices
+    source: str = ""  # attribution
+    licence: str = ""
+    origin: str = "manifest"  # or "folder"
+
+    def scorable(self, classes: str) -> bool:
+        """Whether its label can be scored against a pair of class set `classes` (own set or a mapping)."""
+        if self.label is None:
+            return False
+        if not self.label_set or classes not in DATASETS:
+            return True  # read as the pair's class indices; or a pair of an unnamed class set (checked on load)
+        return label_lut(self.label_set, classes) is not None
+
+    def summary(self) -> dict:
+        return {"name": self.name, "dataset": self.dataset, "has_label": self.label is not None,
+                "label_set": self.label_set, "source": self.source, "licence": self.licence}
+
+    def describe(self) -> str:
+        """One markdown line: dataset, label format, source, licence."""
+        parts = [f"**{self.name}**"]
+        if self.dataset:
+            parts.append(self.dataset)
+        if self.label is not None:
+            parts.append(f"label: {LABEL_SETS[self.label_set].title if self.label_set else 'class indices'}")
+        if self.source:
+            parts.append(f"source: {self.source}")
+        if self.licence:
+            parts.append(f"licence: {self.licence}")
+        return " · ".join(parts)
 
 
 def manifest_samples(path: Path = MANIFEST) -> list[Sample]:
@@ -52,9 +85,11 @@ def manifest_samples(path: Path = MANIFEST) -> list[Sample]:
         label = (path.parent / item["label"]).resolve() if isinstance(item.get("label"), str) else None
         if not image.is_file():
             continue
+        label_set = str(item.get("label_set") or "")
         samples.append(Sample(str(item.get("name") or image.name), image,
                               label if label is not None and label.is_file() else None,
-                              str(item.get("dataset") or ""), "manifest"))
+                              str(item.get("dataset") or ""), label_set if label_set in LABEL_SETS else "",
+                              str(item.get("source") or ""), str(item.get("licence") or ""), "manifest"))
     return samples
 
 
@@ -70,8 +105,9 @@ def folder_samples(folder: str | os.PathLike | None = None) -> list[Sample]:
     samples = []
     for image in sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
         label = annot / image.name
+        label_set = root.parent.name.lower()
         samples.append(Sample(f"{root.name}/{image.name}", image, label if label.is_file() else None,
-                              root.parent.name.lower(), "folder"))
+                              root.parent.name, label_set if label_set in LABEL_SETS else "", origin="folder"))
     return samples
 
 

@@ -9,13 +9,16 @@ Nothing here builds UI; app.py holds no logic.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import functools
 import logging
 import math
 import os
 import shutil
 import tempfile
+import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ import gradio as gr
 import numpy as np
 
 from ..compare import VERDICTS
+from ..data.label_sets import LABEL_SETS
 from . import engine, views
 from .engine import Options
 from .images import ImageLoadError, load_image, load_label
@@ -38,7 +42,9 @@ PROGRESS = gr.Progress()  # the default that makes Gradio pass each event its ow
 SCALE_CHOICES = ("0.5", "0.75", "1.0", "1.25", "1.5", "1.75", "2.0")
 IFA_RESOLUTIONS = (("stride-4 grid + bilinear upsampling (as trained)", "stride4"),
                    ("query IFA at every pixel (full resolution)", "full"))
+LABEL_SET_CHOICES = [("the pair's class indices", ""), *((ls.title, ls.name) for ls in LABEL_SETS.values())]
 DEFAULT_MIN_AREA = 64
+DEFAULT_OPACITY = 0.55
 TOP_REGIONS = 12
 MAX_SCALES = 4
 
@@ -50,8 +56,8 @@ RENDER_OUTPUTS = VIEW_OUTPUTS
 ANALYSE_OUTPUTS = ("ifa_levels", "fpn_levels", "ifa_pca", "fpn_pca", "features_md")
 PROBE_OUTPUTS = ("probe_view", "baseline_probs", "ifa_probs", "probe_table", "probe_md", "click_view", "probe_x",
                  "probe_y")
-PAIR_OUTPUTS = ("pair_status", "classes")
-HUB_OUTPUTS = ("pair", "pair_status", "classes")
+PAIR_OUTPUTS = ("pair_status", "classes", "gallery")
+HUB_OUTPUTS = ("pair", "pair_status", "classes", "gallery")
 
 LEVELS_EXPLAINED = (
     "**What the heatmaps show.** For each pixel, how much each pyramid level contributes to the model's "
@@ -145,7 +151,8 @@ class AppService:
         self.files_root = Path(tempfile.mkdtemp(prefix="ifa-app-"))
         atexit.register(shutil.rmtree, self.files_root, ignore_errors=True)
         self.results = ResultStore(capacity, self.files_root, ttl)
-        self._gallery: list[tuple[str, str, str]] | None = None
+        self._first_lock = threading.Lock()
+        self._first: tuple[Sample, Result] | None = None
 
     # --- what the UI is built from ---------------------------------------------------------------
     def pair_choices(self) -> list[tuple[str, str]]:
@@ -158,21 +165,46 @@ class AppService:
     def sample_names(self) -> list[str]:
         return [s.name for s in self.samples]
 
-    def gallery(self) -> list[tuple[str, str]]:
-        """(thumbnail path, caption) of the first IFA_APP_GALLERY (default 24) samples; computed once."""
-        if self._gallery is None:
-            limit = int(os.environ.get("IFA_APP_GALLERY", "24") or 24)
-            items = []
-            for sample in self.samples[:limit]:
-                thumb = thumbnail(sample)
-                if thumb is not None:
-                    items.append((thumb, sample.name, sample.name + (" · labelled" if sample.label else "")))
-            self._gallery = items
-        return [(thumb, caption) for thumb, _, caption in self._gallery]
+    def pair_dataset(self, pair_id: str | None) -> str:
+        """The class set of a pair (ifa.data.classes name) from the registry, else of the loaded pair; "" unknown."""
+        try:
+            spec = self.registry.get(str(pair_id)) if pair_id else None
+        except PairError:
+            return ""
+        if spec is None:
+            return ""
+        if spec.dataset:
+            return spec.dataset
+        return engine.PAIRS.get(spec).dataset if engine.PAIRS.cached(spec.id) else ""
 
-    def gallery_names(self) -> list[str]:
-        self.gallery()
-        return [name for _, name, _ in self._gallery]
+    def _gallery_items(self, pair_id) -> list[tuple[str, Sample, bool]]:
+        """(thumbnail, sample, scorable) of every shipped sample and the folder's up to IFA_APP_GALLERY (default
+        24) in all, those whose label the pair can score (own label set or a written mapping) first; thumbnails
+        are cached on disk."""
+        classes = self.pair_dataset(pair_id)
+        limit = int(os.environ.get("IFA_APP_GALLERY", "24") or 24)
+        shipped = [s for s in self.samples if s.origin == "manifest"]
+        shown = shipped + [s for s in self.samples if s.origin != "manifest"][:max(0, limit - len(shipped))]
+        ranked = sorted(((s, s.scorable(classes)) for s in shown), key=lambda item: not item[1])
+        return [(thumb, s, ok) for s, ok in ranked if (thumb := thumbnail(s)) is not None]
+
+    def gallery(self, pair_id: str | None = None) -> list[tuple[str, str]]:
+        """(thumbnail path, caption) of the gallery for a pair (default: the default pair)."""
+        items = []
+        for thumb, sample, ok in self._gallery_items(pair_id or self.default_pair):
+            if sample.label is None:
+                note = ""
+            elif ok:
+                note = " · labelled"
+            else:
+                note = " · its label is not scored by this pair"
+            items.append((thumb, sample.name + note))
+        return items
+
+    def sample_info(self, name: str | None) -> str:
+        """Markdown next to the gallery: the picked sample's dataset, label format, source and licence."""
+        sample = self._samples_by_name.get(str(name or ""))
+        return sample.describe() if sample else ""
 
     def class_names(self, pair_id: str | None) -> list[str]:
         """Class names of a pair from the registry (without loading it), else of the loaded pair."""
@@ -194,7 +226,7 @@ class AppService:
             "device": engine.device_description(),
             "default_pair": self.default_pair,
             "pairs": [spec.summary() for spec in self.registry.pairs.values()],
-            "samples": [{"name": s.name, "dataset": s.dataset, "has_label": s.label is not None} for s in self.samples],
+            "samples": [s.summary() for s in self.samples],
             "registry": str(self.registry.path) if self.registry.path else None,
             "registry_error": self.registry_error,
         }
@@ -220,7 +252,7 @@ class AppService:
         """Load a pair (cached) -> (status markdown, class filter update)."""
         pair = engine.load_pair(self._spec(pair_id))
         names = pair.class_names
-        return self._status(pair), gr.update(choices=names, value=names)
+        return self._status(pair), gr.update(choices=names, value=names), self.gallery(pair_id)
 
     def preload_default(self) -> str:
         """Load the default pair at start-up; returns the status line (an error message if it fails)."""
@@ -240,7 +272,7 @@ class AppService:
         names = pair.class_names
         # In this session's dropdown only: a pair one user loads is not added to everyone's list.
         return (gr.update(choices=[*self.pair_choices(), (spec.title, spec.id)], value=spec.id), self._status(pair),
-                gr.update(choices=names, value=names))
+                gr.update(choices=names, value=names), self.gallery(spec.id))
 
     # --- inputs -----------------------------------------------------------------------------------
     def _options(self, scales, flip, ifa_resolution) -> tuple[Options, list[str]]:
@@ -264,11 +296,12 @@ class AppService:
             raise UserError(f"IFA output resolution must be 'stride4' or 'full', got {ifa_resolution!r}")
         return Options(tuple(values), bool(flip), resolution), notices
 
-    def _image(self, image, sample, ground_truth, num_classes: int, dataset: str):
-        """(name, uint8 image, gt or None, notices) from an upload or a sample name."""
+    def _image(self, image, sample, ground_truth, label_set, num_classes: int, dataset: str):
+        """(name, uint8 image, gt or None, notices) from an upload (its label in `label_set`, "" = the pair's)
+        or a sample name (its label in the sample's declared set)."""
         path = _path_of(image)
         notices: list[str] = []
-        label_path, label_dataset = None, ""
+        label_path = None
         if path:
             name = Path(path).name
             if isinstance(image, dict) and image.get("orig_name"):
@@ -281,47 +314,87 @@ class AppService:
             s = self._samples_by_name[sample]
             name = s.name
             loaded = load_image(s.image)
-            label_path, label_dataset = s.label, s.dataset
+            label_path, label_set = s.label, s.label_set
         else:
             raise UserError("no image: upload one or pick a sample")
         notices += loaded.notices
         gt = None
         if label_path:
-            if label_dataset and dataset and label_dataset != dataset:
-                notices.append(f"the sample's labels are {label_dataset} classes but the pair predicts {dataset} "
-                               f"classes: ground truth not used")
-            else:
-                try:
-                    w, h = loaded.image.shape[1], loaded.image.shape[0]
-                    gt, label_notices = load_label(label_path, (w, h), num_classes)
-                    notices += label_notices
-                except ImageLoadError as err:
-                    notices.append(f"ground truth not used: {err}")
+            try:
+                w, h = loaded.image.shape[1], loaded.image.shape[0]
+                gt, label_notices = load_label(label_path, (w, h), num_classes, str(label_set or ""), dataset)
+                notices += label_notices
+            except ImageLoadError as err:
+                notices.append(f"ground truth not used: {err}")
         return name, loaded.image, gt, notices
 
     # --- the main run ---------------------------------------------------------------------------
     @guarded("segmenting the image")
     def segment(self, image, ground_truth, sample, pair_id, scales, flip, ifa_resolution, opacity, classes,
-                min_area, previous_result_id=None, progress=PROGRESS):
-        """The main run; `previous_result_id` (the session's state) is the run it replaces in the store."""
+                min_area, label_set="", previous_result_id=None, progress=PROGRESS):
+        """The main run; `label_set` is the uploaded label's format (ifa.data.label_sets, "" = the pair's);
+        `previous_result_id` (the session's state) is the run it replaces in the store."""
         spec = self._spec(pair_id)
         options, notices = self._options(scales, flip, ifa_resolution)
         pair = engine.load_pair(spec)
-        name, array, gt, image_notices = self._image(image, sample, ground_truth, pair.num_classes, pair.dataset)
+        name, array, gt, image_notices = self._image(image, sample, ground_truth, label_set, pair.num_classes,
+                                                     pair.dataset)
         options, budget_notices = options.within(*array.shape[:2], engine.WORK_BUDGET_MPX)
         notices = image_notices + notices + budget_notices
         for notice in notices:
             gr.Warning(notice)
         progress(0.1, desc=f"running both models ({options.describe()})")
-        baseline, ifa = engine.predict_pair(spec, array, options)
+        result = self._compare(spec, name, array, gt, options, notices)
         progress(0.9, desc="comparing the predictions")
-        result = Result(name=name, image=array, gt=gt, spec=spec, class_names=pair.class_names, palette=pair.palette,
-                        baseline_align_corners=bool(pair.baseline.config.align_corners), options=options,
-                        baseline=baseline, ifa=ifa, notices=notices, device=engine.device_description())
+        return self._show(result, previous_result_id, opacity, classes, min_area)
+
+    def _compare(self, spec: PairSpec, name: str, array: np.ndarray, gt, options: Options, notices) -> Result:
+        """Both models on one image -> a Result (not yet stored)."""
+        pair = engine.load_pair(spec)
+        baseline, ifa = engine.predict_pair(spec, array, options)
+        return Result(name=name, image=array, gt=gt, spec=spec, class_names=pair.class_names, palette=pair.palette,
+                      baseline_align_corners=bool(pair.baseline.config.align_corners), options=options,
+                      baseline=baseline, ifa=ifa, notices=notices, device=engine.device_description(),
+                      dataset=pair.dataset)
+
+    def _show(self, result: Result, previous_result_id, opacity, classes, min_area) -> tuple:
+        """Store a session's new run (replacing its previous one), write its files -> SEGMENT_OUTPUTS."""
         self.results.add(result, replaces=previous_result_id)
         result.files = views.write_label_maps(result, self.results.folder(result))
         outputs = self._views(result, opacity, classes, min_area)
-        return (result.id, *outputs, array, result.files)
+        return (result.id, *outputs, result.image, result.files)
+
+    # --- the first page ----------------------------------------------------------------------------
+    def first_paint(self) -> Result | None:
+        """The comparison a new page shows: the gallery's first sample on the default pair, default options,
+        feature views included; computed once per server (None when there is no pair or sample)."""
+        with self._first_lock:
+            if self._first is None and self.default_pair:
+                items = self._gallery_items(self.default_pair)
+                if not items:
+                    return None
+                spec, sample = self._spec(self.default_pair), items[0][1]
+                pair = engine.load_pair(spec)
+                name, array, gt, notices = self._image(None, sample.name, None, "", pair.num_classes, pair.dataset)
+                options, more = Options((1.0,), False, "stride4").within(*array.shape[:2], engine.WORK_BUDGET_MPX)
+                result = self._compare(spec, name, array, gt, options, notices + more)
+                self._feature_views(result)
+                self._first = (sample, result)
+        return self._first[1] if self._first else None
+
+    def welcome(self, previous_result_id=None):
+        """Page load: a copy of `first_paint` for this session -> (sample, sample info, *SEGMENT_OUTPUTS)."""
+        try:
+            template = self.first_paint()
+        except Exception:  # noqa: BLE001 - the page then simply starts empty
+            log.exception("the first comparison could not be computed")
+            template = None
+        if template is None:
+            return tuple(gr.skip() for _ in range(2 + len(SEGMENT_OUTPUTS)))
+        sample = self._first[0]
+        result = dataclasses.replace(template, id=uuid.uuid4().hex[:12], notices=list(template.notices), files=[])
+        return (sample.name, sample.describe(),
+                *self._show(result, previous_result_id, DEFAULT_OPACITY, None, DEFAULT_MIN_AREA))
 
     def _result(self, result_id) -> Result:
         result = self.results.get(result_id)
@@ -340,8 +413,9 @@ class AppService:
         return self._views(self._result(result_id), opacity, classes, min_area)
 
     @guarded("attaching the ground truth")
-    def attach_label(self, result_id, ground_truth, opacity, classes, min_area):
-        """A label attached to (or removed from) the shown run: re-score it without running the models again."""
+    def attach_label(self, result_id, ground_truth, opacity, classes, min_area, label_set=""):
+        """A label attached to (or removed from) the shown run: re-score it without running the models again.
+        `label_set`: the label's format (ifa.data.label_sets), "" = the pair's classes."""
         result = self.results.get(result_id)
         path = _path_of(ground_truth)
         if result is None:
@@ -351,7 +425,7 @@ class AppService:
         if path:
             w, h = result.image.shape[1], result.image.shape[0]
             try:
-                gt, notices = load_label(path, (w, h), result.num_classes)
+                gt, notices = load_label(path, (w, h), result.num_classes, str(label_set or ""), result.dataset)
             except ImageLoadError as err:
                 raise UserError(f"ground truth not used: {err}") from None
             result.gt = gt
@@ -432,7 +506,10 @@ class AppService:
 
     @guarded("analysing the features")
     def analyse(self, result_id, progress=PROGRESS):
-        result = self._result(result_id)
+        return self._feature_views(self._result(result_id), progress)
+
+    def _feature_views(self, result: Result, progress=PROGRESS) -> tuple:
+        """ANALYSE_OUTPUTS of a run, computed once and kept with it."""
         if result.feature_views is None:
             start = time.perf_counter()
             progress(0.1, desc="looking inside both models")
@@ -514,13 +591,14 @@ class AppService:
         return self.probe(result_id, x, y)
 
     # --- samples ----------------------------------------------------------------------------------
-    def pick_gallery(self, evt: gr.SelectData):
-        """Gallery click -> (sample name, cleared upload, cleared upload label)."""
-        names = self.gallery_names()
+    def pick_gallery(self, pair_id, evt: gr.SelectData):
+        """Gallery click -> (sample name, cleared upload, cleared upload label, the sample's attribution)."""
+        items = self._gallery_items(pair_id or self.default_pair)
         index = evt.index if isinstance(evt.index, int) else None
-        if index is None or not 0 <= index < len(names):
+        if index is None or not 0 <= index < len(items):
             raise gr.Error("pick a sample from the gallery", print_exception=False)
-        return names[index], None, None
+        sample = items[index][1]
+        return sample.name, None, None, sample.describe()
 
 
 def _jsonable(value):

@@ -1,7 +1,8 @@
 """Segmentation datasets in their standard on-disk layouts.
 
-Every dataset yields (image uint8 (H, W, 3) RGB numpy, label uint8/int64 (H, W) numpy) with the
-dataset's train ids and 255 for ignored pixels, and knows its `info` (class names, palette).
+Every dataset yields (image uint8 (H, W, 3) RGB numpy, label uint8 (H, W) numpy) with the train ids
+of its class set and 255 for ignored pixels, and knows its `info` (class names, palette). Its labels
+are decoded through its label set (:mod:`ifa.data.label_sets`), into another class set when asked.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from .classes import DatasetInfo, get_dataset_info
+from .label_sets import apply_lut, get_label_set, label_lut
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -35,14 +37,25 @@ def read_label(path: str | Path) -> np.ndarray:
 
 
 class SegmentationDataset:
-    """A list of (image path, label path) pairs plus a label mapping to train ids (255 = ignore)."""
+    """A list of (image path, label path) pairs whose labels are stored in `label_set`
+    (:mod:`ifa.data.label_sets`), decoded to the train ids of `classes` (255 = ignore).
+
+    `classes` defaults to the label set's own class set; another one (e.g. "camvid" for KITTI's
+    Cityscapes labels) scores a model of that class set through the written mapping.
+    """
 
     name = ""
+    label_set = ""
 
-    def __init__(self, root: str | Path, split: str):
+    def __init__(self, root: str | Path, split: str, classes: str | None = None):
         self.root = Path(root)
         self.split = split
-        self.info: DatasetInfo = get_dataset_info(self.name)
+        classes = classes or get_label_set(self.label_set).classes
+        self.lut = label_lut(self.label_set, classes)
+        if self.lut is None:
+            raise DatasetError(f"{self.name} labels ({get_label_set(self.label_set).title}) have no mapping to "
+                               f"{classes} classes")
+        self.info: DatasetInfo = get_dataset_info(classes)
         if not self.root.is_dir():
             raise DatasetError(f"{self.name} root {self.root} does not exist")
         self.pairs = self._find_pairs()
@@ -57,8 +70,8 @@ class SegmentationDataset:
         raise NotImplementedError
 
     def map_label(self, raw: np.ndarray) -> np.ndarray:
-        """Stored label values -> train ids with 255 for ignored pixels."""
-        return raw
+        """Stored label values -> uint8 train ids of `info` with 255 for ignored pixels."""
+        return apply_lut(self.lut, raw)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -120,6 +133,7 @@ class CamVid(SegmentationDataset):
     """SegNet CamVid: {split}/NAME.png with {split}annot/NAME.png; class 11 (Unlabelled) ignored."""
 
     name = "camvid"
+    label_set = "camvid"
 
     def layout_hint(self) -> str:
         return f"{self.split}/*.png and {self.split}annot/*.png"
@@ -130,19 +144,13 @@ class CamVid(SegmentationDataset):
         labels = _require_dir(self.root / f"{self.split}annot", f"camvid split {self.split!r} labels", hint)
         return _pair_by_name(images, labels, lambda name: name)
 
-    def map_label(self, raw):
-        out = raw.copy()
-        out[(raw < 0) | (raw >= self.info.num_classes)] = 255
-        return out
 
 
 class Cityscapes(SegmentationDataset):
     """leftImg8bit/{split}/CITY/*_leftImg8bit.png with gtFine/{split}/CITY/*_gtFine_labelIds.png."""
 
     name = "cityscapes"
-    # label id -> train id (cityscapesScripts' labels.py); everything else is ignored.
-    ID_TO_TRAIN_ID = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,
-                      25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+    label_set = "cityscapes_labelids"
 
     def layout_hint(self) -> str:
         return f"leftImg8bit/{self.split}/CITY/*_leftImg8bit.png and gtFine/{self.split}/CITY/*_gtFine_labelIds.png"
@@ -153,17 +161,13 @@ class Cityscapes(SegmentationDataset):
         labels = _require_dir(self.root / "gtFine" / self.split, f"cityscapes split {self.split!r} labels", hint)
         return _pair_by_name(images, labels, lambda n: n.replace("_leftImg8bit", "_gtFine_labelIds"))
 
-    def map_label(self, raw):
-        lut = np.full(256, 255, dtype=np.int64)
-        for label_id, train_id in self.ID_TO_TRAIN_ID.items():
-            lut[label_id] = train_id
-        return lut[np.clip(raw, 0, 255)]
 
 
 class ADE20K(SegmentationDataset):
     """ADEChallengeData2016: images/{training,validation}/*.jpg, annotations/.../*.png; 0 ignored, shifted by -1."""
 
     name = "ade20k"
+    label_set = "ade20k"
     SPLITS = {"train": "training", "val": "validation", "training": "training", "validation": "validation"}
 
     def layout_hint(self) -> str:
@@ -178,8 +182,6 @@ class ADE20K(SegmentationDataset):
         labels = _require_dir(root / "annotations" / sub, f"ade20k split {self.split!r} labels", self.layout_hint())
         return _pair_by_name(images, labels, lambda n: Path(n).with_suffix(".png").name)
 
-    def map_label(self, raw):
-        return np.where((raw == 0) | (raw > 150), 255, raw - 1)
 
 
 class PascalContext(SegmentationDataset):
@@ -187,6 +189,7 @@ class PascalContext(SegmentationDataset):
     ImageSets/SegmentationContext/{train,val}.txt. 59 classes: background ignored, ids shifted by -1."""
 
     name = "pascal_context"
+    label_set = "pascal_context"
 
     def layout_hint(self) -> str:
         return ("VOC2010 layout: JPEGImages/, SegmentationClassContext/ and "
@@ -208,23 +211,41 @@ class PascalContext(SegmentationDataset):
             pairs.append((image, label))
         return pairs
 
-    def map_label(self, raw):
-        return np.where((raw == 0) | (raw > 59), 255, raw - 1)
 
 
 class PascalContext60(PascalContext):
     """PASCAL Context with background as class 0 (60 classes)."""
 
     name = "pascal_context_60"
-
-    def map_label(self, raw):
-        return np.where(raw > 59, 255, raw)
+    label_set = "pascal_context_60"
 
 
-DATASET_CLASSES = {cls.name: cls for cls in (CamVid, Cityscapes, ADE20K, PascalContext, PascalContext60)}
+
+class Kitti(SegmentationDataset):
+    """KITTI semantic segmentation: image_2/*.png with semantic/*.png in Cityscapes labelIds.
+
+    The benchmark's `training/` folder (or a folder holding image_2/ and semantic/ directly) is the
+    root; `split` picks `ROOT/<split>/` when that folder exists, else it is not used (no split folders).
+    """
+
+    name = "kitti"
+    label_set = "cityscapes_labelids"
+
+    def layout_hint(self) -> str:
+        return "image_2/*.png and semantic/*.png (Cityscapes labelIds), optionally under <split>/"
+
+    def _find_pairs(self):
+        root = self.root / self.split if (self.root / self.split / "image_2").is_dir() else self.root
+        images = _require_dir(root / "image_2", "kitti images", self.layout_hint())
+        labels = _require_dir(root / "semantic", "kitti labels", self.layout_hint())
+        return _pair_by_name(images, labels, lambda name: name)
 
 
-def build_dataset(name: str, root: str | Path, split: str) -> SegmentationDataset:
+DATASET_CLASSES = {cls.name: cls for cls in (CamVid, Cityscapes, ADE20K, PascalContext, PascalContext60, Kitti)}
+
+
+def build_dataset(name: str, root: str | Path, split: str, classes: str | None = None) -> SegmentationDataset:
+    """Dataset `name` at `root`; `classes` scores its labels in another class set (see SegmentationDataset)."""
     if name not in DATASET_CLASSES:
         raise DatasetError(f"unknown dataset {name!r}; valid: {', '.join(DATASET_CLASSES)}")
-    return DATASET_CLASSES[name](root, split)
+    return DATASET_CLASSES[name](root, split, classes)

@@ -90,9 +90,9 @@ def camvid_val() -> Path:
 
 @pytest.fixture(scope="session")
 def small_image(tmp_path_factory) -> Path:
-    """A 160 x 120 RGB PNG (a resized synthetic sample): the cheap 'good request' after each bad one."""
+    """A 160 x 120 RGB PNG (a resized shipped CamVid sample): the cheap 'good request' after each bad one."""
     path = tmp_path_factory.mktemp("good") / "good_small.png"
-    with Image.open(ROOT / "assets" / "samples" / "synthetic_street_1.jpg") as img:
+    with Image.open(ROOT / "assets" / "samples" / "camvid" / "0016E5_07959.png") as img:
         img.convert("RGB").resize((160, 120)).save(path)
     return path
 

@@ -78,7 +78,7 @@ def test_catalog_lists_pairs_samples_and_device(app, pair_registry):
     assert catalog["default_pair"] == pair_registry[1]
     assert [p["id"] for p in catalog["pairs"]] == [pair_registry[1]]
     names = [s["name"] for s in catalog["samples"]]
-    assert any(n.startswith("synthetic street") for n in names)
+    assert any(n.startswith("KITTI") for n in names) and any(n.startswith("ADE20K") for n in names)
     assert catalog["device"].startswith(("CPU", "CUDA"))
 
 
@@ -168,7 +168,7 @@ def test_sample_with_ground_truth_everything_consistent(app, pair_registry, camv
 
 def test_upload_without_ground_truth_multiscale_flip_full_resolution(app, pair_registry, tmp_path):
     path = tmp_path / "upload.jpg"
-    with Image.open(ROOT / "assets/samples/synthetic_street_2.jpg") as img:
+    with Image.open(ROOT / "assets/samples/kitti/000003_10.png") as img:
         img.resize((224, 168)).save(path, quality=90)
     out = segment(app.client, pair_registry[1], image=path, scales=("1.0", "0.75"), flip=True, resolution="full")
     summary = out["summary"]

@@ -265,8 +265,9 @@ def test_hub_pair_loads_from_a_hub_and_class_mismatch_is_reported(app, small_ima
         monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
         monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
-        pair_update, status, classes = app.client.predict("org/fpn", shas["fpn"], "org/ifa", "main",
-                                                          api_name="/load_hub_pair")
+        pair_update, status, classes, gallery = app.client.predict("org/fpn", shas["fpn"], "org/ifa", "main",
+                                                                   api_name="/load_hub_pair")
+        assert len(gallery) >= 13  # the gallery, ordered for the new pair
         pair_id = pair_update["value"]  # a dropdown update: the new pair id and the choices
         assert pair_id == f"hub:org/fpn@{shas['fpn']}|org/ifa@main" and pair_id in str(pair_update["choices"])
         assert "3 classes" in status and classes["value"] == ["class 0", "class 1", "class 2"]

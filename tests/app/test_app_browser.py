@@ -1,7 +1,8 @@
 """The app in a real browser: Debian's chromium driven by playwright, the app in a subprocess.
 
-Open the page, pick a CamVid sample in the gallery, wait for both predictions, look at every tab,
-click a pixel in the alignment view and check that the probe for that pixel appears. Screenshots go
+Open the page: the first sample's comparison is there before any click (first paint); look at every
+tab, click a pixel in the alignment view and check that the probe for that pixel appears; then pick a
+KITTI sample (labels mapped to CamVid) and an ADE20K one (labels not scored). Screenshots go
 to a temp folder; with IFA_UPDATE_SCREENSHOTS=1 and the shipped pair they replace the README's in
 assets/screenshots/, so a plain test run never touches tracked files.
 """
@@ -92,21 +93,12 @@ def test_pick_sample_run_and_probe_in_a_browser(server, shots, camvid_val):
         page.set_default_timeout(RUN_TIMEOUT_MS)
         page.goto(server, wait_until="domcontentloaded")
         expect(page.locator("#gallery")).to_be_visible()
-        # Pick the CamVid sample: the gallery lists the manifest's samples first, then the folder's.
-        captions = page.locator("#gallery .caption-label, #gallery button .caption")
-        thumbs = page.locator("#gallery button.thumbnail-item, #gallery .thumbnail-item")
-        expect(thumbs.first).to_be_visible()
-        index = 0
-        for i in range(captions.count()):
-            if SAMPLE in (captions.nth(i).text_content() or ""):
-                index = i
-                break
-        thumbs.nth(index).click()
-        # Both predictions, then the analysis and the automatic probe, arrive.
+        # First paint: the gallery's first sample (a shipped CamVid frame) is compared before any click.
         expect(page.locator("#baseline-view img")).to_be_visible()
         expect(page.locator("#ifa-view img")).to_be_visible()
         expect(page.locator("#baseline-time")).to_contain_text("ms")
-        expect(page.locator("#notices")).to_contain_text(SAMPLE)
+        expect(page.locator("#notices")).to_contain_text(Path(SAMPLE).stem)
+        expect(page.locator("#sample-info")).to_contain_text("CC BY-NC 4.0")
         expect(page.locator("#legend")).to_contain_text("Road")
         page.wait_for_timeout(500)
         page.screenshot(path=str(shots / "app-side-by-side.png"), full_page=True)
@@ -150,4 +142,19 @@ def test_pick_sample_run_and_probe_in_a_browser(server, shots, camvid_val):
         page.locator("#probe-view").scroll_into_view_if_needed()
         page.screenshot(path=str(shots / "app-feature-alignment.png"), full_page=True)
         assert _has_image(page, "click-view")
+
+        # Samples of other datasets: KITTI's Cityscapes labels are scored through the mapping; ADE20K's
+        # cannot be for a CamVid pair, and the notice says so.
+        page.get_by_role("tab", name="Side by side").click()
+        captions = page.locator("#gallery .caption-label, #gallery button .caption")
+        thumbs = page.locator("#gallery button.thumbnail-item, #gallery .thumbnail-item")
+        texts = [captions.nth(i).text_content() or "" for i in range(captions.count())]
+        for prefix, notice, shot in (("KITTI", "mapped to the pair's camvid classes", "app-kitti.png"),
+                                     ("ADE20K", "ground truth not used", "app-ade20k.png")):
+            thumbs.nth(next(i for i, t in enumerate(texts) if t.startswith(prefix))).click()
+            expect(page.locator("#notices")).to_contain_text(notice)
+            expect(page.locator("#sample-info")).to_contain_text(prefix)
+            expect(page.locator("#baseline-time")).to_contain_text("ms")
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(shots / shot), full_page=True)
         browser.close()
