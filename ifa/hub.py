@@ -3,7 +3,9 @@
 A local folder is used as it is. A Hub repo id is downloaded file by file (config.json,
 model.safetensors, and README.md when the repo has one) into the normal Hugging Face cache
 (HF_HUB_CACHE / HF_HOME) at `revision`: a branch, a tag or a full 40-character commit sha
-(default "main"). HF_ENDPOINT and HF_HUB_OFFLINE are read when a call is made:
+(default "main"). The endpoint, cache and offline switch are huggingface_hub.constants, which huggingface_hub
+sets from HF_ENDPOINT, HF_HUB_CACHE / HF_HOME and HF_HUB_OFFLINE when it is imported: set those variables before
+the first import (tests patch the constants instead). Then:
 
 - a full commit sha that is already cached loads without any request;
 - otherwise the Hub is asked once for the revision (one request, no retries) before any download,

@@ -1,7 +1,8 @@
 """Model pairs (a Semantic FPN baseline and an FPN + IFA model) for side-by-side comparison.
 
-The pairs come from `checkpoints/registry.json` (path overridable with the IFA_REGISTRY environment
-variable) and from Hub repo ids typed by a user. The registry format:
+The pairs come from `checkpoints/registry.json` of the app's home (`app_home()`: IFA_APP_HOME, else the
+working directory when it holds one, else the source checkout; IFA_REGISTRY names another file) and from
+Hub repo ids typed by a user. The registry format:
 
     {"default": "<pair id>",
      "pairs": [{"id": "...", "title": "...", "dataset": "camvid", "classes": ["Sky", ...],
@@ -9,7 +10,7 @@ variable) and from Hub repo ids typed by a user. The registry format:
                             | {"source": "hub", "repo_id": "org/name", "revision": "<sha or branch>"},
                 "ifa": {...same...}}]}
 
-Relative local paths are relative to the project root (the folder holding checkpoints/), else to the
+Relative local paths are relative to the app's home (the folder holding checkpoints/), else to the
 registry file's folder. `PairCache` loads a pair once (both models, checked to agree on classes),
 keeps the most recently used few in memory, and turns every failure into a PairError with a
 one-line message naming the side (baseline / IFA) and the source.
@@ -32,9 +33,18 @@ from ..models.checkpoint import CheckpointError, offset_ablation
 from ..models.config import ConfigError
 from ..models.segmentor import SegmentationModel
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_REGISTRY = PROJECT_ROOT / "checkpoints" / "registry.json"
+SOURCE_CHECKOUT = Path(__file__).resolve().parents[2]  # the project root when run from a source checkout
 HUB_PREFIX = "hub:"
+
+
+def app_home() -> Path:
+    """The folder holding checkpoints/registry.json and assets/samples.json: IFA_APP_HOME when set, else the
+    working directory when it has checkpoints/registry.json, else the source checkout this package lies in."""
+    value = os.environ.get("IFA_APP_HOME", "").strip()
+    if value:
+        return Path(value).expanduser().resolve()
+    cwd = Path.cwd()
+    return cwd if (cwd / "checkpoints" / "registry.json").is_file() else SOURCE_CHECKOUT
 
 
 class RegistryError(ValueError):
@@ -56,9 +66,9 @@ class ModelSource:
     def describe(self) -> str:
         if self.source == "hub":
             return f"Hub repo '{self.location}'" + (f" @ {self.revision}" if self.revision else " @ main")
-        path = Path(self.location)
-        if path.is_absolute() and path.is_relative_to(PROJECT_ROOT):
-            path = path.relative_to(PROJECT_ROOT)
+        path, home = Path(self.location), app_home()
+        if path.is_absolute() and path.is_relative_to(home):
+            path = path.relative_to(home)
         return f"local folder {path}"
 
     def summary(self) -> dict:
@@ -121,19 +131,20 @@ class LoadedPair:
 
 
 def registry_path() -> Path:
-    """IFA_REGISTRY when set, else checkpoints/registry.json of this project."""
+    """IFA_REGISTRY when set, else checkpoints/registry.json of app_home()."""
     value = os.environ.get("IFA_REGISTRY", "").strip()
-    return Path(value).expanduser() if value else DEFAULT_REGISTRY
+    return Path(value).expanduser() if value else app_home() / "checkpoints" / "registry.json"
 
 
 def _resolve_local(path: str, registry_file: Path) -> str:
     p = Path(path).expanduser()
     if p.is_absolute():
         return str(p)
-    for base in (PROJECT_ROOT, registry_file.parent):
+    home = app_home()
+    for base in (home, registry_file.parent):
         if (base / p).exists():
             return str(base / p)
-    return str(PROJECT_ROOT / p)
+    return str(home / p)
 
 
 def _parse_source(data, where: str, registry_file: Path) -> ModelSource:
@@ -232,8 +243,8 @@ def hub_pair(baseline_repo: str, ifa_repo: str, baseline_revision: str | None = 
     i_rev = (ifa_revision or "").strip() or None
     sources = []
     for repo, rev in ((baseline_repo, b_rev), (ifa_repo, i_rev)):
-        if local_pairs_allowed() and (PROJECT_ROOT / repo).is_dir() and rev is None:
-            sources.append(ModelSource("local", str(PROJECT_ROOT / repo)))  # the operator allows local folders
+        if local_pairs_allowed() and (app_home() / repo).is_dir() and rev is None:
+            sources.append(ModelSource("local", str(app_home() / repo)))  # the operator allows local folders
             continue
         if repo.count("/") != 1 or any(ch.isspace() for ch in repo) or repo.startswith(("/", ".", "~")):
             raise PairError(f"{repo!r} is not a Hub repo id: expected 'org/name'")

@@ -1,6 +1,6 @@
 """Sample images for the app: a manifest shipped in assets/ plus a folder named by IFA_SAMPLES_DIR.
 
-assets/samples.json:
+assets/samples.json of the app's home (or IFA_SAMPLES_MANIFEST):
     {"samples": [{"name": "...", "image": "samples/x.jpg", "label": "samples/x.png", "label_set": "camvid",
                   "dataset": "CamVid", "source": "...", "licence": "..."}]}
 paths relative to the manifest's folder; "label" is optional (a single-channel PNG), "label_set" names its
@@ -26,9 +26,8 @@ from PIL import Image
 
 from ..data.classes import DATASETS
 from ..data.label_sets import LABEL_SETS, label_lut
-from .registry import PROJECT_ROOT
+from .registry import app_home
 
-MANIFEST = PROJECT_ROOT / "assets" / "samples.json"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -69,8 +68,15 @@ class Sample:
         return " · ".join(parts)
 
 
-def manifest_samples(path: Path = MANIFEST) -> list[Sample]:
+def manifest_path() -> Path:
+    """IFA_SAMPLES_MANIFEST when set, else assets/samples.json of the app's home (ifa.app.registry.app_home)."""
+    value = os.environ.get("IFA_SAMPLES_MANIFEST", "").strip()
+    return Path(value).expanduser() if value else app_home() / "assets" / "samples.json"
+
+
+def manifest_samples(path: Path | None = None) -> list[Sample]:
     """Samples listed in the manifest whose image exists (missing files are skipped)."""
+    path = path or manifest_path()
     if not path.is_file():
         return []
     try:

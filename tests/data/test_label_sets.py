@@ -11,8 +11,14 @@ from PIL import Image
 
 from ifa.data.classes import get_dataset_info
 from ifa.data.datasets import DatasetError, build_dataset
-from ifa.data.label_sets import (CITYSCAPES_LABELID_TO_TRAINID, CITYSCAPES_TO_CAMVID, LABEL_SETS, convert_label,
-                                 get_label_set, label_lut)
+from ifa.data.label_sets import (
+    CITYSCAPES_LABELID_TO_TRAINID,
+    CITYSCAPES_TO_CAMVID,
+    LABEL_SETS,
+    convert_label,
+    get_label_set,
+    label_lut,
+)
 
 KITTI = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "samples" / "kitti"
 CAMVID = get_dataset_info("camvid").class_names

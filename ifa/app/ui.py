@@ -1,0 +1,227 @@
+"""The app's UI: `build_demo()` wires Gradio components to AppService's handlers; `main()` serves it.
+
+app.py at the project root (the Space's entry point) and the `ifa-app` console script both call `main`.
+Every handler lives in ifa.app.service (see README.md, "API", for the endpoints); nothing here computes.
+"""
+
+import os
+
+import gradio as gr
+
+from . import service as S
+from .service import AppService
+
+TITLE = "IFA explorer: what Implicit Feature Alignment changes"
+INTRO = (
+    "# IFA explorer\n"
+    "Compare a **Semantic FPN** baseline with **FPN + IFA** (*Learning Implicit Feature Alignment Function for "
+    "Semantic Segmentation*, Hu et al., ECCV 2022) on your image: both predictions side by side, where they "
+    "differ and who is right, scores near object boundaries, and — click a pixel — which feature cells each "
+    "model reads to decide it.")
+CSS = """
+.ifa-legend span { font-size: 0.9em; }
+#run-button { min-height: 44px; }
+"""
+
+
+def _image(label, name, fmt="webp", **kwargs):
+    """An output image; composite images that carry their own titles pass show_label=False."""
+    return gr.Image(label=label, interactive=False, format=fmt, elem_id=name, buttons=["download", "fullscreen"],
+                    **kwargs)
+
+
+def build_demo(service: AppService | None = None) -> gr.Blocks:
+    service = service or AppService()
+    status = service.preload_default()
+    class_names = service.class_names(service.default_pair)
+    c: dict[str, gr.components.Component] = {}
+    with gr.Blocks(title=TITLE, delete_cache=(1800, 3600)) as demo:
+        c["result_state"] = gr.State(None, time_to_live=3 * 3600)
+        gr.Markdown(INTRO)
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=1, min_width=330):
+                c["pair"] = gr.Dropdown(service.pair_choices(), value=service.default_pair, label="Model pair",
+                                        elem_id="pair")
+                c["pair_status"] = gr.Markdown(status, label="Pair status", elem_id="pair-status")
+                with gr.Accordion("Load a pair from the Hugging Face Hub", open=False):
+                    hub_b = gr.Textbox(label="Baseline (Semantic FPN) repo id", placeholder="org/name")
+                    hub_b_rev = gr.Textbox(label="Baseline revision (optional: branch, tag or commit)")
+                    hub_i = gr.Textbox(label="FPN + IFA repo id", placeholder="org/name")
+                    hub_i_rev = gr.Textbox(label="FPN + IFA revision (optional)")
+                    hub_load = gr.Button("Load Hub pair")
+                c["image"] = gr.Image(label="Upload an image (any common format)", type="filepath", image_mode=None,
+                                      sources=["upload", "clipboard"], elem_id="upload", height=220)
+                with gr.Accordion("Ground truth for an upload (optional)", open=False):
+                    c["ground_truth"] = gr.File(label="Label map: a single-channel PNG", file_types=["image"],
+                                                elem_id="ground-truth")
+                    c["label_set"] = gr.Dropdown(S.LABEL_SET_CHOICES, value="", label="Its label format",
+                                                 info="other datasets' labels are scored through a written mapping "
+                                                      "where one exists (Cityscapes → CamVid)", elem_id="label-set")
+                c["sample"] = gr.Dropdown(service.sample_names(), value=None, label="…or pick a sample",
+                                          elem_id="sample")
+                c["gallery"] = gr.Gallery(service.gallery(), label="Samples (click one to run)", columns=4,
+                                          height=230, allow_preview=False, elem_id="gallery")
+                c["sample_info"] = gr.Markdown(label="About the sample", elem_id="sample-info")
+                with gr.Accordion("Options", open=True):
+                    c["scales"] = gr.CheckboxGroup(list(S.SCALE_CHOICES), value=["1.0"], label="Inference scales",
+                                                   elem_id="scales")
+                    c["flip"] = gr.Checkbox(False, label="Also average a left-right flipped copy", elem_id="flip")
+                    c["ifa_resolution"] = gr.Radio(list(S.IFA_RESOLUTIONS), value="stride4",
+                                                   label="IFA output resolution", elem_id="ifa-resolution")
+                    c["opacity"] = gr.Slider(0, 1, S.DEFAULT_OPACITY, step=0.05, label="Overlay opacity",
+                                             elem_id="opacity")
+                    c["classes"] = gr.CheckboxGroup(class_names, value=class_names, label="Classes to show",
+                                                    elem_id="classes")
+                    c["min_area"] = gr.Slider(4, 4000, S.DEFAULT_MIN_AREA, step=1,
+                                              label="Smallest difference region (pixels)", elem_id="min-area")
+                run = gr.Button("Run both models", variant="primary", elem_id="run-button")
+            with gr.Column(scale=3):
+                c["notices"] = gr.Markdown("Pick a sample or upload an image.", label="Notices", elem_id="notices")
+                with gr.Tabs():
+                    with gr.Tab("Side by side", id="side"):
+                        with gr.Row():
+                            c["input_view"] = _image("Input (as the models see it)", "input-view")
+                            c["gt_view"] = _image("Ground truth", "gt-view")
+                        with gr.Row():
+                            with gr.Column():
+                                c["baseline_view"] = _image("Semantic FPN (baseline)", "baseline-view")
+                                c["baseline_time"] = gr.Markdown(label="Semantic FPN timing", elem_id="baseline-time")
+                            with gr.Column():
+                                c["ifa_view"] = _image("FPN + IFA", "ifa-view")
+                                c["ifa_time"] = gr.Markdown(label="FPN + IFA timing", elem_id="ifa-time")
+                        c["legend"] = gr.HTML(label="Legend", elem_id="legend")
+                        c["slider"] = gr.ImageSlider(label="Before (Semantic FPN) / after (FPN + IFA)", format="png",
+                                                     elem_id="slider", interactive=False)
+                        c["downloads"] = gr.File(label="Raw label maps (palette PNG: pixel value = class index)",
+                                                 file_count="multiple", interactive=False, elem_id="downloads")
+                    with gr.Tab("Where they differ", id="differ"):
+                        c["diff_view"] = _image("Disagreement, coloured by who is right; regions boxed in yellow",
+                                                "diff-view", fmt="png", height=520)
+                        c["verdict_legend"] = gr.HTML(label="Verdict legend", elem_id="verdict-legend")
+                        c["regions"] = gr.Dataframe(headers=S.views.REGION_HEADERS, label="Largest regions",
+                                                    interactive=False, elem_id="regions", wrap=True)
+                    with gr.Tab("Scores", id="scores"):
+                        c["scores"] = gr.Dataframe(headers=S.views.SCORE_HEADERS, interactive=False,
+                                                   label="IoU per class on this image (needs ground truth): means "
+                                                         "over the ground truth's classes; other predicted classes "
+                                                         "as false-positive pixels",
+                                                   elem_id="scores")
+                        c["boundary_plot"] = gr.Plot(label="Accuracy vs distance to ground-truth boundaries",
+                                                     elem_id="boundary-plot", format="png", show_label=False)
+                    with gr.Tab("Feature alignment", id="align"):
+                        with gr.Row():
+                            with gr.Column(scale=2):
+                                c["click_view"] = gr.Image(label="Click a pixel to probe it", interactive=False,
+                                                           format="webp", elem_id="click-view")
+                                with gr.Row():
+                                    c["probe_x"] = gr.Number(label="x (column)", precision=0, elem_id="probe-x")
+                                    c["probe_y"] = gr.Number(label="y (row)", precision=0, elem_id="probe-y")
+                                    probe_btn = gr.Button("Probe pixel", elem_id="probe-button")
+                            with gr.Column(scale=3):
+                                c["probe_view"] = _image("What each model reads at this pixel", "probe-view",
+                                                         fmt="png", show_label=False)
+                        with gr.Row():
+                            c["baseline_probs"] = gr.Label(label="Semantic FPN: class probabilities here",
+                                                           num_top_classes=5, elem_id="baseline-probs")
+                            c["ifa_probs"] = gr.Label(label="FPN + IFA: class probabilities here",
+                                                      num_top_classes=5, elem_id="ifa-probs")
+                        c["probe_md"] = gr.Markdown(label="Probe", elem_id="probe-md")
+                        c["probe_table"] = gr.Dataframe(headers=S.views.PROBE_HEADERS, interactive=False,
+                                                        label="Cells read", elem_id="probe-table")
+                        c["features_md"] = gr.Markdown(S.LEVELS_EXPLAINED, label="About the feature views",
+                                                       elem_id="features-md")
+                        with gr.Row():
+                            c["ifa_levels"] = _image("FPN + IFA: level contributions", "ifa-levels", fmt="png",
+                                                     show_label=False)
+                            c["fpn_levels"] = _image("Semantic FPN: level contributions", "fpn-levels", fmt="png",
+                                                     show_label=False)
+                        with gr.Row():
+                            c["ifa_pca"] = _image("FPN + IFA: final features, PCA → RGB", "ifa-pca", fmt="png")
+                            c["fpn_pca"] = _image("Semantic FPN: final features, PCA → RGB", "fpn-pca", fmt="png")
+                with gr.Accordion("All numbers of this run (JSON)", open=False):
+                    c["summary"] = gr.JSON(label="Summary", elem_id="summary")
+
+        def out(names):
+            return [c[n] for n in names]
+
+        seg_in = out(("image", "ground_truth", "sample", "pair", "scales", "flip", "ifa_resolution", "opacity",
+                      "classes", "min_area", "label_set", "result_state"))  # the state: this session's run to replace
+        model = {"concurrency_id": "model"}
+
+        def run_chain(event, public: bool):
+            vis = "public" if public else "private"
+            return (event.then(service.segment, seg_in, out(S.SEGMENT_OUTPUTS), preprocess=False, api_visibility=vis,
+                               api_name="segment" if public else None, **model)
+                    .success(service.analyse, c["result_state"], out(S.ANALYSE_OUTPUTS), api_visibility=vis,
+                             api_name="analyse" if public else None, **model)
+                    .success(service.auto_probe, c["result_state"], out(S.PROBE_OUTPUTS), api_visibility="private",
+                             **model))
+
+        # The Run button: /segment, then /analyse (public endpoints).
+        run_chain(run.click(None, None, None, api_visibility="private", queue=False), public=True)
+        # A new input clears the other input and the label attached to the previous upload.
+        run_chain(c["gallery"].select(service.pick_gallery, c["pair"],
+                                      out(("sample", "image", "ground_truth", "sample_info")),
+                                      api_visibility="private", queue=False), public=False)
+        run_chain(c["sample"].input(lambda name: (None, None, service.sample_info(name)), c["sample"],
+                                    out(("image", "ground_truth", "sample_info")), api_visibility="private",
+                                    queue=False), public=False)
+        run_chain(c["image"].upload(lambda: (None, None, ""), None, out(("sample", "ground_truth", "sample_info")),
+                                    api_visibility="private", queue=False), public=False)
+        # A new page shows a finished comparison (computed once per server, a copy per session); wired after
+        # the public /segment and /analyse so that those keep their names.
+        welcome = demo.load(service.welcome, c["result_state"], out(("sample", "sample_info", *S.SEGMENT_OUTPUTS)),
+                            api_visibility="private", **model)
+        (welcome.success(service.analyse, c["result_state"], out(S.ANALYSE_OUTPUTS), api_visibility="private", **model)
+         .success(service.auto_probe, c["result_state"], out(S.PROBE_OUTPUTS), api_visibility="private", **model))
+        # Attaching or removing a label, or changing its format, re-scores the shown run.
+        label_in = out(("result_state", "ground_truth", "opacity", "classes", "min_area", "label_set"))
+        for label_event in (c["ground_truth"].upload, c["ground_truth"].clear, c["label_set"].input):
+            label_event(service.attach_label, label_in, out(S.RENDER_OUTPUTS), api_visibility="private")
+
+        c["pair"].input(service.load_pair, c["pair"], out(S.PAIR_OUTPUTS), api_name="load_pair", **model)
+        hub_load.click(service.load_hub_pair, [hub_b, hub_b_rev, hub_i, hub_i_rev], out(S.HUB_OUTPUTS),
+                       api_name="load_hub_pair", **model)
+
+        render_in = out(("result_state", "opacity", "classes", "min_area"))
+        # preprocess=False: the raw values, so that classes=None ("all", as documented) reaches the handler
+        raw = {"preprocess": False}
+        c["opacity"].release(service.render, render_in, out(S.RENDER_OUTPUTS), api_name="render", **raw)
+        c["min_area"].release(service.render, render_in, out(S.RENDER_OUTPUTS), api_visibility="private", **raw)
+        c["classes"].input(service.render, render_in, out(S.RENDER_OUTPUTS), api_visibility="private", **raw)
+
+        c["click_view"].select(service.probe_select, c["result_state"], out(S.PROBE_OUTPUTS),
+                               api_visibility="private", **model)
+        probe_btn.click(service.probe, out(("result_state", "probe_x", "probe_y")), out(S.PROBE_OUTPUTS),
+                        api_name="probe", **model)
+        gr.api(service.catalog, api_name="catalog")
+    demo.queue(default_concurrency_limit=1, max_size=int(os.environ.get("IFA_APP_QUEUE", "32")))
+    return demo
+
+
+def launch_kwargs() -> dict:
+    """Keyword arguments of demo.launch (Gradio 6 takes theme / css here)."""
+    return {"theme": gr.themes.Soft(), "css": CSS, "show_error": False}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`ifa-app` / `python app.py`: serve the app (http://127.0.0.1:7860 unless told otherwise)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="ifa-app", description="Serve IFA Explorer (Gradio) on this machine.")
+    p.add_argument("--home", help="folder holding checkpoints/registry.json and assets/samples.json "
+                                  "(default: IFA_APP_HOME, else the working directory, else the source checkout)")
+    p.add_argument("--registry", help="model registry file (default: IFA_REGISTRY, else "
+                                      "HOME/checkpoints/registry.json)")
+    p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1; 0.0.0.0 for a LAN)")
+    p.add_argument("--port", type=int, default=None, help="port (default 7860, or GRADIO_SERVER_PORT)")
+    args = p.parse_args(argv)
+    if args.home:
+        os.environ["IFA_APP_HOME"] = args.home
+    if args.registry:
+        os.environ["IFA_REGISTRY"] = args.registry
+    service = AppService()
+    demo = build_demo(service)
+    service.first_paint()  # the first page's comparison, ready before the first visitor
+    demo.launch(server_name=args.host, server_port=args.port, **launch_kwargs())
+    return 0
