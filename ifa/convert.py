@@ -289,16 +289,15 @@ def convert_state(state: Mapping[str, torch.Tensor], config: dict,
 
 
 # --- writing ------------------------------------------------------------------------------------
-def _card(config: dict, source: Path, sha256: str, dtype: str, dropped: list[str]) -> str:
-    dataset = config.get("dataset") or "unspecified"
+def _card(config: dict, source: Path, sha256: str, dtype: str, dropped: list[str], name: str):
+    from .cards import model_card
+
     lines = [
-        "---", "library_name: pytorch", "tags:", "- semantic-segmentation", "- ifa", "---", "",
-        f"# FPN + IFA, {config['backbone']}, {config['num_classes']} classes (converted)", "",
-        "Converted from a checkpoint of the IFA reference implementation (github.com/hzhupku/IFA) with "
-        "`python -m ifa.convert official`.", "",
+        f"FPN + IFA, {config['backbone']}, {config['num_classes']} classes, converted from a checkpoint of the IFA "
+        "reference implementation (github.com/hzhupku/IFA) with `python -m ifa.convert official`.", "",
         f"- source file: `{source.name}`",
         f"- source sha256: `{sha256}`",
-        f"- dataset: {dataset}",
+        f"- dataset: {config.get('dataset') or 'unspecified'}",
         f"- weights: {dtype}",
         f"- position encoding: {config['pos_encoding']}, width {config['pos_dim']}",
         f"- auxiliary head: {'kept (training only)' if config['aux_channels'] else 'none in the source'}",
@@ -307,8 +306,7 @@ def _card(config: dict, source: Path, sha256: str, dtype: str, dropped: list[str
     ]
     if dropped:
         lines.append(f"- dropped source keys (not part of the segmentation model): {', '.join(dropped)}")
-    lines += ["", "Load with `ifa.load_model(path_or_repo_id)`.", ""]
-    return "\n".join(lines)
+    return model_card(name, "ifa", config.get("dataset") or "", "\n".join(lines))
 
 
 def convert_official(src: str | Path, out_dir: str | Path, backbone: str | None = None,
@@ -329,7 +327,7 @@ def convert_official(src: str | Path, out_dir: str | Path, backbone: str | None 
     model = create_model(config)
     model.load_state_dict(convert_state(state, config, template=model.state_dict()), strict=True)
     dropped = sorted(k for k in state if k.startswith("encoder.fc."))
-    card = _card(config, src, file_sha256(src), "float16" if fp16 else "float32", dropped)
+    card = _card(config, src, file_sha256(src), "float16" if fp16 else "float32", dropped, Path(out_dir).name)
     try:
         return save_pretrained(model.eval(), out_dir, card=card, dtype=torch.float16 if fp16 else None)
     except OSError as err:

@@ -499,29 +499,14 @@ def hardware() -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def model_card(cfg: dict, config: ModelConfig, val: dict, seconds: float, trained_on: str) -> str:
+def model_card(cfg: dict, config: ModelConfig, val: dict, seconds: float, trained_on: str):
+    """The run's card (ifa.cards): architecture, data, hardware, val scores per class, the recipe."""
+    from .cards import model_card as card
+
     name = "FPN + IFA" if config.architecture == "ifa" else "Semantic FPN"
     rows = "\n".join(f"| {k} | {'-' if v is None else f'{v:.2f}'} |" for k, v in val["per_class"].items())
     recipe = yaml.safe_dump({k: cfg[k] for k in ("data", "optim", "schedule", "loss", "train")}, sort_keys=False)
-    return f"""---
-library_name: pytorch
-tags:
-- semantic-segmentation
-- ifa
-datasets:
-- {config.dataset}
-metrics:
-- mean_iou
-model-index:
-- name: {cfg['name']}
-  results:
-  - task: {{type: semantic-segmentation}}
-    dataset: {{name: {config.dataset}, type: {config.dataset}, split: {cfg['data']['val_split']}}}
-    metrics:
-    - {{type: mean_iou, value: {val['mIoU']:.2f}, name: val mIoU (single scale)}}
----
-
-# {cfg['name']}: {name}, {config.backbone}, {config.dataset}
+    body = f"""{name}, backbone {config.backbone}, trained on {config.dataset}.
 
 - Architecture: {name} ({config.architecture}), backbone {config.backbone}, neck {config.neck_channels} channels
 - Data: {config.dataset}, trained on `{cfg['data']['train_split']}`, evaluated on `{cfg['data']['val_split']}`
@@ -534,10 +519,9 @@ model-index:
 
 ## Recipe
 ```yaml
-{recipe}```
-
-Load with `ifa.load_model("path/or/repo")`.
-"""
+{recipe}```"""
+    return card(cfg["name"], config.architecture, config.dataset, body,
+                results={"val mIoU single scale": val["mIoU"]}, split=cfg["data"]["val_split"])
 
 
 def build_parser() -> argparse.ArgumentParser:

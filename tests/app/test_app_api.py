@@ -17,10 +17,10 @@ import pytest
 from conftest import ROOT, SAMPLE, LaunchedApp, app_env, camvid_label, samples_folder
 from PIL import Image
 
+from ifa.cards import offset_ablation
 from ifa.compare import difference_regions
 from ifa.hub import load_model
 from ifa.inference import Predictor
-from ifa.models.checkpoint import offset_ablation
 
 pytestmark = [pytest.mark.slow,  # gradio's own pandas deprecation notices
               pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*")]

@@ -98,6 +98,7 @@ def test_model_card(saved, tmp_path):
     model, folder = saved
     card = (folder / CARD_NAME).read_text()
     assert card.startswith("---\n") and "FPN + IFA" in card and "efficientnet_lite0" in card
+    assert "pipeline_tag: image-segmentation" in card
     custom = save_pretrained(model, tmp_path / "c", card="# my card\n")
     assert (custom / CARD_NAME).read_text() == "# my card\n"
 
@@ -238,20 +239,26 @@ def test_invalid_config_json(folder, text, message):
         load_checkpoint_folder(folder)
 
 
-def test_offset_ablation_is_read_from_the_card_metadata(tmp_path):
-    """The ship tool writes the ablation into the card's model-index; ifa.models.checkpoint reads it back."""
-    from ifa.models.checkpoint import card_metrics, offset_ablation
-    from tools.ship_camvid_pair import ablation_metrics
+def test_cards_carry_hub_metadata_results_and_records(tmp_path):
+    """ifa.cards writes what the Hub reads (ModelCard.load): pipeline tag, library, licence from the data,
+    model-index results for image-segmentation; the check and offset ablation as the card's own records."""
+    from huggingface_hub import ModelCard
 
-    ablation = {"as_trained": {"mIoU": 70.1234}, "offsets_zeroed": {"mIoU": 68.5}, "changed_pixels_percent": 1.25}
-    card = ("---\nmodel-index:\n- name: m\n  results:\n  - task: {type: semantic-segmentation}\n"
-            "    dataset: {name: CamVid, type: camvid}\n    metrics:\n"
-            "    - {type: mean_iou, value: 71.0, name: val mIoU single scale}\n"
-            f"{ablation_metrics(ablation)}---\n\n# m\n")
-    (tmp_path / "README.md").write_text(card)
-    assert card_metrics(tmp_path)["val mIoU single scale"] == 71.0
-    assert offset_ablation(tmp_path) == {"as_trained": 70.123, "offsets_zeroed": 68.5, "changed_percent": 1.25}
-    (tmp_path / "README.md").write_text(card.replace(ablation_metrics(ablation), ""))
+    from ifa.cards import card_metrics, card_records, model_card, offset_ablation, write_card
+
+    ablation = {"as_trained": 70.1234, "offsets_zeroed": 68.5, "changed_percent": 1.25}
+    card = model_card("m", "ifa", "camvid", "Some *body*.", results={"val mIoU single scale": 71.0},
+                      check={"images": 8, "mIoU": 69.166}, offset_ablation=ablation)
+    write_card(card, tmp_path)
+    data = ModelCard.load(tmp_path / "README.md").data
+    assert data.pipeline_tag == "image-segmentation" and data.library_name == "ifa-explorer"
+    assert data.license == "cc-by-nc-4.0" and "pytorch" in data.tags and data.datasets == ["camvid"]
+    assert [r.task_type for r in data.eval_results] == ["image-segmentation"]
+    assert "2206.08655" in (tmp_path / "README.md").read_text() and data.base_model is None
+    assert card_metrics(tmp_path) == {"val mIoU single scale": 71.0}  # the check is not a result
+    assert card_records(tmp_path)["check"] == {"images": 8, "mIoU": 69.166}
+    assert offset_ablation(tmp_path) == ablation
+    write_card(model_card("m", "ifa", "camvid", "body", results={"val mIoU single scale": 71.0}), tmp_path)
     assert offset_ablation(tmp_path) is None
     (tmp_path / "README.md").write_text("no front matter at all\n")
     assert card_metrics(tmp_path) == {} and offset_ablation(tmp_path) is None
