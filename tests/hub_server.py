@@ -1,13 +1,20 @@
 """A loopback stand-in for the Hugging Face Hub HTTP API, so tests download and upload with no network.
 
-`FakeHub` holds model repos in memory (each a set of commits and branches) and serves, on
-127.0.0.1 at a free port, what huggingface_hub 2.x calls:
+`FakeHub` holds model and Space repos in memory (each a set of commits and branches) and serves, on
+127.0.0.1 at a free port, what huggingface_hub 2.x calls (KIND is "models" or "spaces"):
 
-  GET  /api/models/{repo}[/revision/{rev}]        repo info: {"id", "sha", "siblings": [{"rfilename"}]}
-  GET  /api/models/{repo}/tree/{rev}[/{path}]      listing: [{"type": "file", "path", "size", "oid"}]
-  HEAD, GET /{repo}/resolve/{rev}/{file}           content, with X-Repo-Commit, ETag, true Content-Length
-  POST /api/repos/create, /api/validate-yaml, /api/models/{repo}/preupload/{rev},
-       /api/models/{repo}/commit/{rev}, /api/models/{repo}/branch/{branch}     (upload_folder / create_commit)
+  GET  /api/KIND/{repo}[/revision/{rev}]          repo info: {"id", "sha", "siblings": [{"rfilename"}]}
+  GET  /api/KIND/{repo}/tree/{rev}[/{path}]        listing: [{"type": "file", "path", "size", "oid"}]
+  HEAD, GET /[spaces/]{repo}/resolve/{rev}/{file}  content, with X-Repo-Commit, ETag, true Content-Length
+  POST /api/repos/create, /api/validate-yaml, /api/KIND/{repo}/preupload/{rev},
+       /api/KIND/{repo}/commit/{rev}, /api/KIND/{repo}/branch/{branch}     (upload_folder / create_commit)
+  POST /[spaces/]{repo}.git/info/lfs/objects/batch, PUT /lfs-storage/{oid}  (the LFS "basic" transfer)
+
+Uploads follow the Hub's rule: preupload answers "lfs" for binary files (a NUL byte in the sample) and files
+over 10 MB, and a commit that carries such a file inline is rejected (400), so a file can only arrive through
+LFS. The Xet transfer is not served: tests set huggingface_hub.constants.HF_HUB_DISABLE_XET, which makes
+the client use the LFS batch API. Space repos are keyed "spaces/{repo}" in `hub.repos`; `hub.lfs` holds
+the uploaded LFS objects by sha256.
 
 Errors are 404s with the X-Error-Code header the Hub sends (RepoNotFound, RevisionNotFound,
 EntryNotFound), which huggingface_hub maps to RepositoryNotFoundError, RevisionNotFoundError and
@@ -68,11 +75,24 @@ class Repo:
         return self.commits.get(revision) if _COMMIT.fullmatch(revision) else None
 
 
+def point_hf_at(monkeypatch, endpoint: str, cache: Path) -> None:
+    """Point huggingface_hub (its constants, read at import) at `endpoint` with an empty cache `cache`."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)  # no registry fetch, nothing written to HF_HOME
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # uploads through the LFS batch API served here
+
+
 class FakeHub:
     """The Hub API on a loopback port, for repos held in memory."""
 
     def __init__(self) -> None:
         self.repos: dict[str, Repo] = {}
+        self.lfs: dict[str, bytes] = {}
         self.requests: list[tuple[str, str]] = []
         self.fail_status: int | None = None
         self.write_token: str | None = None
@@ -159,11 +179,14 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self._dispatch("POST")
 
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
     # --- plumbing ------------------------------------------------------------------------------
     def _dispatch(self, method: str) -> None:
         url = urlsplit(self.path)
         self.hub.record(method, unquote(url.path))
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) if method == "POST" else b""
+        body = self._body() if method in ("POST", "PUT") else b""
         if self.hub.fail_status is not None:
             return self._json({"error": "the Hub is down"}, status=self.hub.fail_status)
         parts = [unquote(p) for p in url.path.split("/")[1:]]
@@ -172,6 +195,16 @@ class _Handler(BaseHTTPRequestHandler):
             self._route(method, parts, query, body)
         except _HttpError as err:
             self._json({"error": err.message}, status=err.status, headers=err.headers)
+
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while (size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)) > 0:
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            self.rfile.readline()
+            return b"".join(chunks)
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
     def _send(self, status: int, content: bytes, headers: dict[str, str], head: bool = False) -> None:
         self.send_response(status)
@@ -209,8 +242,11 @@ class _Handler(BaseHTTPRequestHandler):
             return self._json({"errors": [], "warnings": []})
         if method == "POST" and parts == ["api", "repos", "create"]:
             return self._create_repo(json.loads(body or b"{}"))
-        if parts[:2] == ["api", "models"] and len(parts) >= 4:
-            repo = self._repo(f"{parts[2]}/{parts[3]}")
+        if method == "PUT" and len(parts) == 2 and parts[0] == "lfs-storage":
+            return self._store_lfs(parts[1], body)
+        if parts[:1] == ["api"] and len(parts) >= 4 and parts[1] in ("models", "spaces"):
+            prefix = "spaces/" if parts[1] == "spaces" else ""
+            repo = self._repo(f"{prefix}{parts[2]}/{parts[3]}")
             action, rest = (parts[4], parts[5:]) if len(parts) > 4 else ("revision", ["main"])
             if method == "GET" and action == "revision" and len(rest) == 1:
                 return self._info(repo, self._commit(repo, rest[0]))
@@ -222,9 +258,14 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._receive_commit(repo, rest[0], body)
             if method == "POST" and action == "branch" and len(rest) == 1:
                 return self._create_branch(repo, rest[0], json.loads(body or b"{}"))
-        if method in ("GET", "HEAD") and len(parts) >= 5 and parts[2] == "resolve":
-            repo = self._repo(f"{parts[0]}/{parts[1]}")
-            return self._resolve(repo, self._commit(repo, parts[3]), "/".join(parts[4:]))
+        kind, names = ("spaces/", parts[1:]) if parts[:1] == ["spaces"] else ("", parts)
+        if method == "POST" and len(names) == 6 and names[1].endswith(".git") and names[2:] == ["info", "lfs",
+                                                                                                   "objects", "batch"]:
+            self._repo(f"{kind}{names[0]}/{names[1][:-4]}")
+            return self._lfs_batch(json.loads(body))
+        if method in ("GET", "HEAD") and len(names) >= 5 and names[2] == "resolve":
+            repo = self._repo(f"{kind}{names[0]}/{names[1]}")
+            return self._resolve(repo, self._commit(repo, names[3]), "/".join(names[4:]))
         raise _HttpError(404, f"no route for {method} /{'/'.join(parts)}")
 
     def _info(self, repo: Repo, commit: Commit) -> None:
@@ -254,10 +295,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _create_repo(self, payload: dict) -> None:
         self._check_write()
         repo_id = "/".join(p for p in (payload.get("organization"), payload["name"]) if p)
-        if repo_id not in self.hub.repos:
-            self.hub.add_files(repo_id, {".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"},
+        key = f"spaces/{repo_id}" if payload.get("type") == "space" else repo_id
+        if key not in self.hub.repos:
+            self.hub.add_files(key, {".gitattributes": b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"},
                                message="initial commit")
-        self._json({"url": f"{self.hub.url}/{repo_id}", "name": repo_id, "id": repo_id})
+        self._json({"url": f"{self.hub.url}/{key}", "name": repo_id, "id": repo_id})
 
     def _create_branch(self, repo: Repo, branch: str, payload: dict) -> None:
         self._check_write()
@@ -268,8 +310,26 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _preupload(self, repo: Repo, revision: str, payload: dict) -> None:
         self._check_write()
-        files = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in payload["files"]]
+        files = [{"path": f["path"], "shouldIgnore": False,
+                  "uploadMode": "lfs" if _needs_lfs(base64.b64decode(f.get("sample", "")), f.get("size", 0))
+                  else "regular"} for f in payload["files"]]
         self._json({"files": files, "commitOid": repo.branches.get(revision)})
+
+    def _lfs_batch(self, payload: dict) -> None:
+        self._check_write()
+        if payload.get("operation") != "upload" or "basic" not in payload.get("transfers", ["basic"]):
+            raise _HttpError(400, "this test server takes LFS uploads through the basic transfer only")
+        objects = [{"oid": o["oid"], "size": o["size"], "authenticated": True,
+                    **({} if o["oid"] in self.hub.lfs else
+                       {"actions": {"upload": {"href": f"{self.hub.url}/lfs-storage/{o['oid']}"}}})}
+                   for o in payload["objects"]]
+        self._json({"transfer": "basic", "objects": objects, "hash_algo": "sha256"})
+
+    def _store_lfs(self, oid: str, body: bytes) -> None:
+        if hashlib.sha256(body).hexdigest() != oid:
+            raise _HttpError(400, f"LFS object {oid}: the content's sha256 differs")
+        self.hub.lfs[oid] = body
+        self._send(200, b"", {})
 
     def _receive_commit(self, repo: Repo, branch: str, body: bytes) -> None:
         self._check_write()
@@ -283,13 +343,26 @@ class _Handler(BaseHTTPRequestHandler):
             if key == "header":
                 message = value.get("summary", "")
             elif key == "file":
-                files[value["path"]] = base64.b64decode(value["content"])
+                content = base64.b64decode(value["content"])
+                if _needs_lfs(content[:512], len(content)):
+                    raise _HttpError(400, f"Your push was rejected: {value['path']} is binary or larger than 10 MB; "
+                                          f"store it with Git LFS (or Xet)")
+                files[value["path"]] = content
+            elif key == "lfsFile":
+                if value["oid"] not in self.hub.lfs:
+                    raise _HttpError(400, f"LFS object {value['oid']} of {value['path']} was never uploaded")
+                files[value["path"]] = self.hub.lfs[value["oid"]]
             elif key == "deletedFile":
                 files.pop(value["path"], None)
             else:
                 raise _HttpError(400, f"this test server does not take {key!r} commit entries")
         sha = repo.commit(files, message=message, branch=branch)
         self._json({"commitOid": sha, "commitUrl": f"{self.hub.url}/{repo.repo_id}/commit/{sha}", "success": True})
+
+
+def _needs_lfs(sample: bytes, size: int) -> bool:
+    """The Hub's rule for the upload API: binary content or more than 10 MB goes through LFS."""
+    return b"\0" in sample or size > 10 * 1024 * 1024
 
 
 class _HttpError(Exception):

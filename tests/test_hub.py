@@ -7,6 +7,7 @@ import; ifa.hub reads those constants when called, so patching them (monkeypatch
 from __future__ import annotations
 
 import json
+import hashlib
 import os
 import shutil
 import socket
@@ -26,7 +27,7 @@ from ifa.hub import resolve_checkpoint
 from ifa.models.checkpoint import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
 
 sys.path.insert(0, str(Path(__file__).parent))
-from hub_server import FakeHub  # noqa: E402
+from hub_server import FakeHub, point_hf_at  # noqa: E402
 
 REPO = "org/tiny"
 TINY = dict(architecture="ifa", backbone="efficientnet_lite0", num_classes=3, neck_channels=8, mlp_channels=[16, 8])
@@ -50,14 +51,6 @@ def sources(tmp_path_factory):
         with torch.no_grad():
             out[name] = {"folder": folder, "state": model.state_dict(), "logits": model(image)}
     return out
-
-
-def point_hf_at(monkeypatch, endpoint: str, cache: Path) -> None:
-    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
-    monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)  # no registry fetch, nothing written to HF_HOME
 
 
 @pytest.fixture
@@ -338,6 +331,9 @@ def test_push_then_load(hub, sources, tmp_path):
     assert repo.branches["main"] == sha and repo.commits[sha].message == "first upload"
     assert {CONFIG_NAME, WEIGHTS_NAME, CARD_NAME} <= set(repo.commits[sha].files) and "train.log" not in \
         repo.commits[sha].files
+    # the weights (binary) went through LFS, as the Hub requires; the JSON config inline
+    weights = repo.commits[sha].files[WEIGHTS_NAME]
+    assert hashlib.sha256(weights).hexdigest() in hub.lfs and len(hub.lfs) == 1
     assert_same_outputs(load_model("me/pushed", revision=sha), sources["v1"], sources["image"])
 
     dev = push_to_hub(sources["v2"]["folder"], "me/pushed", revision="dev")

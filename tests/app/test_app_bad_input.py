@@ -244,8 +244,7 @@ def test_hub_pair_loads_from_a_hub_and_class_mismatch_is_reported(app, small_ima
     a pair whose models disagree on classes is refused with a clear message."""
     import torch
     from gradio_client.exceptions import AppError
-    from hub_server import FakeHub
-    from huggingface_hub import constants
+    from hub_server import FakeHub, point_hf_at
 
     import ifa
 
@@ -259,12 +258,7 @@ def test_hub_pair_loads_from_a_hub_and_class_mismatch_is_reported(app, small_ima
         folders[name] = ifa.save_pretrained(model, tmp_path / name)
     with FakeHub() as hub:
         shas = {name: hub.add_folder(f"org/{name}", folder) for name, folder in folders.items()}
-        monkeypatch.setattr(constants, "ENDPOINT", hub.url)
-        template = hub.url + "/{repo_id}/resolve/{revision}/{filename}"
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
-        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(constants, "HF_HUB_DISABLE_TELEMETRY", True)
+        point_hf_at(monkeypatch, hub.url, tmp_path / "hf-cache")
         pair_update, status, classes, gallery = app.client.predict("org/fpn", shas["fpn"], "org/ifa", "main",
                                                                    api_name="/load_hub_pair")
         assert len(gallery) >= 13  # the gallery, ordered for the new pair
