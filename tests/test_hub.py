@@ -6,8 +6,8 @@ import; ifa.hub reads those constants when called, so patching them (monkeypatch
 
 from __future__ import annotations
 
-import json
 import hashlib
+import json
 import os
 import shutil
 import socket
