@@ -1,9 +1,14 @@
 """Everything the app runs on a model: predictions of both models, the feature analysis, point queries.
 
-The functions that touch a model are module-level and take a pair id (not a model), so that they can
-be wrapped with `spaces.GPU` on a ZeroGPU Space (arguments and results cross a process boundary
-there: they are ids, numpy arrays and plain numbers, always on the CPU). Without the `spaces`
-package the wrapper is the identity. The device is CUDA (fp16 autocast) when present, else the CPU.
+The functions that use the GPU are module-level and take a pair spec (not a model), so that they can be
+wrapped with `spaces.GPU` on a ZeroGPU Space (arguments and results cross a process boundary there: specs,
+numpy arrays and plain numbers, always on the CPU). Without the `spaces` package the wrapper is the
+identity. The device is CUDA (fp16 autocast) when present, else the CPU.
+
+ZeroGPU fit: one comparison is one GPU call, `compare` (both predictions and, on a GPU, the feature
+analysis), holding the slot for `gpu_seconds(...)`, a duration derived from the image size and options; the
+probe runs on the CPU from the levels the analysis stored (`query_point`); importing this module allocates
+nothing on the GPU (models are loaded when the app is built, by `load_pair`).
 """
 
 from __future__ import annotations
@@ -27,18 +32,22 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 PAIRS = PairCache(DEVICE, capacity=int(os.environ.get("IFA_APP_MAX_PAIRS", "2") or 2))
-GPU_DURATION = 60  # seconds a ZeroGPU slot is held per call
+# A ZeroGPU slot is held for GPU_BASE_SECONDS + GPU_SECONDS_PER_MPX x the model input of the call (Options.work_mpx),
+# at most GPU_MAX_SECONDS. Estimates, not measured on ZeroGPU: the base covers a cold CUDA context and the copy
+# of both models; a GPU runs the shipped pair at far more than 1 Mpx per second.
+GPU_BASE_SECONDS, GPU_SECONDS_PER_MPX, GPU_MAX_SECONDS = 10, 4, 120
 # Model input one request may take (Options.work_mpx), so that one user cannot hold the queue: single-threaded
 # the shipped pair takes 0.51 s for a 480x360 image (0.17 Mpx, BENCHMARKS.md), about 0.34 Mpx/s, so 2 Mpx is
 # at most about 6 s of CPU; a GPU takes far more.
 WORK_BUDGET_MPX = float(os.environ.get("IFA_APP_MAX_WORK_MPX", "0") or 0) or (64.0 if DEVICE.type == "cuda" else 2.0)
 
 
-def gpu(fn):
-    """`spaces.GPU(duration=GPU_DURATION)` when the spaces package is importable, else `fn` unchanged."""
-    if spaces is None:
-        return fn
-    return spaces.GPU(duration=GPU_DURATION)(fn)
+def gpu(duration):
+    """`spaces.GPU(duration=duration)` (seconds, or a callable of the call's arguments) when the spaces package is
+    importable, else the function unchanged."""
+    def wrap(fn):
+        return fn if spaces is None else spaces.GPU(duration=duration)(fn)
+    return wrap
 
 
 # IFA_APP_PRECISION: "auto" (fp16 autocast on CUDA, fp32 on the CPU), "fp32", or "bf16" (on CUDA, or on CPUs with
@@ -177,9 +186,28 @@ def _model_input(predictor: Predictor, image: np.ndarray, model) -> torch.Tensor
     return _pad(predictor.preprocess(image), model.size_divisor).contiguous(memory_format=layout)
 
 
-@gpu
-def predict_pair(spec: PairSpec, image: np.ndarray, options: Options) -> tuple[ModelOutput, ModelOutput]:
-    """(baseline output, IFA output) for a uint8 RGB image."""
+def gpu_seconds(spec: PairSpec, image: np.ndarray, options: Options, analyse: bool | None = None) -> int:
+    """Seconds of GPU one `compare` call may hold: a base plus a rate times its model input (analysis: +50%)."""
+    mpx = options.work_mpx(*image.shape[:2]) * (1.5 if (ANALYSE_IN_COMPARE if analyse is None else analyse) else 1)
+    return int(min(GPU_MAX_SECONDS, math.ceil(GPU_BASE_SECONDS + GPU_SECONDS_PER_MPX * mpx)))
+
+
+# On a GPU the analysis joins the prediction's call (one slot per comparison); on the CPU it waits until the
+# Feature alignment tab asks, so that the side-by-side view comes first.
+ANALYSE_IN_COMPARE = DEVICE.type == "cuda"
+
+
+@gpu(gpu_seconds)
+def compare(spec: PairSpec, image: np.ndarray, options: Options, analyse: bool | None = None
+            ) -> tuple[ModelOutput, ModelOutput, FeatureAnalysis | None]:
+    """(baseline output, IFA output, feature analysis or None) for a uint8 RGB image, in one GPU call; the
+    analysis is computed when `analyse` (default: ANALYSE_IN_COMPARE)."""
+    baseline, ifa = _predict_pair(spec, image, options)
+    wanted = ANALYSE_IN_COMPARE if analyse is None else analyse
+    return baseline, ifa, (_analyse(spec, image, options.ifa_resolution, baseline, ifa) if wanted else None)
+
+
+def _predict_pair(spec: PairSpec, image: np.ndarray, options: Options) -> tuple[ModelOutput, ModelOutput]:
     pair = PAIRS.get(spec)
     baseline = _predict(pair.baseline, image, options, "stride4")
     ifa_res = options.ifa_resolution if pair.ifa.is_ifa else "stride4"
@@ -206,9 +234,15 @@ def _analyse_model(model, levels: list[torch.Tensor], ifa_size: tuple[int, int] 
             inside.logits[0].float().cpu().numpy(), size)
 
 
-@gpu
+@gpu(GPU_MAX_SECONDS // 2)
 def analyse(spec: PairSpec, image: np.ndarray, ifa_resolution: str, baseline: ModelOutput | None = None,
-            ifa: ModelOutput | None = None, max_full_queries: int = 1_100_000) -> FeatureAnalysis:
+            ifa: ModelOutput | None = None) -> FeatureAnalysis:
+    """The feature analysis of a run whose `compare` call did not include it (its own GPU call)."""
+    return _analyse(spec, image, ifa_resolution, baseline, ifa)
+
+
+def _analyse(spec: PairSpec, image: np.ndarray, ifa_resolution: str, baseline: ModelOutput | None = None,
+             ifa: ModelOutput | None = None, max_full_queries: int = 1_100_000) -> FeatureAnalysis:
     """Level contributions, final features and the baseline's stride-4 logits at scale 1, unflipped; from the
     head inputs the run kept (`baseline`, `ifa` outputs of a default run), else from a scale-1 pass.
 
@@ -252,12 +286,12 @@ def _offsets_zeroed_changed(model, levels: list[torch.Tensor], size: tuple[int, 
     return int((trained != zeroed).sum())
 
 
-@gpu
 def query_point(spec: PairSpec, levels: list[np.ndarray], coords: np.ndarray) -> np.ndarray:
-    """IFA class probabilities (N, K) at normalised (y, x) points coords (N, 2), from stored head inputs."""
-    pair = PAIRS.get(spec)
-    with torch.inference_mode(), _autocast():
-        feats = [torch.from_numpy(lv)[None].to(DEVICE) for lv in levels]
-        q = torch.from_numpy(np.asarray(coords, dtype=np.float32))[None].to(DEVICE)
-        logits = pair.ifa.query_levels(feats, q)[0].float()  # (K, N)
-    return logits.softmax(0).T.cpu().numpy()
+    """IFA class probabilities (N, K) at normalised (y, x) points coords (N, 2), from stored head inputs; on the
+    CPU (the pair's fp32 CPU copy of the IFA head), so a probe never waits for a GPU slot."""
+    head = PAIRS.get(spec).cpu_ifa_head
+    with torch.inference_mode():
+        feats = [torch.from_numpy(lv)[None] for lv in levels]
+        q = torch.from_numpy(np.asarray(coords, dtype=np.float32))[None]
+        logits = head.query_points(feats, q)[0].float()  # (K, N)
+    return logits.softmax(0).T.numpy()

@@ -23,6 +23,8 @@ import os
 import threading
 import time
 from collections import OrderedDict
+import copy
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,6 +131,13 @@ class LoadedPair:
     @property
     def dataset(self) -> str:
         return self.spec.dataset or self.ifa.config.dataset
+
+    @functools.cached_property
+    def cpu_ifa_head(self) -> torch.nn.Module:
+        """The IFA head on the CPU in fp32 (the model's own when it runs there): point queries from stored levels
+        answer on the CPU, outside any GPU slot."""
+        head = self.ifa.decoder.head
+        return head if self.device.type == "cpu" else copy.deepcopy(head).float().cpu().eval()
 
 
 def registry_path() -> Path:

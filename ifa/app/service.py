@@ -351,11 +351,11 @@ class AppService:
     def _compare(self, spec: PairSpec, name: str, array: np.ndarray, gt, options: Options, notices) -> Result:
         """Both models on one image -> a Result (not yet stored)."""
         pair = engine.load_pair(spec)
-        baseline, ifa = engine.predict_pair(spec, array, options)
+        baseline, ifa, analysis = engine.compare(spec, array, options)
         return Result(name=name, image=array, gt=gt, spec=spec, class_names=pair.class_names, palette=pair.palette,
                       baseline_align_corners=bool(pair.baseline.config.align_corners), options=options,
                       baseline=baseline, ifa=ifa, notices=notices, device=engine.device_description(),
-                      dataset=pair.dataset)
+                      dataset=pair.dataset, analysis=analysis)
 
     def _show(self, result: Result, previous_result_id, opacity, classes, min_area) -> tuple:
         """Store a session's new run (replacing its previous one), write its files -> SEGMENT_OUTPUTS."""

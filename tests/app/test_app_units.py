@@ -164,8 +164,9 @@ def test_pca_rgb_separates_two_feature_clusters():
     assert abs(int(rgb[:, :10, 0].mean()) - int(rgb[:, 14:, 0].mean())) > 150
 
 
-def test_zero_gpu_decorator_wraps_exactly_the_model_functions():
-    """With a `spaces` package present, spaces.GPU wraps the three functions that run models (a subprocess,
+def test_zero_gpu_one_call_per_comparison_with_a_duration_from_the_request():
+    """With a `spaces` package present, spaces.GPU wraps `compare` (one call per comparison; its duration a
+    function of the image size and options) and the lazy `analyse`; the probe is not a GPU call (a subprocess,
     so that this process keeps its own engine)."""
     import subprocess
     import sys
@@ -175,10 +176,18 @@ def test_zero_gpu_decorator_wraps_exactly_the_model_functions():
             "fake = types.ModuleType('spaces')\n"
             "fake.GPU = lambda duration=None: (lambda fn: calls.append((fn.__name__, duration)) or fn)\n"
             "sys.modules['spaces'] = fake\n"
-            "import ifa.app.engine\n"
-            "print(sorted(calls))\n")
+            "import ifa.app.engine as e\n"
+            "print(sorted((name, d if isinstance(d, int) else d.__name__) for name, d in calls))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True)
-    assert out.stdout.strip() == "[('analyse', 60), ('predict_pair', 60), ('query_point', 60)]"
+    assert out.stdout.strip() == "[('analyse', 60), ('compare', 'gpu_seconds')]"
+
+    from ifa.app.engine import GPU_BASE_SECONDS, GPU_MAX_SECONDS, Options, gpu_seconds
+
+    small, large = np.zeros((360, 480, 3), np.uint8), np.zeros((1024, 2048, 3), np.uint8)
+    one = gpu_seconds(None, small, Options(), analyse=False)
+    assert GPU_BASE_SECONDS < one < gpu_seconds(None, small, Options(), analyse=True)
+    assert one < gpu_seconds(None, large, Options()) < gpu_seconds(None, large, Options((0.5, 1.0, 1.5), True))
+    assert gpu_seconds(None, large, Options((1.0, 1.5, 2.0), True, "full")) == GPU_MAX_SECONDS
 
 
 def test_missing_default_pair_is_reported_not_raised(tmp_path):
