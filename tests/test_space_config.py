@@ -18,7 +18,7 @@ ZEROGPU_PYTHONS = {"3.10", "3.12"}  # the versions ZeroGPU's documentation lists
 def test_front_matter_is_a_valid_space_config():
     data = SpaceCard.load(ROOT / "README.md").data.to_dict()
     assert data["sdk"] == "gradio" and (ROOT / data["app_file"]).is_file()
-    pinned = re.search(r"^gradio==(\S+)$", (ROOT / "requirements.txt").read_text(), re.M).group(1)
+    pinned = re.search(r"^gradio(?:\[mcp\])?==(\S+)$", (ROOT / "requirements.txt").read_text(), re.M).group(1)
     assert data["sdk_version"] == pinned
     assert str(data["python_version"]) in ZEROGPU_PYTHONS
     assert 0 < len(data["short_description"]) <= 60

@@ -18,13 +18,13 @@ one-line message naming the side (baseline / IFA) and the source.
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import os
 import threading
 import time
 from collections import OrderedDict
-import copy
-import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -9,8 +9,10 @@ Nothing here builds UI; app.py holds no logic.
 from __future__ import annotations
 
 import atexit
+import base64
 import dataclasses
 import functools
+import json
 import logging
 import math
 import os
@@ -348,10 +350,11 @@ class AppService:
         progress(0.9, desc="comparing the predictions")
         return self._show(result, previous_result_id, opacity, classes, min_area)
 
-    def _compare(self, spec: PairSpec, name: str, array: np.ndarray, gt, options: Options, notices) -> Result:
-        """Both models on one image -> a Result (not yet stored)."""
+    def _compare(self, spec: PairSpec, name: str, array: np.ndarray, gt, options: Options, notices,
+                 analyse: bool | None = None) -> Result:
+        """Both models on one image -> a Result (not yet stored); `analyse` as engine.compare's."""
         pair = engine.load_pair(spec)
-        baseline, ifa, analysis = engine.compare(spec, array, options)
+        baseline, ifa, analysis = engine.compare(spec, array, options, analyse)
         return Result(name=name, image=array, gt=gt, spec=spec, class_names=pair.class_names, palette=pair.palette,
                       baseline_align_corners=bool(pair.baseline.config.align_corners), options=options,
                       baseline=baseline, ifa=ifa, notices=notices, device=engine.device_description(),
@@ -452,31 +455,14 @@ class AppService:
         ifa_time = f"**FPN + IFA: {i_ms:.0f} ms** wall time {run_on}"
         legend = legend_html(result.class_names, result.palette, views.present_classes(result), visible)
         slider_images = views.overlays(result, opacity, visible, None)[1:]
-        differing = 100 * comparison.differing / max(comparison.total, 1)
-        summary_scores = views.scores(result)
-        curves = views.boundary_curves(result)
+        summary = self._summary(result, comparison, min_area)
+        summary_scores, curves = summary["scores"], summary["boundary_accuracy"]
         region_rows = views.region_rows(result, top)
-        counts = {VERDICTS[v]: int((comparison.verdicts == v).sum()) for v in VERDICTS}
         notices = [f"**{result.name}** · {w} × {h} px · pair {result.spec.title} · the models disagree on "
-                   f"{differing:.2f}% of the pixels ({len(comparison.regions)} regions of ≥ {min_area} px)"
+                   f"{summary['differing_percent']:.2f}% of the pixels ({len(comparison.regions)} regions of "
+                   f"≥ {min_area} px)"
                    + ("" if result.gt is not None else " · no ground truth: scores and verdicts need a label map")]
         notices += [f"- {n}" for n in result.notices]
-        summary = {
-            "result_id": result.id, "image": result.name, "size": {"height": h, "width": w},
-            "pair": result.spec.summary(), "device": result.device,
-            "options": {"scales": list(result.options.scales), "flip": result.options.flip,
-                        "ifa_resolution": result.options.ifa_resolution},
-            "timings_ms": {"baseline": round(b_ms, 1), "ifa": round(i_ms, 1)},
-            "notices": result.notices, "has_ground_truth": result.gt is not None,
-            "differing_pixels": comparison.differing, "differing_percent": round(differing, 3),
-            "verdict_pixels": counts, "min_area": min_area,
-            "regions": [dict(r.to_dict(), rank=k + 1, baseline_class_name=result.class_names[r.baseline_class],
-                             ifa_class_name=result.class_names[r.ifa_class])
-                        for k, r in enumerate(comparison.regions[:50])],
-            "region_count": len(comparison.regions),
-            "scores": summary_scores, "boundary_accuracy": curves,
-            "class_names": result.class_names, "palette": result.palette,
-        }
         return (
             "\n".join(notices),
             result.image,
@@ -495,6 +481,67 @@ class AppService:
             views.boundary_figure(curves) if curves else None,
             _jsonable(summary),
         )
+
+    @staticmethod
+    def _summary(result: Result, comparison, min_area: int) -> dict:
+        """Every number of a run as plain data (the summary JSON of /segment and of the stateless tool)."""
+        h, w = result.size
+        b_ms, i_ms = 1000 * result.baseline.seconds, 1000 * result.ifa.seconds
+        differing = 100 * comparison.differing / max(comparison.total, 1)
+        return {
+            "result_id": result.id, "image": result.name, "size": {"height": h, "width": w},
+            "pair": result.spec.summary(), "device": result.device,
+            "options": {"scales": list(result.options.scales), "flip": result.options.flip,
+                        "ifa_resolution": result.options.ifa_resolution},
+            "timings_ms": {"baseline": round(b_ms, 1), "ifa": round(i_ms, 1)},
+            "notices": result.notices, "has_ground_truth": result.gt is not None,
+            "differing_pixels": comparison.differing, "differing_percent": round(differing, 3),
+            "verdict_pixels": {VERDICTS[v]: int((comparison.verdicts == v).sum()) for v in VERDICTS},
+            "min_area": min_area,
+            "regions": [dict(r.to_dict(), rank=k + 1, baseline_class_name=result.class_names[r.baseline_class],
+                             ifa_class_name=result.class_names[r.ifa_class])
+                        for k, r in enumerate(comparison.regions[:50])],
+            "region_count": len(comparison.regions),
+            "scores": views.scores(result), "boundary_accuracy": views.boundary_curves(result),
+            "class_names": result.class_names, "palette": result.palette,
+        }
+
+    # --- the stateless tool (API /compare_models and the MCP server) ---------------------------------
+    @guarded("comparing the models")
+    def compare_models(self, image, label=None, pair_id=None, scales=None, flip=False, ifa_resolution="stride4",
+                       label_set=""):
+        """Compare a Semantic FPN baseline with FPN + IFA (implicit feature alignment, ECCV 2022) on one image.
+
+        Stateless: everything comes back in one answer, nothing is kept for a later call.
+
+        Args:
+            image: the image to segment (a file; over MCP an http(s) URL or a data: URL).
+            label: optional ground-truth label map, a single-channel PNG whose format `label_set` names.
+            pair_id: a model pair id (see the catalog); empty for the default pair.
+            scales: inference scales between 0.25 and 2.0, e.g. ["1.0"] (default) or ["0.75", "1.0", "1.25"].
+            flip: also average a left-right flipped copy.
+            ifa_resolution: "stride4" (the IFA head on the stride-4 grid + bilinear upsampling, as trained) or "full"
+                (IFA queried at every pixel).
+            label_set: the label's format: "" (the pair's class indices), "camvid", "cityscapes_labelids",
+                "cityscapes_trainids", "ade20k", "pascal_context" or "pascal_context_60".
+
+        Returns:
+            A JSON document: "summary" (every number: per-class IoU and mIoU of both models when a label is given,
+            pixels where they disagree and who is right there, the largest disagreement regions, boundary-band
+            accuracy, timings, notices) and "label_maps" ({"semantic-fpn", "fpn-ifa"}: base64 palette PNGs, pixel
+            value = class index, colours = the summary's palette).
+        """
+        spec = self._spec(pair_id or self.default_pair)
+        options, notices = self._options(scales or ["1.0"], flip, ifa_resolution)
+        pair = engine.load_pair(spec)
+        name, array, gt, image_notices = self._image(image, None, label, label_set, pair.num_classes, pair.dataset)
+        options, budget_notices = options.within(*array.shape[:2], engine.WORK_BUDGET_MPX)
+        result = self._compare(spec, name, array, gt, options, image_notices + notices + budget_notices,
+                               analyse=False)
+        summary = self._summary(result, views.compare(result, DEFAULT_MIN_AREA), DEFAULT_MIN_AREA)
+        summary.pop("result_id")  # nothing is kept: there is no run to refer to later
+        maps = {tag: base64.b64encode(data).decode("ascii") for tag, data in views.label_map_pngs(result).items()}
+        return json.dumps({"summary": _jsonable(summary), "label_maps": maps})
 
     # --- feature alignment ----------------------------------------------------------------------
     def _analysed(self, result: Result) -> Result:

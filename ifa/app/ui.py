@@ -30,6 +30,14 @@ def _image(label, name, fmt="webp", **kwargs):
                     **kwargs)
 
 
+# Session endpoints (they need a run of the same client session) stay public API endpoints but are not offered
+# as MCP tools: Gradio's MCP server skips a function whose `_mcp_type` is not "tool" (gradio.mcp, list_tools);
+# tests/app/test_app_mcp.py checks the tool list.
+for _handler in (AppService.segment, AppService.analyse, AppService.render, AppService.probe, AppService.load_pair,
+                 AppService.load_hub_pair):
+    _handler._mcp_type = "session"
+
+
 def build_demo(service: AppService | None = None) -> gr.Blocks:
     service = service or AppService()
     status = service.preload_default()
@@ -195,13 +203,23 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
         probe_btn.click(service.probe, out(("result_state", "probe_x", "probe_y")), out(S.PROBE_OUTPUTS),
                         api_name="probe", **model)
         gr.api(service.catalog, api_name="catalog")
+        # The stateless tool: public API and MCP tool (its components are not part of the page).
+        with gr.Group(visible=False):
+            tool_in = [gr.Image(type="filepath", label="image"), gr.File(label="label"), gr.Textbox(label="pair_id"),
+                       gr.CheckboxGroup(list(S.SCALE_CHOICES), label="scales"), gr.Checkbox(label="flip"),
+                       gr.Radio(["stride4", "full"], value="stride4", label="ifa_resolution"),
+                       gr.Textbox(label="label_set")]
+            tool_out = gr.Textbox(label="result")  # one JSON document: MCP answers it as text
+            tool_run = gr.Button("compare", visible=False)
+        tool_run.click(service.compare_models, tool_in, tool_out, api_name="compare_models", **model)
     demo.queue(default_concurrency_limit=1, max_size=int(os.environ.get("IFA_APP_QUEUE", "32")))
     return demo
 
 
 def launch_kwargs() -> dict:
-    """Keyword arguments of demo.launch (Gradio 6 takes theme / css here)."""
-    return {"theme": gr.themes.Soft(), "css": CSS, "show_error": False}
+    """Keyword arguments of demo.launch (Gradio 6 takes theme / css here); the MCP server serves the stateless
+    tool (compare_models) and the catalog at /gradio_api/mcp/."""
+    return {"theme": gr.themes.Soft(), "css": CSS, "show_error": False, "mcp_server": True}
 
 
 def main(argv: list[str] | None = None) -> int:

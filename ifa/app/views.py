@@ -5,6 +5,7 @@ Pure functions of numpy arrays (no model, no Gradio), so scripts and tests can c
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,18 +63,28 @@ def present_classes(result: Result) -> set[int]:
     return present
 
 
-def write_label_maps(result: Result, folder: Path) -> list[str]:
-    """Both label maps as palette PNGs (pixel value = class index, 255 = none) in `folder`."""
-    stem = Path(result.name).stem or "image"
-    stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in stem)[:60]
+def label_map_pngs(result: Result) -> dict[str, bytes]:
+    """Both label maps as palette PNG bytes (pixel value = class index, colours = the pair's palette), by tag."""
     flat = [c for color in result.palette for c in color]
     flat += [0] * (768 - len(flat))
-    paths = []
+    out = {}
     for tag, output in (("semantic-fpn", result.baseline), ("fpn-ifa", result.ifa)):
         img = Image.fromarray(output.labels.astype(np.uint8), mode="P")
         img.putpalette(flat)
+        buffer = io.BytesIO()
+        img.save(buffer, format="PNG", optimize=False)
+        out[tag] = buffer.getvalue()
+    return out
+
+
+def write_label_maps(result: Result, folder: Path) -> list[str]:
+    """Both label maps as palette PNGs (label_map_pngs) in `folder`: [Semantic FPN's, FPN + IFA's] paths."""
+    stem = Path(result.name).stem or "image"
+    stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in stem)[:60]
+    paths = []
+    for tag, data in label_map_pngs(result).items():
         path = folder / f"{stem}_{tag}_labels.png"
-        img.save(path, optimize=False)
+        path.write_bytes(data)
         paths.append(str(path))
     return paths
 
