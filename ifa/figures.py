@@ -9,7 +9,8 @@ Both models run on every candidate image (any device, batched, progress bar); pr
 resumable cache (ifa.prediction_cache), so a second run recomputes nothing. `--shard i/n` (or the
 ranks of `torchrun`) predicts one slice of the images and stops; a run without --shard is the merge
 step that scores, selects and draws. Rows are by default the images where IFA gains most over the
-baseline in per-image mIoU (largest disagreement when there is no ground truth). Each row gets
+baseline in per-image mIoU (largest disagreement when there is no ground truth), skipping images that
+look like an already chosen row (`--max-similarity`, default 0.9: neighbouring video frames; 1 = off). Each row gets
 yellow squares around its K largest difference regions (ifa.compare.difference_regions, the
 same logic as the app).
 
@@ -23,6 +24,7 @@ Function API: make_row, build_figure, render_to_file, image_scores, boundary_ana
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import shlex
@@ -61,7 +63,11 @@ ROLES = {"baseline": "FPN (baseline)", "ifa": "FPN + IFA"}
 OPTIONS = ("images", "labels", "dataset", "root", "split", "limit", "max_side", "rows", "select", "seed", "boxes",
            "min_area", "fixed_only", "max_box", "box_pad", "insets", "no_titles", "no_legend", "no_row_labels",
            "panel_width", "dpi", "boundary", "boundary_widths", "boundary_images", "precision", "mode", "window",
-           "scales", "flip", "ifa_resolution", "batch_size")
+           "scales", "flip", "ifa_resolution", "batch_size", "max_similarity")
+# Row diversity: a candidate row is skipped when its image looks like an already chosen one (cosine similarity of
+# mean-removed 32x24 grayscale thumbnails above this). On CamVid val, frames 2 apart score 0.99 on average, 20
+# apart 0.90, 100 apart 0.63: 0.9 keeps a drive's rows roughly 20 frames or more apart.
+DEFAULT_MAX_SIMILARITY = 0.9
 
 
 # --- rows, figures, scores: the function API ---------------------------------------------------------
@@ -148,22 +154,47 @@ def score_label(scores: dict) -> str:
     return f"differ {scores['disagreement']:.1f}%"
 
 
-def select_images(names: Sequence[str], scores: dict[str, dict], mode: str, rows: int, seed: int = 0) -> list[str]:
+def image_descriptor(image: np.ndarray) -> np.ndarray:
+    """A uint8 (H, W, 3) image as a unit vector (768,): its 32x24 grayscale thumbnail, mean removed."""
+    small = Image.fromarray(image).convert("L").resize((32, 24), Image.Resampling.BILINEAR)
+    v = np.asarray(small, dtype=np.float64).ravel()
+    v -= v.mean()
+    norm = np.linalg.norm(v)
+    return v / norm if norm > 0 else v
+
+
+def select_images(names: Sequence[str], scores: dict[str, dict], mode: str, rows: int, seed: int = 0,
+                  max_similarity: float = 1.0, descriptor: Callable[[str], np.ndarray] | None = None) -> list[str]:
     """Row images: 'best' = largest gain (largest disagreement without ground truth), 'worst' = the
-    opposite, 'random' = a seeded draw; ties by name. Images without a score come last."""
+    opposite, 'random' = a seeded draw; ties by name. Images without a score come last.
+
+    Diversity: with `descriptor` (name -> image_descriptor) and `max_similarity` < 1, a candidate more similar
+    than that to an already chosen row is skipped (neighbouring frames of a video), in ranking order."""
     if mode == "random":
         order = np.random.default_rng(seed).permutation(len(names))
-        return [names[i] for i in order[:rows]]
-    if mode not in ("best", "worst"):
+        ranked = [names[i] for i in order]
+    elif mode in ("best", "worst"):
+        key = "gain" if any(scores[n].get("gain") is not None for n in names) else "disagreement"
+        sign = -1.0 if mode == "best" else 1.0
+
+        def rank(name):
+            value = scores[name].get(key)
+            return (value is None, 0.0 if value is None else sign * value, name)
+
+        ranked = sorted(names, key=rank)
+    else:
         raise ValueError(f"unknown selection {mode!r}; valid: {', '.join(SELECT_MODES)}")
-    key = "gain" if any(scores[n].get("gain") is not None for n in names) else "disagreement"
-    sign = -1.0 if mode == "best" else 1.0
-
-    def rank(name):
-        value = scores[name].get(key)
-        return (value is None, 0.0 if value is None else sign * value, name)
-
-    return sorted(names, key=rank)[:rows]
+    if descriptor is None or max_similarity >= 1.0:
+        return ranked[:rows]
+    chosen, vectors = [], []
+    for name in ranked:
+        v = descriptor(name)
+        if all(float(v @ w) <= max_similarity for w in vectors):
+            chosen.append(name)
+            vectors.append(v)
+            if len(chosen) == rows:
+                break
+    return chosen
 
 
 def boundary_analysis(samples: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], widths: Sequence[float],
@@ -357,6 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--select", nargs="+", default=["best"], metavar="MODE",
                    help="best | worst | random | list FILE (names, one a line): which images become rows")
     f.add_argument("--seed", type=int, default=0, help="seed of --select random")
+    f.add_argument("--max-similarity", type=float, default=DEFAULT_MAX_SIMILARITY,
+                   help="skip a candidate row whose image is more similar than this to a chosen one (cosine of "
+                        "32x24 grayscale thumbnails; neighbouring video frames score ~0.99); 1 turns it off")
     f.add_argument("--boxes", type=int, default=3, help="yellow boxes on the K largest difference regions per row")
     f.add_argument("--min-area", type=int, default=64, help="smallest difference region to box, in pixels")
     f.add_argument("--fixed-only", action="store_true", help="box only regions that IFA fixed (needs labels)")
@@ -493,6 +527,11 @@ def run(args: argparse.Namespace, command: str = "") -> FigureResult | None:
 
     mode = args.select[0]
     row_names = None
+
+    @functools.cache
+    def descriptor(name: str) -> np.ndarray:
+        return image_descriptor(by_name[name].load_image())
+
     if manifest_in:
         row_names = _match([row["name"] for row in manifest_in["rows"]], by_name, "the manifest")
         changed = [row["name"] for row in manifest_in["rows"] if by_name[row["name"]].key != row["key"]]
@@ -502,7 +541,7 @@ def run(args: argparse.Namespace, command: str = "") -> FigureResult | None:
     elif mode == "list":
         row_names = _match(_read_list(args.select[1]), by_name, f"--select list {args.select[1]}")
     elif mode == "random":
-        row_names = select_images(names, {}, "random", args.rows, args.seed)
+        row_names = select_images(names, {}, "random", args.rows, args.seed, args.max_similarity, descriptor)
     ranked = row_names is None
     everything = ranked or (args.boundary and args.boundary_images == "all")
     predict_names = names if everything else row_names
@@ -542,7 +581,7 @@ def run(args: argparse.Namespace, command: str = "") -> FigureResult | None:
     for name in tqdm(predict_names, desc="score", disable=not progress or len(predict_names) < 20, leave=False):
         scores[name] = image_scores(*labels_of(name), k)
     if ranked:
-        row_names = select_images(names, scores, mode, args.rows, args.seed)
+        row_names = select_images(names, scores, mode, args.rows, args.seed, args.max_similarity, descriptor)
     if manifest_in:
         _check_scores(manifest_in, scores)
 

@@ -18,9 +18,12 @@ from PIL import Image
 
 from ifa.compare import disagreement
 from ifa.data.classes import get_dataset_info
+from ifa.data.datasets import read_image
 from ifa.figures import (
+    DEFAULT_MAX_SIMILARITY,
     boundary_analysis,
     build_figure,
+    image_descriptor,
     image_scores,
     main,
     make_row,
@@ -308,6 +311,26 @@ def test_select_images_orders():
     assert select_images(names, no_gt, "best", 2) == ["c", "a"]
     drawn = select_images(names, {}, "random", 3, seed=1)
     assert drawn == select_images(names, {}, "random", 3, seed=1) and len(set(drawn)) == 3
+
+
+def test_row_diversity_skips_look_alike_images():
+    """b and a look alike (cosine 0.99): with the rule on, the best rows are b, d (a skipped), then c."""
+    scores = {"a": {"gain": 1.0}, "b": {"gain": 3.0}, "c": {"gain": None}, "d": {"gain": -2.0}}
+    vectors = {"a": np.array([1.0, 0.0]), "b": np.array([0.99, 0.141]), "c": np.array([0.0, 1.0]),
+               "d": np.array([0.6, -0.8])}
+    names = list(scores)
+    assert select_images(names, scores, "best", 2, max_similarity=0.9, descriptor=vectors.get) == ["b", "d"]
+    assert select_images(names, scores, "best", 3, max_similarity=0.9, descriptor=vectors.get) == ["b", "d", "c"]
+    assert select_images(names, scores, "best", 2, max_similarity=1.0, descriptor=vectors.get) == ["b", "a"]
+
+
+def test_image_descriptor_tells_neighbouring_frames_from_distant_ones():
+    val = CAMVID / "val"
+    if not (val / "0016E5_08021.png").is_file():
+        pytest.skip(f"CamVid val missing at {val}")
+    d = {n: image_descriptor(read_image(val / f"0016E5_{n}.png")) for n in ("08019", "08021", "08139")}
+    assert float(d["08019"] @ d["08021"]) > 0.95  # two frames apart
+    assert float(d["08021"] @ d["08139"]) < DEFAULT_MAX_SIMILARITY  # 118 frames apart
 
 
 # --- the prediction cache ------------------------------------------------------------------------------

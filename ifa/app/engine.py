@@ -286,6 +286,27 @@ def _offsets_zeroed_changed(model, levels: list[torch.Tensor], size: tuple[int, 
     return int((trained != zeroed).sum())
 
 
+@gpu(GPU_MAX_SECONDS // 4)
+def offset_ablation(spec: PairSpec, levels: list[np.ndarray], size: tuple[int, int]) -> dict[str, np.ndarray]:
+    """The IFA model's labels (H, W) of a size-(H, W) image from its stored head inputs `levels` (scale 1,
+    stride-4 grid + upsampling): "as trained", "all levels" (every offset fed to its encoding as 0) and
+    "level l" (only level l's, l = 1..L). Only the head runs: no backbone pass."""
+    model = PAIRS.get(spec).ifa
+    with torch.inference_mode(), _autocast():
+        feats = [torch.from_numpy(lv)[None].to(DEVICE) for lv in levels]
+
+        def labels() -> np.ndarray:
+            return _labels(model.upsample_logits(model.head_logits(feats).float(), size)[0].cpu())
+
+        out = {"as trained": labels()}
+        with model.offsets_zeroed():
+            out["all levels"] = labels()
+        for level in range(len(feats)):
+            with model.offsets_zeroed([level]):
+                out[f"level {level + 1}"] = labels()
+    return out
+
+
 def query_point(spec: PairSpec, levels: list[np.ndarray], coords: np.ndarray) -> np.ndarray:
     """IFA class probabilities (N, K) at normalised (y, x) points coords (N, 2), from stored head inputs; on the
     CPU (the pair's fp32 CPU copy of the IFA head), so a probe never waits for a GPU slot."""

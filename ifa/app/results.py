@@ -35,6 +35,7 @@ class Result:
     feature_views: tuple | None = None  # the /analyse outputs, computed once
     files: list[str] = field(default_factory=list)  # downloadable label maps
     dataset: str = ""  # the pair's class set (ifa.data.classes), "" when unnamed
+    ablation: tuple | None = None  # (verdict image, summary) of the offset ablation, computed on request
 
     @property
     def size(self) -> tuple[int, int]:

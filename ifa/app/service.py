@@ -30,6 +30,7 @@ import numpy as np
 from ..compare import VERDICTS
 from ..data.label_sets import LABEL_SETS
 from . import engine, views
+from .ablation import ablation_markdown, ablation_summary
 from .engine import Options
 from .images import ImageLoadError, load_image, load_label
 from .legend import legend_html, verdict_legend_html
@@ -58,6 +59,7 @@ RENDER_OUTPUTS = VIEW_OUTPUTS
 ANALYSE_OUTPUTS = ("ifa_levels", "fpn_levels", "ifa_pca", "fpn_pca", "features_md")
 PROBE_OUTPUTS = ("probe_view", "baseline_probs", "ifa_probs", "probe_table", "probe_md", "click_view", "probe_x",
                  "probe_y")
+ABLATION_OUTPUTS = ("ablation_view", "ablation_md", "ablation_summary")
 PAIR_OUTPUTS = ("pair_status", "classes", "gallery")
 HUB_OUTPUTS = ("pair", "pair_status", "classes", "gallery")
 
@@ -431,11 +433,11 @@ class AppService:
                 gt, notices = load_label(path, (w, h), result.num_classes, str(label_set or ""), result.dataset)
             except ImageLoadError as err:
                 raise UserError(f"ground truth not used: {err}") from None
-            result.gt = gt
+            result.gt, result.ablation = gt, None  # the ablation's verdicts depend on the label
             result.notices = [n for n in result.notices if not n.startswith("ground truth")] + notices
             gr.Info(f"ground truth attached to {result.name}: scores and verdicts updated")
         else:
-            result.gt = None
+            result.gt, result.ablation = None, None
             gr.Info(f"ground truth removed from {result.name}")
         return self._views(result, opacity, classes, min_area)
 
@@ -575,6 +577,20 @@ class AppService:
                   f"{views.offsets_explained(engine.load_pair(result.spec).ifa_offset_ablation, a)}")
             result.feature_views = (ifa_panel, fpn_panel, ifa_pca, fpn_pca, md)
         return result.feature_views
+
+    @guarded("zeroing the offsets")
+    def alignment_ablation(self, result_id):
+        """The offset ablation of the shown run (ifa.app.ablation) -> ABLATION_OUTPUTS; computed once per run."""
+        result = self._analysed(self._result(result_id))
+        if not engine.load_pair(result.spec).ifa.is_ifa:
+            raise UserError("the pair's second model is not an IFA model: it has no offsets to zero")
+        if result.ablation is None:
+            a = result.analysis
+            strides = [round(a.padded_size[1] / w) for _, w in a.ifa_level_sizes]
+            labels = engine.offset_ablation(result.spec, a.ifa_levels, result.size)
+            result.ablation = ablation_summary(result, labels, strides, DEFAULT_MIN_AREA, TOP_REGIONS)
+        image, summary = result.ablation
+        return image, ablation_markdown(summary), _jsonable({"image": result.name, **summary})
 
     @guarded("probing the pixel")
     def probe(self, result_id, x, y):

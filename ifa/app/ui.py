@@ -34,7 +34,7 @@ def _image(label, name, fmt="webp", **kwargs):
 # as MCP tools: Gradio's MCP server skips a function whose `_mcp_type` is not "tool" (gradio.mcp, list_tools);
 # tests/app/test_app_mcp.py checks the tool list.
 for _handler in (AppService.segment, AppService.analyse, AppService.render, AppService.probe, AppService.load_pair,
-                 AppService.load_hub_pair):
+                 AppService.load_hub_pair, AppService.alignment_ablation):
     _handler._mcp_type = "session"
 
 
@@ -146,6 +146,12 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
                         with gr.Row():
                             c["ifa_pca"] = _image("FPN + IFA: final features, PCA → RGB", "ifa-pca", fmt="png")
                             c["fpn_pca"] = _image("Semantic FPN: final features, PCA → RGB", "fpn-pca", fmt="png")
+                        with gr.Accordion("What the alignment changes here: the offsets zeroed", open=True):
+                            ablate_btn = gr.Button("Zero the IFA offsets on this image", elem_id="ablate-button")
+                            c["ablation_md"] = gr.Markdown(S.ABLATION_EXPLAINED, elem_id="ablation-md")
+                            c["ablation_view"] = _image("Labels that change with the offsets zeroed, by who is "
+                                                        "right", "ablation-view", fmt="png")
+                            c["ablation_summary"] = gr.JSON(label="Offset ablation (JSON)", elem_id="ablation-summary")
                 with gr.Accordion("All numbers of this run (JSON)", open=False):
                     c["summary"] = gr.JSON(label="Summary", elem_id="summary")
 
@@ -156,10 +162,14 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
                       "classes", "min_area", "label_set", "result_state"))  # the state: this session's run to replace
         model = {"concurrency_id": "model"}
 
+        def clear_ablation():  # the previous run's offset ablation is not this run's
+            return None, S.ABLATION_EXPLAINED, None
+
         def run_chain(event, public: bool):
             vis = "public" if public else "private"
             return (event.then(service.segment, seg_in, out(S.SEGMENT_OUTPUTS), preprocess=False, api_visibility=vis,
                                api_name="segment" if public else None, **model)
+                    .success(clear_ablation, None, out(S.ABLATION_OUTPUTS), api_visibility="private", queue=False)
                     .success(service.analyse, c["result_state"], out(S.ANALYSE_OUTPUTS), api_visibility=vis,
                              api_name="analyse" if public else None, **model)
                     .success(service.auto_probe, c["result_state"], out(S.PROBE_OUTPUTS), api_visibility="private",
@@ -202,6 +212,8 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
                                api_visibility="private", **model)
         probe_btn.click(service.probe, out(("result_state", "probe_x", "probe_y")), out(S.PROBE_OUTPUTS),
                         api_name="probe", **model)
+        ablate_btn.click(service.alignment_ablation, c["result_state"], out(S.ABLATION_OUTPUTS),
+                         api_name="alignment_ablation", **model)
         gr.api(service.catalog, api_name="catalog")
         # The stateless tool: public API and MCP tool (its components are not part of the page).
         with gr.Group(visible=False):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -254,12 +255,16 @@ class IFAHead(nn.Module):
         self.classifier = nn.Conv2d(widths[-1], num_classes, 1)
 
     @contextmanager
-    def offsets_zeroed(self):
-        """Within the block every level's offset r is fed to its position encoding as 0 (each level contributes
-        its cell's feature and the constant PE(0): the coarse levels act as nearest-cell upsampling, the implicit
-        alignment is off); every path (fast, reference, points) sees it. Restored on exit."""
+    def offsets_zeroed(self, levels: Sequence[int] | None = None):
+        """Within the block every level's offset r (or only those of `levels`, 0-based) is fed to its position
+        encoding as 0 (such a level contributes its cell's feature and the constant PE(0): a coarse level then
+        acts as nearest-cell upsampling, its implicit alignment is off); every path (fast, reference, points) sees
+        it. Restored on exit."""
         original = self.pos
-        self.pos = nn.ModuleList(_AtCellCentre(pe) for pe in original)
+        chosen = set(range(len(original)) if levels is None else levels)
+        if not chosen <= set(range(len(original))):
+            raise ValueError(f"levels must lie in 0..{len(original) - 1}, got {sorted(chosen)}")
+        self.pos = nn.ModuleList(_AtCellCentre(pe) if i in chosen else pe for i, pe in enumerate(original))
         try:
             yield self
         finally:

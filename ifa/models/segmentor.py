@@ -7,6 +7,8 @@ resolution) and `query_points(x, coords)` (logits at arbitrary normalised (y, x)
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -170,11 +172,12 @@ class SegmentationModel(nn.Module):
         """
         return self.decoder.head(self._ifa_levels(x), size)
 
-    def offsets_zeroed(self):
-        """Context manager: within it the IFA head sees r = 0 at every level (the offset ablation)."""
+    def offsets_zeroed(self, levels: Sequence[int] | None = None):
+        """Context manager: within it the IFA head sees r = 0 at every level, or at `levels` (0-based) only (the
+        offset ablation)."""
         if not self.is_ifa:
             raise ValueError("offsets_zeroed needs an IFA model; this one is a Semantic FPN")
-        return self.decoder.head.offsets_zeroed()
+        return self.decoder.head.offsets_zeroed(levels)
 
     def query_points(self, x: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         """IFA logits at points coords (B, N, 2), normalised (y, x) in [-1, 1]: (B, K, N)."""

@@ -166,7 +166,8 @@ def test_pca_rgb_separates_two_feature_clusters():
 
 def test_zero_gpu_one_call_per_comparison_with_a_duration_from_the_request():
     """With a `spaces` package present, spaces.GPU wraps `compare` (one call per comparison; its duration a
-    function of the image size and options) and the lazy `analyse`; the probe is not a GPU call (a subprocess,
+    function of the image size and options), the lazy `analyse` and the on-request offset ablation; the probe
+    is not a GPU call (a subprocess,
     so that this process keeps its own engine)."""
     import subprocess
     import sys
@@ -179,7 +180,7 @@ def test_zero_gpu_one_call_per_comparison_with_a_duration_from_the_request():
             "import ifa.app.engine as e\n"
             "print(sorted((name, d if isinstance(d, int) else d.__name__) for name, d in calls))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True)
-    assert out.stdout.strip() == "[('analyse', 60), ('compare', 'gpu_seconds')]"
+    assert out.stdout.strip() == "[('analyse', 60), ('compare', 'gpu_seconds'), ('offset_ablation', 30)]"
 
     from ifa.app.engine import GPU_BASE_SECONDS, GPU_MAX_SECONDS, Options, gpu_seconds
 
