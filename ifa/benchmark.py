@@ -51,7 +51,7 @@ from tqdm import tqdm
 from .models import create_model
 from .models.ifa import IFAHead
 
-PARTS = ("head", "models", "fullres")
+PARTS = ("head", "models", "fullres", "cpu_paths")
 MODEL_BACKBONES = (("efficientnet_lite0", "effl0"), ("resnet50", "r50"))
 # Paper widths: C = 256 per level, MLP 512-256-256, K = 19 (Cityscapes), learned PE with d = 24.
 PAPER = {"channels": 256, "hidden": (512, 256, 256), "num_classes": 19}
@@ -261,6 +261,94 @@ def bench_head(size: tuple[int, int], device: torch.device, precisions: list[str
     return rows
 
 
+# --- CPU paths: the GEMM rates the head could reach, bf16 on the shipped model ---------------------------------
+def head_gemm_shapes(size: tuple[int, int]) -> list[tuple[int, int, int]]:
+    """The (m, k, n) matrix products of the fast head's inference path at `size`, paper widths: each level's
+    first-layer projection W_z z over its cells (m = h_l w_l), then the hidden layers and the classifier over the
+    stride-4 query grid (the first layer's sum of level terms and the encodings' table are not products)."""
+    c, hidden, k = PAPER["channels"], PAPER["hidden"], PAPER["num_classes"]
+    grid = level_sizes(size)[0][0] * level_sizes(size)[0][1]
+    shapes = [(h * w, c, hidden[0]) for h, w in level_sizes(size)]
+    widths = [*hidden, k]
+    return shapes + [(grid, widths[i], widths[i + 1]) for i in range(len(widths) - 1)]
+
+
+def gemm_flops(shapes: list[tuple[int, int, int]]) -> float:
+    return float(sum(2 * m * k * n for m, k, n in shapes))
+
+
+def bench_gemm_rates(shapes: list[tuple[int, int, int]], warmup: int, repeats: int) -> dict[str, float]:
+    """GFLOP/s of the head's products run back to back through each CPU library path: MKL fp32 (torch.addmm),
+    oneDNN fp32 and oneDNN bf16 (mkldnn._linear_pointwise, when PyTorch has it)."""
+    from .inference import cpu_supports_bf16
+    from .models.ifa import _ONEDNN
+
+    g = torch.Generator().manual_seed(0)
+    data = {torch.float32: [tuple(torch.randn(*shape, generator=g) for shape in ((m, k), (n, k), (n,)))
+                            for m, k, n in shapes]}
+
+    def mkl():
+        for x, w, b in data[torch.float32]:
+            torch.addmm(b, x, w.t())
+
+    def onednn(dtype):
+        def run():
+            for x, w, b in data[dtype]:
+                torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+        return run
+
+    fns = {"mkl_fp32": mkl}
+    if _ONEDNN:
+        fns["onednn_fp32"] = onednn(torch.float32)
+        if cpu_supports_bf16():
+            data[torch.bfloat16] = [tuple(t.bfloat16() for t in item) for item in data[torch.float32]]
+            fns["onednn_bf16"] = onednn(torch.bfloat16)
+    times = measure_times(fns, torch.device("cpu"), warmup, repeats)
+    return {name: gemm_flops(shapes) / (1e-3 * t["wall_ms"]) / 1e9 for name, t in times.items()}
+
+
+def bench_cpu_paths(size: tuple[int, int], warmup: int, repeats: int, quick: bool) -> dict:
+    """The fast head's achieved GFLOP/s at `size` against the GEMM rates of the same products (one run), and
+    bf16 against fp32 for the shipped IFA model on a shipped CamVid image (time ratio, argmax agreement)."""
+    from .inference import cpu_supports_bf16
+
+    head, feats = paper_head(), head_inputs(size, torch.device("cpu"))
+    shapes = head_gemm_shapes(size)
+    timed = measure_times({"fast_head": lambda: head(feats)}, torch.device("cpu"), warmup, repeats)["fast_head"]
+    rates = bench_gemm_rates(shapes, warmup, repeats)
+    out = {"size": list(size), "head_gemm_gflop": gemm_flops(shapes) / 1e9, "head_fast": timed,
+           "head_gflops": gemm_flops(shapes) / (1e-3 * timed["wall_ms"]) / 1e9, "gemm_gflops": rates}
+    out["bf16"] = bench_bf16_ifa(warmup, repeats, quick) if cpu_supports_bf16() else {
+        "skipped": "this CPU has no native bf16 (oneDNN)"}
+    return out
+
+
+SHIPPED_IFA = Path(__file__).resolve().parents[1] / "checkpoints" / "camvid-effl0-ifa"
+SHIPPED_IMAGE = Path(__file__).resolve().parents[1] / "assets" / "samples" / "camvid" / "0016E5_07959.png"
+
+
+def bench_bf16_ifa(warmup: int, repeats: int, quick: bool) -> dict:
+    """The shipped IFA model at 360x480 on a real CamVid frame: bf16 autocast time / fp32 time, and the share of
+    pixels whose label bf16 keeps (skipped outside a source checkout, where they are not)."""
+    import numpy as np
+    from PIL import Image
+
+    from .hub import load_model
+    from .inference import Predictor
+
+    if not (SHIPPED_IFA / "config.json").is_file() or not SHIPPED_IMAGE.is_file():
+        return {"skipped": f"needs {SHIPPED_IFA} and {SHIPPED_IMAGE} (a source checkout)"}
+    with Image.open(SHIPPED_IMAGE) as img:
+        image = np.asarray(img.convert("RGB").resize((160, 120)) if quick else img.convert("RGB"))
+    model = load_model(SHIPPED_IFA)
+    predictors = {p: Predictor(model, device="cpu", precision=p) for p in ("fp32", "bf16")}
+    labels = {p: pr.predict(image).labels for p, pr in predictors.items()}
+    times = measure_times({p: (lambda pr=pr: pr.predict(image)) for p, pr in predictors.items()},
+                          torch.device("cpu"), warmup, repeats)
+    return {"image": SHIPPED_IMAGE.name, "size": list(image.shape[:2]), "fp32": times["fp32"], "bf16": times["bf16"],
+            "argmax_agreement": float((labels["fp32"] == labels["bf16"]).mean())}
+
+
 # --- 2. whole models: FPN vs FPN+IFA ------------------------------------------------------------
 def _call(model: nn.Module, x: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     with _autocast(device, dtype):
@@ -414,6 +502,18 @@ def summarize(results: dict, clock: str) -> tuple[dict, dict, dict]:
         if default.get("extra_peak_mb") is not None:
             memory[f"fullres_extra_peak_mb_{tag}"] = default["extra_peak_mb"]
             memory["fullres_chunk_size"] = default["chunk_size"]
+    paths = results.get("cpu_paths")
+    if paths:
+        tag = size_tag(paths["size"])
+        ratios[f"head_gemm_efficiency_fp32_{tag}"] = paths["head_gflops"] / max(
+            v for k, v in paths["gemm_gflops"].items() if k.endswith("fp32"))
+        if tag == size_tag(FULL_SIZE):
+            ratios["head_gemm_efficiency_fp32"] = ratios[f"head_gemm_efficiency_fp32_{tag}"]
+        bf16 = paths["bf16"]
+        if "skipped" not in bf16:
+            btag = size_tag(bf16["size"])
+            ratios[f"bf16_over_fp32_ifa_{btag}"] = _ms(bf16["bf16"], clock) / _ms(bf16["fp32"], clock)
+            ratios[f"bf16_argmax_agreement_{btag}"] = bf16["argmax_agreement"]
     full = size_tag(FULL_SIZE)
     if f"head_speedup_{full}" in ratios:
         targets[f"head_speedup_{full} >= {TARGETS['head_speedup']}"] = (
@@ -421,6 +521,11 @@ def summarize(results: dict, clock: str) -> tuple[dict, dict, dict]:
     for _, tag in MODEL_BACKBONES:
         if f"ifa_over_fpn_latency_{tag}" in ratios:
             targets[f"ifa_over_fpn_latency_{tag} <= 1"] = ratios[f"ifa_over_fpn_latency_{tag}"] <= 1.0
+    if "head_gemm_efficiency_fp32" in ratios:
+        targets["head_gemm_efficiency_fp32 >= 0.8"] = ratios["head_gemm_efficiency_fp32"] >= 0.8
+    if "bf16_over_fp32_ifa_360x480" in ratios:
+        targets["bf16_over_fp32_ifa_360x480 <= 0.65"] = ratios["bf16_over_fp32_ifa_360x480"] <= 0.65
+        targets["bf16_argmax_agreement_360x480 >= 0.995"] = ratios["bf16_argmax_agreement_360x480"] >= 0.995
     if f"fullres_extra_peak_mb_{full}" in memory:
         targets[f"fullres_extra_peak_mb_{full} < {TARGETS['fullres_extra_peak_mb']:.0f}"] = (
             memory[f"fullres_extra_peak_mb_{full}"] < TARGETS["fullres_extra_peak_mb"])
@@ -475,6 +580,16 @@ def format_report(report: dict) -> str:
         for r in fr["rows"]:
             mem = r.get("extra_peak_mb")
             lines.append(f"{r['chunk_size']:<34}{fmt(r)}" + (f"{mem:10.0f}" if mem is not None else f"{'-':>10}"))
+    if results.get("cpu_paths"):
+        cp = results["cpu_paths"]
+        lines += ["", f"CPU paths: the fast head's {cp['head_gemm_gflop']:.1f} GFLOP of products at "
+                      f"{size_tag(cp['size'])} (paper widths), GFLOP/s:",
+                  f"  fast head {cp['head_gflops']:.0f} | " + " | ".join(f"{k} {v:.0f}"
+                                                                          for k, v in cp["gemm_gflops"].items())]
+        b = cp["bf16"]
+        lines.append(f"  shipped IFA {size_tag(b['size'])}: fp32 {fmt(b['fp32']).strip()} ms, bf16 "
+                     f"{fmt(b['bf16']).strip()} ms, labels kept {100 * b['argmax_agreement']:.2f}%"
+                     if "skipped" not in b else f"  bf16: skipped ({b['skipped']})")
     lines += ["", "ratios:"] + [f"  {k:<44}{v:8.3f}" for k, v in report["ratios"].items()]
     lines += ["memory:"] + [f"  {k:<44}{v:8.1f}" for k, v in report["memory"].items()]
     if report["targets"]:
@@ -565,6 +680,8 @@ def run(args: argparse.Namespace) -> dict:
         elif part == "fullres":
             results["fullres"] = bench_fullres(args.size, device, args.precision, args.chunks, args.warmup,
                                                args.fullres_repeats, memory)
+        elif part == "cpu_paths" and device.type == "cpu":
+            results["cpu_paths"] = bench_cpu_paths(args.size, args.warmup, args.repeats, args.quick)
     if hasattr(os, "getloadavg"):
         machine["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     ratios, mem, targets = summarize(results, args.clock)

@@ -45,6 +45,16 @@ def test_quick_run_writes_ratios_and_all_compared_outputs_are_equal(tmp_path, ca
         assert report["memory"]["fullres_extra_peak_mb_64x128"] < 200
     for row in report["results"]["models"]:
         assert row["fpn"]["cpu_ms"] > 0 and row["ifa"]["wall_ms"] > 0
+    # CPU paths: the head's achieved rate against the GEMM rates of its own products, measured in the same run.
+    paths = report["results"]["cpu_paths"]
+    assert paths["gemm_gflops"]["mkl_fp32"] > 0 and paths["head_gflops"] > 0
+    expected = paths["head_gflops"] / max(v for k, v in paths["gemm_gflops"].items() if k.endswith("fp32"))
+    assert report["ratios"]["head_gemm_efficiency_fp32_64x128"] == pytest.approx(expected)
+    from ifa.inference import cpu_supports_bf16
+
+    if cpu_supports_bf16():
+        assert 0.9 < report["ratios"]["bf16_argmax_agreement_120x160"] <= 1.0
+        assert report["ratios"]["bf16_over_fp32_ifa_120x160"] > 0
     printed = capsys.readouterr().out
     assert "all outputs compared are equal" in printed and "ratios:" in printed
 
