@@ -40,7 +40,7 @@ class Sample:
     label_set: str = ""  # the label file's format (ifa.data.label_sets); "" = the pair's class indices
     source: str = ""  # attribution
     licence: str = ""
-    origin: str = "manifest"  # or "folder"
+    origin: str = "manifest"  # or "folder" (IFA_SAMPLES_DIR) or "dataset" (IFA_APP_DATASET)
 
     def scorable(self, classes: str) -> bool:
         """Whether its label can be scored against a pair of class set `classes` (own set or a mapping)."""
@@ -117,10 +117,27 @@ def folder_samples(folder: str | os.PathLike | None = None) -> list[Sample]:
     return samples
 
 
+def dataset_samples(spec: str | None = None) -> list[Sample]:
+    """The images of a dataset split named by IFA_APP_DATASET (or `spec`): "NAME:ROOT[:SPLIT]", e.g.
+    "camvid:../shared/data/camvid:val" or "kitti:../shared/data/samples/kitti", read with ifa.data.datasets;
+    named "NAME/SPLIT/<file name>". For the dataset view; not shown in the gallery."""
+    spec = spec if spec is not None else os.environ.get("IFA_APP_DATASET", "").strip()
+    if not spec:
+        return []
+    from ..data.datasets import build_dataset
+
+    name, root, *rest = spec.split(":") + [""]
+    split = rest[0] or "val"
+    dataset = build_dataset(name, root, split)  # a DatasetError names what is wrong
+    return [Sample(f"{name}/{split}/{image.name}", image, label, name, dataset.label_set, origin="dataset")
+            for image, label in dataset.pairs]
+
+
 def list_samples() -> list[Sample]:
-    """Manifest samples first, then the folder's; names are unique (later duplicates dropped)."""
+    """Manifest samples first, then the folder's, then the dataset's; names are unique (later duplicates
+    dropped)."""
     seen, out = set(), []
-    for sample in manifest_samples() + folder_samples():
+    for sample in manifest_samples() + folder_samples() + dataset_samples():
         if sample.name not in seen:
             seen.add(sample.name)
             out.append(sample)

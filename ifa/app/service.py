@@ -29,8 +29,11 @@ import numpy as np
 
 from ..compare import VERDICTS
 from ..data.label_sets import LABEL_SETS
+from ..prediction_cache import file_key
 from . import engine, views
 from .ablation import ablation_markdown, ablation_summary
+from .dataset_rank import HEADERS as RANK_HEADERS
+from .dataset_rank import LabelCache, rank_row, sort_rows, table_rows
 from .engine import Options
 from .images import ImageLoadError, load_image, load_label
 from .legend import legend_html, verdict_legend_html
@@ -60,6 +63,10 @@ ANALYSE_OUTPUTS = ("ifa_levels", "fpn_levels", "ifa_pca", "fpn_pca", "features_m
 PROBE_OUTPUTS = ("probe_view", "baseline_probs", "ifa_probs", "probe_table", "probe_md", "click_view", "probe_x",
                  "probe_y")
 ABLATION_OUTPUTS = ("ablation_view", "ablation_md", "ablation_summary")
+RANK_OUTPUTS = ("rank_table", "rank_gallery", "rank_status", "rank_summary")
+# The dataset view's bounds: images per source, and seconds of new work per request (then it says to continue).
+RANK_MAX_IMAGES = int(os.environ.get("IFA_APP_RANK_MAX", "120") or 120)
+RANK_SECONDS = float(os.environ.get("IFA_APP_RANK_SECONDS", "30") or 30)
 PAIR_OUTPUTS = ("pair_status", "classes", "gallery")
 HUB_OUTPUTS = ("pair", "pair_status", "classes", "gallery")
 
@@ -155,6 +162,8 @@ class AppService:
         self.files_root = Path(tempfile.mkdtemp(prefix="ifa-app-"))
         atexit.register(shutil.rmtree, self.files_root, ignore_errors=True)
         self.results = ResultStore(capacity, self.files_root, ttl)
+        self._identities: dict[str, tuple] = {}
+        self.labels = LabelCache()
         self._first_lock = threading.Lock()
         self._first: tuple[Sample, Result] | None = None
 
@@ -188,7 +197,7 @@ class AppService:
         classes = self.pair_dataset(pair_id)
         limit = int(os.environ.get("IFA_APP_GALLERY", "24") or 24)
         shipped = [s for s in self.samples if s.origin == "manifest"]
-        shown = shipped + [s for s in self.samples if s.origin != "manifest"][:max(0, limit - len(shipped))]
+        shown = shipped + [s for s in self.samples if s.origin == "folder"][:max(0, limit - len(shipped))]
         ranked = sorted(((s, s.scorable(classes)) for s in shown), key=lambda item: not item[1])
         return [(thumb, s, ok) for s, ok in ranked if (thumb := thumbnail(s)) is not None]
 
@@ -652,6 +661,89 @@ class AppService:
         else:
             y, x = result.size[0] // 2, result.size[1] // 2
         return self.probe(result_id, x, y)
+
+    # --- the dataset view ---------------------------------------------------------------------------
+    def rank_sources(self) -> list[str]:
+        """The image folders the dataset view offers: the shipped samples, IFA_SAMPLES_DIR, IFA_APP_DATASET."""
+        names = {"manifest": "shipped samples", "folder": "IFA_SAMPLES_DIR folder", "dataset": "IFA_APP_DATASET"}
+        return [label for origin, label in names.items() if any(s.origin == origin for s in self.samples)]
+
+    def _source(self, source: str) -> list[Sample]:
+        origin = {"shipped samples": "manifest", "IFA_SAMPLES_DIR folder": "folder", "IFA_APP_DATASET": "dataset"}
+        if source not in origin or source not in self.rank_sources():
+            raise UserError(f"unknown image source {source!r}; this server offers {', '.join(self.rank_sources())}")
+        return [s for s in self.samples if s.origin == origin[source]][:RANK_MAX_IMAGES]
+
+    def _pair_identities(self, spec: PairSpec) -> tuple:
+        if spec.id not in self._identities:
+            from ..prediction_cache import identify_model
+
+            self._identities[spec.id] = tuple(identify_model(src.location, src.revision)[1]
+                                              for src in (spec.baseline, spec.ifa))
+        return self._identities[spec.id]
+
+    @guarded("ranking the images")
+    def dataset_rank(self, source, pair_id, scales, flip, ifa_resolution, progress=PROGRESS):
+        """Both models on every image of a source -> RANK_OUTPUTS (table, gallery in table order, status, JSON).
+
+        Label maps are cached per image, model and options (ifa.prediction_cache, in memory): a second ranking is
+        instant. A request computes new images for at most RANK_SECONDS, then says how to continue."""
+        samples = self._source(str(source or ""))
+        spec = self._spec(pair_id or self.default_pair)
+        options, notices = self._options(scales, flip, ifa_resolution)
+        pair = engine.load_pair(spec)
+        caches = self.labels.pair(self._pair_identities(spec), {
+            "scales": list(options.scales), "flip": options.flip, "ifa_resolution": options.ifa_resolution,
+            "max_side": int(os.environ.get("IFA_APP_MAX_SIDE", "1024") or 1024), "precision": engine.PRECISION})
+        start, rows, computed, pending = time.perf_counter(), [], 0, 0
+        for n, sample in enumerate(samples):
+            progress(n / max(len(samples), 1), desc=f"{sample.name} ({n + 1} of {len(samples)})")
+            key = file_key(sample.image)
+            labels = [cache.get(key) for cache in caches]
+            if any(x is None for x in labels):
+                if computed and time.perf_counter() - start > RANK_SECONDS:  # at least one image per request
+                    pending += 1
+                    continue
+                name, array, gt, _ = self._image(None, sample.name, None, "", pair.num_classes, pair.dataset)
+                work, _ = options.within(*array.shape[:2], engine.WORK_BUDGET_MPX)
+                baseline, ifa, _ = engine.compare(spec, array, work, analyse=False)
+                labels = [baseline.labels, ifa.labels]
+                for cache, x in zip(caches, labels):
+                    cache.put(key, x)
+                computed += 1
+            else:
+                name, array, gt, _ = self._image(None, sample.name, None, "", pair.num_classes, pair.dataset)
+            rows.append({**rank_row(sample.name, *labels, gt, pair.class_names),
+                         "thumbnail": thumbnail(sample) or str(sample.image)})
+        rows = sort_rows(rows)
+        seconds = time.perf_counter() - start
+        status = (f"**{len(rows)} of {len(samples)} images** of {source} ranked on {spec.title} "
+                  f"({options.describe()}) in {seconds:.1f} s; {computed} computed now, {len(rows) - computed} from "
+                  f"the cache.")
+        if pending:
+            status += (f" {pending} images were left for the next request (each request computes for at most "
+                       f"{RANK_SECONDS:g} s): press *Rank* again to continue.")
+        status += " Click a row or a thumbnail to open that image in the comparison."
+        gallery = [(r["thumbnail"], f"{r['image']} · Δ {r['gain']:+.1f}" if r["gain"] is not None else
+                    f"{r['image']} · differ {r['disagreement']:.1f}%") for r in rows]
+        summary = {"source": source, "pair": spec.summary(), "options": {"scales": list(options.scales),
+                   "flip": options.flip, "ifa_resolution": options.ifa_resolution}, "images": len(samples),
+                   "ranked": len(rows), "pending": pending, "computed": computed, "seconds": round(seconds, 2),
+                   "notices": notices, "rows": [{k: v for k, v in r.items() if k != "thumbnail"} for r in rows]}
+        return _table(RANK_HEADERS, table_rows(rows)), gallery, status, _jsonable(summary)
+
+    def pick_ranked(self, summary, evt: gr.SelectData):
+        """A row (or thumbnail) of the dataset view -> (sample name, cleared upload, cleared label, attribution)."""
+        rows = (summary or {}).get("rows") or []
+        if isinstance(evt.row_value, list) and evt.row_value:
+            name = str(evt.row_value[0])
+        elif isinstance(evt.index, int) and 0 <= evt.index < len(rows):
+            name = rows[evt.index]["image"]
+        else:
+            raise gr.Error("pick an image of the ranking", print_exception=False)
+        if name not in self._samples_by_name:
+            raise gr.Error(f"{name} is not an image this server offers", print_exception=False)
+        return name, None, None, self.sample_info(name)
 
     # --- samples ----------------------------------------------------------------------------------
     def pick_gallery(self, pair_id, evt: gr.SelectData):

@@ -9,6 +9,8 @@ import os
 import gradio as gr
 
 from . import service as S
+from .ablation import EXPLAINED as ABLATION_EXPLAINED
+from .dataset_rank import HEADERS as RANK_HEADERS
 from .service import AppService
 
 TITLE = "IFA explorer: what Implicit Feature Alignment changes"
@@ -148,10 +150,26 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
                             c["fpn_pca"] = _image("Semantic FPN: final features, PCA → RGB", "fpn-pca", fmt="png")
                         with gr.Accordion("What the alignment changes here: the offsets zeroed", open=True):
                             ablate_btn = gr.Button("Zero the IFA offsets on this image", elem_id="ablate-button")
-                            c["ablation_md"] = gr.Markdown(S.ABLATION_EXPLAINED, elem_id="ablation-md")
+                            c["ablation_md"] = gr.Markdown(ABLATION_EXPLAINED, elem_id="ablation-md")
                             c["ablation_view"] = _image("Labels that change with the offsets zeroed, by who is "
                                                         "right", "ablation-view", fmt="png")
                             c["ablation_summary"] = gr.JSON(label="Offset ablation (JSON)", elem_id="ablation-summary")
+                    with gr.Tab("Dataset view", id="dataset"):
+                        gr.Markdown("Both models on every image of a folder this server offers, ranked by how much "
+                                    "FPN + IFA gains over Semantic FPN (per-image mIoU over the ground truth's classes;"
+                                    " without a label, by disagreement). Uses the pair and the inference options on "
+                                    "the left; predictions are cached, so ranking again is instant.")
+                        with gr.Row():
+                            c["rank_source"] = gr.Dropdown(service.rank_sources(), value=next(
+                                iter(service.rank_sources()), None), label="Images", elem_id="rank-source")
+                            rank_btn = gr.Button("Rank", variant="secondary", elem_id="rank-button")
+                        c["rank_status"] = gr.Markdown(elem_id="rank-status")
+                        c["rank_table"] = gr.Dataframe(headers=RANK_HEADERS, interactive=False, elem_id="rank-table",
+                                                       label="Per image (click a header to sort, a row to open it)")
+                        c["rank_gallery"] = gr.Gallery(label="The same images, best gain first (click to open)",
+                                                       columns=6, height=260, allow_preview=False,
+                                                       elem_id="rank-gallery")
+                        c["rank_summary"] = gr.JSON(label="Ranking (JSON)", elem_id="rank-summary")
                 with gr.Accordion("All numbers of this run (JSON)", open=False):
                     c["summary"] = gr.JSON(label="Summary", elem_id="summary")
 
@@ -163,7 +181,7 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
         model = {"concurrency_id": "model"}
 
         def clear_ablation():  # the previous run's offset ablation is not this run's
-            return None, S.ABLATION_EXPLAINED, None
+            return None, ABLATION_EXPLAINED, None
 
         def run_chain(event, public: bool):
             vis = "public" if public else "private"
@@ -212,6 +230,12 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
                                api_visibility="private", **model)
         probe_btn.click(service.probe, out(("result_state", "probe_x", "probe_y")), out(S.PROBE_OUTPUTS),
                         api_name="probe", **model)
+        rank_btn.click(service.dataset_rank, out(("rank_source", "pair", "scales", "flip", "ifa_resolution")),
+                       out(S.RANK_OUTPUTS), api_name="dataset_rank", **model)
+        for ranked in (c["rank_table"], c["rank_gallery"]):
+            run_chain(ranked.select(service.pick_ranked, c["rank_summary"],
+                                    out(("sample", "image", "ground_truth", "sample_info")), api_visibility="private",
+                                    queue=False), public=False)
         ablate_btn.click(service.alignment_ablation, c["result_state"], out(S.ABLATION_OUTPUTS),
                          api_name="alignment_ablation", **model)
         gr.api(service.catalog, api_name="catalog")

@@ -1,0 +1,61 @@
+"""Where across a folder of images IFA helps and hurts: both models' per-image scores, ranked.
+
+`rank_row` scores one image from the two label maps (and its ground truth when there is one): each model's
+mIoU over the ground truth's classes (ifa.metrics.image_summary, one class set for both), the gain, the share
+of pixels where the models disagree, and each model's accuracy within `BAND` px of a ground-truth boundary.
+`LabelCache` keeps the label maps in ifa.prediction_cache's in-memory cache, keyed by the image file's bytes,
+the model's weights and the inference options, so a second ranking of the same images is instant.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..metrics import image_summary, trimap_accuracy
+from ..prediction_cache import ModelIdentity, PredictionCache
+
+BAND = 4  # px: "near a boundary" in the table
+HEADERS = ["image", "labelled", "FPN mIoU", "IFA mIoU", "Δ mIoU (IFA − FPN)", "disagree %",
+           f"FPN acc ≤{BAND} px", f"IFA acc ≤{BAND} px"]
+
+
+def _round(value) -> float | None:
+    return None if value is None or not np.isfinite(value) else round(float(value), 2)
+
+
+def rank_row(name: str, baseline: np.ndarray, ifa: np.ndarray, gt: np.ndarray | None,
+             class_names: list[str]) -> dict:
+    """One image's numbers (percent): disagreement always; with ground truth both mIoUs, the gain and the
+    boundary-band accuracies."""
+    row = {"image": name, "labelled": gt is not None, "disagreement": _round(100 * float((baseline != ifa).mean())),
+           "baseline_mIoU": None, "ifa_mIoU": None, "gain": None, "baseline_band_acc": None, "ifa_band_acc": None}
+    if gt is not None and (gt != 255).any():
+        b, i = (image_summary(x, gt, class_names)["mIoU"] for x in (baseline, ifa))
+        bands = [trimap_accuracy(x, gt, (BAND,), len(class_names))[BAND]["accuracy"] for x in (baseline, ifa)]
+        row.update(baseline_mIoU=_round(b), ifa_mIoU=_round(i), gain=_round(i - b),
+                   baseline_band_acc=_round(bands[0]), ifa_band_acc=_round(bands[1]))
+    return row
+
+
+def sort_rows(rows: list[dict]) -> list[dict]:
+    """Largest gain first; images without a score after, by disagreement."""
+    return sorted(rows, key=lambda r: (r["gain"] is None, -(r["gain"] if r["gain"] is not None else 0.0),
+                                       -(r["disagreement"] or 0.0), r["image"]))
+
+
+def table_rows(rows: list[dict]) -> list[list]:
+    return [[r["image"], "yes" if r["labelled"] else "no", r["baseline_mIoU"], r["ifa_mIoU"], r["gain"],
+             r["disagreement"], r["baseline_band_acc"], r["ifa_band_acc"]] for r in rows]
+
+
+class LabelCache:
+    """Both models' label maps per (pair, options), in ifa.prediction_cache's in-memory caches."""
+
+    def __init__(self):
+        self._caches: dict[tuple, tuple[PredictionCache, PredictionCache]] = {}
+
+    def pair(self, identities: tuple[ModelIdentity, ModelIdentity], options: dict) -> tuple[PredictionCache, ...]:
+        key = (identities[0].sha256, identities[1].sha256, tuple(sorted((k, str(v)) for k, v in options.items())))
+        if key not in self._caches:
+            self._caches[key] = tuple(PredictionCache(None, identity, options) for identity in identities)
+        return self._caches[key]
