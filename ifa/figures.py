@@ -169,7 +169,8 @@ def select_images(names: Sequence[str], scores: dict[str, dict], mode: str, rows
     opposite, 'random' = a seeded draw; ties by name. Images without a score come last.
 
     Diversity: with `descriptor` (name -> image_descriptor) and `max_similarity` < 1, a candidate more similar
-    than that to an already chosen row is skipped (neighbouring frames of a video), in ranking order."""
+    than that to an already chosen row is skipped (neighbouring frames of a video), in ranking order; when
+    fewer than `rows` images pass, the best skipped ones fill the figure."""
     if mode == "random":
         order = np.random.default_rng(seed).permutation(len(names))
         ranked = [names[i] for i in order]
@@ -194,7 +195,9 @@ def select_images(names: Sequence[str], scores: dict[str, dict], mode: str, rows
             vectors.append(v)
             if len(chosen) == rows:
                 break
-    return chosen
+    # Too few distinct images: fill with the best skipped ones; rows keep the ranking's order.
+    chosen += [name for name in ranked if name not in chosen][:rows - len(chosen)]
+    return sorted(chosen, key=ranked.index)
 
 
 def boundary_analysis(samples: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], widths: Sequence[float],

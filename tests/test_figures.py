@@ -321,6 +321,8 @@ def test_row_diversity_skips_look_alike_images():
     names = list(scores)
     assert select_images(names, scores, "best", 2, max_similarity=0.9, descriptor=vectors.get) == ["b", "d"]
     assert select_images(names, scores, "best", 3, max_similarity=0.9, descriptor=vectors.get) == ["b", "d", "c"]
+    # fewer distinct images than rows: the best skipped one fills in, rows in ranking order
+    assert select_images(names, scores, "best", 4, max_similarity=0.9, descriptor=vectors.get) == ["b", "a", "d", "c"]
     assert select_images(names, scores, "best", 2, max_similarity=1.0, descriptor=vectors.get) == ["b", "a"]
 
 

@@ -32,11 +32,11 @@ def _image(label, name, fmt="webp", **kwargs):
                     **kwargs)
 
 
-# Session endpoints (they need a run of the same client session) stay public API endpoints but are not offered
-# as MCP tools: Gradio's MCP server skips a function whose `_mcp_type` is not "tool" (gradio.mcp, list_tools);
-# tests/app/test_app_mcp.py checks the tool list.
+# Session endpoints (they need a run of the same client session) and the long dataset ranking stay public API
+# endpoints but are not offered as MCP tools: Gradio's MCP server skips a function whose `_mcp_type` is not
+# "tool" (gradio.mcp, list_tools); tests/app/test_app_mcp.py checks the tool list.
 for _handler in (AppService.segment, AppService.analyse, AppService.render, AppService.probe, AppService.load_pair,
-                 AppService.load_hub_pair, AppService.alignment_ablation):
+                 AppService.load_hub_pair, AppService.alignment_ablation, AppService.dataset_rank):
     _handler._mcp_type = "session"
 
 
