@@ -1,6 +1,7 @@
 """Qualitative figures and boundary analysis: rows of input | FPN baseline | FPN + IFA | ground truth.
 
-python -m ifa.figures --baseline M1 --ifa M2 (--images DIR [--labels DIR] | --dataset D --root R --split S)
+python -m ifa.figures --baseline M1 --ifa M2 (--images DIR [--labels DIR] | --dataset D --root R --split S
+                      | --samples FILE.json)
                       --out FILE.pdf|.png|.svg [--rows N] [--select best|worst|random|list FILE] [--boxes K]
                       [--insets] [--boundary] [--cache DIR | --no-cache] [--shard i/n] ...
 python -m ifa.figures --from-manifest STEM.manifest.json [--out FILE]
@@ -42,6 +43,7 @@ from tqdm import tqdm
 
 from .compare import IFA_FIXED, DifferenceRegion, difference_regions
 from .data.datasets import IMAGE_SUFFIXES, DatasetError, build_dataset, read_image, read_label
+from .data.samples import read_manifest
 from .metrics import boundary_distance_bands, confusion_matrix, image_summary, mean_iou, overall_accuracy
 from .prediction_cache import (
     CacheItem,
@@ -63,7 +65,7 @@ ROLES = {"baseline": "FPN (baseline)", "ifa": "FPN + IFA"}
 OPTIONS = ("images", "labels", "dataset", "root", "split", "limit", "max_side", "rows", "select", "seed", "boxes",
            "min_area", "fixed_only", "max_box", "box_pad", "insets", "no_titles", "no_legend", "no_row_labels",
            "panel_width", "dpi", "boundary", "boundary_widths", "boundary_images", "precision", "mode", "window",
-           "scales", "flip", "ifa_resolution", "batch_size", "max_similarity")
+           "scales", "flip", "ifa_resolution", "batch_size", "max_similarity", "samples")
 # Row diversity: a candidate row is skipped when its image looks like an already chosen one (cosine similarity of
 # mean-removed 32x24 grayscale thumbnails above this). On CamVid val, frames 2 apart score 0.99 on average, 20
 # apart 0.90, 100 apart 0.63: 0.9 keeps a drive's rows roughly 20 frames or more apart.
@@ -315,12 +317,27 @@ def folder_items(images: str | Path, labels: str | Path | None, num_classes: int
     return items
 
 
-def dataset_items(name: str, root: str | Path, split: str, num_classes: int, max_side: int | None = None) -> list[Item]:
-    dataset = build_dataset(name, root, split)
+def dataset_items(name: str, root: str | Path, split: str, num_classes: int, max_side: int | None = None,
+                  classes: str | None = None) -> list[Item]:
+    """A dataset split's images, labels read in class set `classes` (default the dataset's own)."""
+    dataset = build_dataset(name, root, split, classes)
     if dataset.info.num_classes != num_classes:
         raise ValueError(f"the models predict {num_classes} classes but {name} has {dataset.info.num_classes}")
     return [Item(dataset.image_name(i), image, label, dataset.map_label, max_side)
             for i, (image, label) in enumerate(dataset.pairs)]
+
+
+def samples_items(path: str | Path, classes: str, num_classes: int, max_side: int | None = None) -> list[Item]:
+    """The images of a samples manifest (ifa.data.samples), by sample name; a label whose label set has no
+    mapping to the models' class set `classes` is not used."""
+    samples = read_manifest(path)
+    if not samples:
+        raise DatasetError(f"--samples {path} lists no image that exists")
+    items = []
+    for sample in samples:
+        mapper = sample.label_mapper(classes, num_classes) if sample.label is not None else None
+        items.append(Item(sample.name, sample.image, sample.label if mapper else None, mapper, max_side))
+    return items
 
 
 def _read_list(path: str) -> list[str]:
@@ -377,10 +394,14 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--baseline-revision", default=None, help="Hub revision of --baseline")
     m.add_argument("--ifa", help="FPN + IFA checkpoint folder or Hub repo id")
     m.add_argument("--ifa-revision", default=None, help="Hub revision of --ifa")
-    s = p.add_argument_group("images (one of --images or --dataset)")
+    s = p.add_argument_group("images (one of --images, --dataset or --samples)")
     s.add_argument("--images", default=None, help="folder of images")
     s.add_argument("--labels", default=None, help="folder of label PNGs (train ids) matching --images")
-    s.add_argument("--dataset", default=None, help="camvid, cityscapes, ade20k, pascal_context, pascal_context_60")
+    s.add_argument("--dataset", default=None,
+                   help="camvid, cityscapes, ade20k, pascal_context, pascal_context_60, kitti (labels read in the "
+                        "models' class set, through ifa.data.label_sets' mapping where needed)")
+    s.add_argument("--samples", default=None, help="a samples manifest (JSON as assets/samples.json, ifa.data.samples):"
+                                                   " images, labels and their label sets")
     s.add_argument("--root", default=None, help="dataset root folder")
     s.add_argument("--split", default="val")
     s.add_argument("--limit", type=int, default=None, help="consider only the first N images")
@@ -434,7 +455,8 @@ def _restore(args: argparse.Namespace, manifest: dict) -> argparse.Namespace:
     """args with the manifest's models and options; --out, --cache, --device and progress kept from the CLI."""
     if manifest.get("format") != MANIFEST_FORMAT:
         raise ValueError(f"{args.from_manifest} is not a figure manifest ({MANIFEST_FORMAT})")
-    given = [f"--{k.replace('_', '-')}" for k in ("baseline", "ifa", "images", "dataset") if getattr(args, k)]
+    given = [f"--{k.replace('_', '-')}" for k in ("baseline", "ifa", "images", "dataset", "samples")
+             if getattr(args, k)]
     if given:
         raise ValueError(f"--from-manifest takes its models and images from the manifest; drop {', '.join(given)}")
     restored = build_parser().parse_args([])
@@ -453,8 +475,8 @@ def _restore(args: argparse.Namespace, manifest: dict) -> argparse.Namespace:
 def _validate(args: argparse.Namespace) -> None:
     if not args.baseline or not args.ifa:
         raise ValueError("give both models: --baseline M1 --ifa M2 (or --from-manifest FILE)")
-    if (args.images is None) == (args.dataset is None):
-        raise ValueError("give the images with exactly one of --images DIR or --dataset D --root R")
+    if sum(x is not None for x in (args.images, args.dataset, args.samples)) != 1:
+        raise ValueError("give the images with exactly one of --images DIR, --dataset D --root R or --samples FILE")
     if args.dataset is not None and args.root is None:
         raise ValueError("--dataset needs --root")
     if args.labels is not None and args.images is None:
@@ -517,8 +539,10 @@ def run(args: argparse.Namespace, command: str = "") -> FigureResult | None:
 
     if args.images is not None:
         items = folder_items(args.images, args.labels, k, args.max_side)
+    elif args.samples is not None:
+        items = samples_items(args.samples, config.dataset, k, args.max_side)
     else:
-        items = dataset_items(args.dataset, args.root, args.split, k, args.max_side)
+        items = dataset_items(args.dataset, args.root, args.split, k, args.max_side, config.dataset or None)
     items = items[:args.limit] if args.limit else items
     by_name = {item.name: item for item in items}
     names = list(by_name)

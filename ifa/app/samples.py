@@ -1,11 +1,6 @@
 """Sample images for the app: a manifest shipped in assets/ plus a folder named by IFA_SAMPLES_DIR.
 
-assets/samples.json of the app's home (or IFA_SAMPLES_MANIFEST):
-    {"samples": [{"name": "...", "image": "samples/x.jpg", "label": "samples/x.png", "label_set": "camvid",
-                  "dataset": "CamVid", "source": "...", "licence": "..."}]}
-paths relative to the manifest's folder; "label" is optional (a single-channel PNG), "label_set" names its
-format (ifa.data.label_sets; "" = the pair's class indices), "dataset", "source" and "licence" are shown
-next to the sample.
+assets/samples.json of the app's home (or IFA_SAMPLES_MANIFEST), in ifa.data.samples' manifest format.
 
 IFA_SAMPLES_DIR: every image in that folder (sorted by name); its label, when a sibling folder
 "<folder name>annot" holds a file of the same name (the CamVid / SegNet layout, e.g.
@@ -16,56 +11,17 @@ label set is the dataset folder's name when it is one (e.g. camvid), else the pa
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
-from ..data.classes import DATASETS
-from ..data.label_sets import LABEL_SETS, label_lut
+from ..data.label_sets import LABEL_SETS
+from ..data.samples import Sample, read_manifest
 from .registry import app_home
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-
-
-@dataclass(frozen=True)
-class Sample:
-    name: str
-    image: Path
-    label: Path | None = None
-    dataset: str = ""  # where the image comes from, as shown (e.g. "KITTI")
-    label_set: str = ""  # the label file's format (ifa.data.label_sets); "" = the pair's class indices
-    source: str = ""  # attribution
-    licence: str = ""
-    origin: str = "manifest"  # or "folder" (IFA_SAMPLES_DIR) or "dataset" (IFA_APP_DATASET)
-
-    def scorable(self, classes: str) -> bool:
-        """Whether its label can be scored against a pair of class set `classes` (own set or a mapping)."""
-        if self.label is None:
-            return False
-        if not self.label_set or classes not in DATASETS:
-            return True  # read as the pair's class indices; or a pair of an unnamed class set (checked on load)
-        return label_lut(self.label_set, classes) is not None
-
-    def summary(self) -> dict:
-        return {"name": self.name, "dataset": self.dataset, "has_label": self.label is not None,
-                "label_set": self.label_set, "source": self.source, "licence": self.licence}
-
-    def describe(self) -> str:
-        """One markdown line: dataset, label format, source, licence."""
-        parts = [f"**{self.name}**"]
-        if self.dataset:
-            parts.append(self.dataset)
-        if self.label is not None:
-            parts.append(f"label: {LABEL_SETS[self.label_set].title if self.label_set else 'class indices'}")
-        if self.source:
-            parts.append(f"source: {self.source}")
-        if self.licence:
-            parts.append(f"licence: {self.licence}")
-        return " · ".join(parts)
 
 
 def manifest_path() -> Path:
@@ -75,28 +31,8 @@ def manifest_path() -> Path:
 
 
 def manifest_samples(path: Path | None = None) -> list[Sample]:
-    """Samples listed in the manifest whose image exists (missing files are skipped)."""
-    path = path or manifest_path()
-    if not path.is_file():
-        return []
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return []
-    samples = []
-    for item in data.get("samples", []) if isinstance(data, dict) else []:
-        if not isinstance(item, dict) or not isinstance(item.get("image"), str):
-            continue
-        image = (path.parent / item["image"]).resolve()
-        label = (path.parent / item["label"]).resolve() if isinstance(item.get("label"), str) else None
-        if not image.is_file():
-            continue
-        label_set = str(item.get("label_set") or "")
-        samples.append(Sample(str(item.get("name") or image.name), image,
-                              label if label is not None and label.is_file() else None,
-                              str(item.get("dataset") or ""), label_set if label_set in LABEL_SETS else "",
-                              str(item.get("source") or ""), str(item.get("licence") or ""), "manifest"))
-    return samples
+    """Samples listed in the manifest (default: manifest_path()) whose image exists."""
+    return read_manifest(path or manifest_path())
 
 
 def folder_samples(folder: str | os.PathLike | None = None) -> list[Sample]:

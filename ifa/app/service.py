@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import shutil
 import tempfile
 import threading
@@ -29,6 +30,7 @@ import numpy as np
 
 from ..compare import VERDICTS
 from ..data.label_sets import LABEL_SETS
+from ..data.samples import write_manifest
 from ..prediction_cache import file_key
 from . import engine, views
 from .ablation import ablation_markdown, ablation_summary
@@ -64,6 +66,7 @@ PROBE_OUTPUTS = ("probe_view", "baseline_probs", "ifa_probs", "probe_table", "pr
                  "probe_y")
 ABLATION_OUTPUTS = ("ablation_view", "ablation_md", "ablation_summary")
 RANK_OUTPUTS = ("rank_table", "rank_gallery", "rank_status", "rank_summary")
+EXPORT_OUTPUTS = ("figure_files", "figure_md")
 # The dataset view's bounds: images per source, and seconds of new work per request (then it says to continue).
 RANK_MAX_IMAGES = int(os.environ.get("IFA_APP_RANK_MAX", "120") or 120)
 RANK_SECONDS = float(os.environ.get("IFA_APP_RANK_SECONDS", "30") or 30)
@@ -732,6 +735,44 @@ class AppService:
                    "notices": notices, "rows": [{k: v for k, v in r.items() if k != "thumbnail"} for r in rows]}
         return _table(RANK_HEADERS, table_rows(rows)), gallery, status, _jsonable(summary)
 
+    @guarded("exporting the figure")
+    def export_figure(self, summary, pair_id, scales, flip, ifa_resolution, rows=4, fmt="png"):
+        """The dataset view's top `rows` images as the paper-style figure of ifa.figures (PNG or PDF) -> (files:
+        figure, its manifest, the samples manifest and the row list; markdown with the command that redraws it).
+
+        The figure is drawn by ifa.figures itself, from a samples manifest naming the rows' files, so
+        `python -m ifa.figures --from-manifest MANIFEST` regenerates it byte for byte on this machine."""
+        from .. import figures
+
+        rows_wanted = int(_float(rows, "rows", 1, 12, 4))
+        ranked = [r["image"] for r in (summary or {}).get("rows") or []][:rows_wanted]
+        if not ranked:
+            raise UserError("rank a set of images first (the Rank button): the figure shows its top rows")
+        fmt = "pdf" if str(fmt).lower() == "pdf" else "png"
+        spec = self._spec(pair_id or self.default_pair)
+        options, _ = self._options(scales, flip, ifa_resolution)
+        folder = self.files_root / "figures" / uuid.uuid4().hex[:12]
+        folder.mkdir(parents=True)
+        _prune(folder.parent, keep=16)
+        write_manifest([self._samples_by_name[name] for name in ranked], folder / "samples.json",
+                       about=f"the rows of a figure exported by IFA Explorer from {summary.get('source')}")
+        (folder / "rows.txt").write_text("\n".join(ranked) + "\n")
+        argv = []
+        for role, source in (("baseline", spec.baseline), ("ifa", spec.ifa)):
+            argv += [f"--{role}", source.location] + ([f"--{role}-revision", source.revision] if source.revision
+                                                      else [])
+        argv += ["--samples", str(folder / "samples.json"), "--select", "list", str(folder / "rows.txt"),
+                 "--rows", str(len(ranked)), "--scales", *[f"{v:g}" for v in options.scales],
+                 "--ifa-resolution", options.ifa_resolution, "--max-side",
+                 os.environ.get("IFA_APP_MAX_SIDE", "1024") or "1024", "--no-cache", "--no-progress",
+                 "--out", str(folder / f"figure.{fmt}")] + (["--flip"] if options.flip else [])
+        result = figures.run(figures.build_parser().parse_args(argv), command="python -m ifa.figures "
+                             + " ".join(shlex.quote(a) for a in argv))
+        md = (f"Figure of {len(ranked)} rows ({', '.join(ranked)}), drawn by `ifa.figures`. Redraw it byte for byte "
+              f"on this machine with `python -m ifa.figures --from-manifest {result.manifest}`; the samples manifest"
+              f" and the row list name the images.")
+        return [str(result.figure), str(result.manifest), str(folder / "samples.json"), str(folder / "rows.txt")], md
+
     def pick_ranked(self, summary, evt: gr.SelectData):
         """A row (or thumbnail) of the dataset view -> (sample name, cleared upload, cleared label, attribution)."""
         rows = (summary or {}).get("rows") or []
@@ -754,6 +795,13 @@ class AppService:
             raise gr.Error("pick a sample from the gallery", print_exception=False)
         sample = items[index][1]
         return sample.name, None, None, sample.describe()
+
+
+def _prune(folder: Path, keep: int) -> None:
+    """Delete all but the `keep` newest subfolders of `folder` (exported figures)."""
+    subs = sorted((p for p in folder.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in subs[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _jsonable(value):

@@ -36,7 +36,8 @@ def _image(label, name, fmt="webp", **kwargs):
 # endpoints but are not offered as MCP tools: Gradio's MCP server skips a function whose `_mcp_type` is not
 # "tool" (gradio.mcp, list_tools); tests/app/test_app_mcp.py checks the tool list.
 for _handler in (AppService.segment, AppService.analyse, AppService.render, AppService.probe, AppService.load_pair,
-                 AppService.load_hub_pair, AppService.alignment_ablation, AppService.dataset_rank):
+                 AppService.load_hub_pair, AppService.alignment_ablation, AppService.dataset_rank,
+                 AppService.export_figure):
     _handler._mcp_type = "session"
 
 
@@ -169,6 +170,15 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
                         c["rank_gallery"] = gr.Gallery(label="The same images, best gain first (click to open)",
                                                        columns=6, height=260, allow_preview=False,
                                                        elem_id="rank-gallery")
+                        with gr.Row():
+                            c["figure_rows"] = gr.Number(4, label="Figure rows (the top of the ranking)", precision=0,
+                                                         minimum=1, maximum=12, elem_id="figure-rows")
+                            c["figure_format"] = gr.Radio(["png", "pdf"], value="png", label="Format",
+                                                          elem_id="figure-format")
+                            figure_btn = gr.Button("Export figure", elem_id="figure-button")
+                        c["figure_md"] = gr.Markdown(elem_id="figure-md")
+                        c["figure_files"] = gr.File(label="Figure, its manifest, the samples and the rows",
+                                                    file_count="multiple", interactive=False, elem_id="figure-files")
                         c["rank_summary"] = gr.JSON(label="Ranking (JSON)", elem_id="rank-summary")
                 with gr.Accordion("All numbers of this run (JSON)", open=False):
                     c["summary"] = gr.JSON(label="Summary", elem_id="summary")
@@ -232,6 +242,9 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
                         api_name="probe", **model)
         rank_btn.click(service.dataset_rank, out(("rank_source", "pair", "scales", "flip", "ifa_resolution")),
                        out(S.RANK_OUTPUTS), api_name="dataset_rank", **model)
+        figure_btn.click(service.export_figure, out(("rank_summary", "pair", "scales", "flip", "ifa_resolution",
+                                                     "figure_rows", "figure_format")), out(S.EXPORT_OUTPUTS),
+                         api_name="export_figure", **model)
         for ranked in (c["rank_table"], c["rank_gallery"]):
             run_chain(ranked.select(service.pick_ranked, c["rank_summary"],
                                     out(("sample", "image", "ground_truth", "sample_info")), api_visibility="private",

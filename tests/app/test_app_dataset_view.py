@@ -71,3 +71,29 @@ def test_dataset_rank_scores_caches_bounds_and_opens(pair_registry, folder, camv
     assert picked[0] == cached["rows"][0]["image"] and picked[1] is None
     picked = service.pick_ranked(cached, SimpleNamespace(row_value=None, index=2))
     assert picked[0] == cached["rows"][2]["image"]
+
+
+def test_figure_export_redraws_byte_for_byte_from_its_manifest(pair_registry, folder, monkeypatch, tmp_path):
+    """The ranking's top rows exported as ifa.figures' figure (PNG and PDF); `--from-manifest` redraws the PNG
+    byte for byte."""
+    import json
+
+    from ifa import figures
+    from ifa.app import service as S
+
+    monkeypatch.setenv("IFA_SAMPLES_DIR", str(folder))
+    service = S.AppService(pair_registry[0])
+    options = (pair_registry[1], ["1.0"], False, "stride4")
+    _, _, _, ranking = service.dataset_rank("IFA_SAMPLES_DIR folder", *options)
+    files, md = service.export_figure(ranking, *options, 2, "png")
+    figure, manifest_path, samples, rows = files
+    manifest = json.loads(open(manifest_path).read())
+    assert [r["name"] for r in manifest["rows"]] == [r["image"] for r in ranking["rows"][:2]]
+    assert "--from-manifest" in md and open(rows).read().split() == [r["image"] for r in ranking["rows"][:2]]
+    again = tmp_path / "again.png"
+    assert figures.main(["--from-manifest", manifest_path, "--out", str(again), "--no-cache", "--no-progress"]) == 0
+    assert again.read_bytes() == open(figure, "rb").read()
+    pdf, *_ = service.export_figure(ranking, *options, 1, "pdf")[0]
+    assert open(pdf, "rb").read(5) == b"%PDF-"
+    with pytest.raises(Exception, match="rank a set of images first"):
+        service.export_figure({}, *options, 2, "png")
