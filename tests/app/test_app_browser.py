@@ -87,6 +87,8 @@ def _has_image(page, elem_id: str) -> bool:
 def test_pick_sample_run_and_probe_in_a_browser(server, shots, camvid_val):
     from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=RUN_TIMEOUT_MS)  # a run on a busy 2-core machine takes seconds, not 5 s at most
+
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
         page = browser.new_page(viewport={"width": 1500, "height": 1100})
