@@ -35,11 +35,7 @@ class Sample:
 
     def scorable(self, classes: str) -> bool:
         """Whether its label can be scored against a pair of class set `classes` (own set or a mapping)."""
-        if self.label is None:
-            return False
-        if not self.label_set or classes not in DATASETS:
-            return True  # read as the pair's class indices; or a pair of an unnamed class set (checked on load)
-        return label_lut(self.label_set, classes) is not None
+        return self.label is not None and self.label_mapper(classes, 0) is not None
 
     def summary(self) -> dict:
         return {"name": self.name, "dataset": self.dataset, "has_label": self.label is not None,
@@ -67,7 +63,6 @@ class Sample:
         return None if lut is None else (lambda raw: apply_lut(lut, raw))
 
 
-
 def read_manifest(path: str | os.PathLike, origin: str = "manifest") -> list[Sample]:
     """Samples listed in the manifest whose image exists (missing files are skipped)."""
     path = Path(path)
@@ -91,7 +86,6 @@ def read_manifest(path: str | os.PathLike, origin: str = "manifest") -> list[Sam
                               str(item.get("dataset") or ""), label_set if label_set in LABEL_SETS else "",
                               str(item.get("source") or ""), str(item.get("licence") or ""), origin))
     return samples
-
 
 
 def write_manifest(samples: list[Sample], path: str | os.PathLike, about: str = "") -> Path:
