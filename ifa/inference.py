@@ -55,6 +55,19 @@ class Prediction:
     probs: torch.Tensor  # (K, H, W) float32 class probabilities, on the CPU
 
 
+def _placed(model: torch.nn.Module, device: torch.device, channels_last: bool) -> torch.nn.Module:
+    """The model on `device` (4-D weights in channels_last when asked), moved only when some parameter is not
+    there yet: a model kept resident (the app's) is not walked again by `.to` for every prediction."""
+    def ready(p: torch.Tensor) -> bool:
+        same_device = p.device.type == device.type and device.index in (None, p.device.index)
+        return same_device and (not channels_last or p.dim() != 4
+                                       or p.is_contiguous(memory_format=torch.channels_last))
+    if all(ready(p) for p in model.parameters()):
+        return model
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
 class Predictor:
     """Runs a SegmentationModel on images of any size.
 
@@ -101,14 +114,12 @@ class Predictor:
         if not scales or any(s <= 0 for s in scales):
             raise ValueError(f"scales must be positive, got {scales}")
         self.device = torch.device(device) if device is not None else default_device()
-        self.model = model.to(self.device).eval()
         if channels_last is None:
             channels_last = self.device.type == "cuda" or (self.device.type == "cpu"
                                                           and torch.backends.mkldnn.is_available())
         self.channels_last = channels_last
         self.amp_dtype = autocast_dtype(self.device, precision)
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.model = _placed(model, self.device, channels_last).eval()
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self._forward = self.model

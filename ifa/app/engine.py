@@ -124,11 +124,28 @@ class Options:
 
 
 @dataclass
+class HeadInside:
+    """What a head computed on its grid (h, w) for one image (SegmentationModel.inspect), on the CPU."""
+
+    level_norms: np.ndarray  # (L, h, w) float32 each level's contribution norm
+    features: np.ndarray  # (D, h, w) float32 the last features before the classifier
+    logits: np.ndarray  # (K, h, w) float32 grid logits
+
+    @classmethod
+    def of(cls, inside) -> HeadInside:
+        """From a batch-of-one HeadIntermediates."""
+        return cls(*(t[0].float().cpu().numpy() for t in (inside.level_norms, inside.features, inside.logits)))
+
+
+@dataclass
 class ModelOutput:
     labels: np.ndarray  # (H, W) uint8 class per pixel
     probs: np.ndarray  # (K, H, W) float16 class probabilities (averaged over scales / flips)
     seconds: float  # wall time of the prediction on DEVICE, pre- and post-processing included
-    head_inputs: list[np.ndarray] | None = None  # (C, h_l, w_l) float32 per level, of a scale-1 unflipped run
+    # Of a scale-1 unflipped stride-4 run: the head's inputs, (C, h_l, w_l) float32 per level, and (when the run
+    # was asked to keep it) the head's inside from the same pass.
+    head_inputs: list[np.ndarray] | None = None
+    inside: HeadInside | None = None
 
 
 @dataclass
@@ -146,10 +163,6 @@ class FeatureAnalysis:
     fpn_features: np.ndarray | None  # (D, h_1, w_1) the baseline's summed stride-4 features
     ifa_query_size: tuple[int, int]  # (h, w) grid the IFA shares / features were queried on
     seconds: float
-    # Pixels of the image whose IFA label (scale 1, unflipped, stride-4 grid) changes when every level's offset
-    # is fed to the encodings as 0, out of all its pixels; None for a non-IFA model.
-    offsets_zeroed_changed: int | None = None
-    pixels: int = 0
 
 
 def _labels(probs: torch.Tensor) -> np.ndarray:
@@ -157,27 +170,32 @@ def _labels(probs: torch.Tensor) -> np.ndarray:
     return labels.astype(np.uint8 if probs.shape[0] <= 255 else np.int32)
 
 
-def _predict(model, image: np.ndarray, options: Options, ifa_resolution: str) -> ModelOutput:
+def _predict(model, image: np.ndarray, options: Options, ifa_resolution: str, inspect: bool = False
+             ) -> ModelOutput:
     """One model on one image. At scale 1 unflipped on the stride-4 grid (the default), one pass whose head inputs
-    are kept for the feature analysis; otherwise the Predictor's views (scales, flip, full resolution)."""
+    are kept, and with `inspect` the head's inside too (its logits are then the prediction's: one head pass);
+    otherwise the Predictor's views (scales, flip, full resolution)."""
     predictor = Predictor(model, device=DEVICE, precision=PRECISION, scales=options.scales, flip=options.flip,
                           ifa_resolution=ifa_resolution)
     _sync()
     start = time.perf_counter()
-    head_inputs = None
+    head_inputs = inside = None
     if options.scales == (1.0,) and not options.flip and ifa_resolution == "stride4":
         with torch.inference_mode(), _autocast():
             x = _model_input(predictor, image, model)
             levels = model.levels(x)
-            logits = model.upsample_logits(model.head_logits(levels), image.shape[:2])
-            probs = logits[0].float().softmax(0).cpu()
+            if inspect:
+                inside = model.inspect(levels)
+            grid = inside.logits if inspect else model.head_logits(levels)
+            probs = model.upsample_logits(grid, image.shape[:2])[0].float().softmax(0).cpu()
         head_inputs = [lv[0].float().cpu().numpy() for lv in levels]
+        inside = HeadInside.of(inside) if inspect else None
     else:
         probs = predictor.probabilities(predictor.preprocess(image))[0].cpu()
     labels = _labels(probs)
     _sync()
     seconds = time.perf_counter() - start
-    return ModelOutput(labels, probs.numpy().astype(np.float16), seconds, head_inputs)
+    return ModelOutput(labels, probs.half().numpy(), seconds, head_inputs, inside)  # torch's float16 cast: fast
 
 
 def _model_input(predictor: Predictor, image: np.ndarray, model) -> torch.Tensor:
@@ -201,17 +219,19 @@ ANALYSE_IN_COMPARE = DEVICE.type == "cuda"
 def compare(spec: PairSpec, image: np.ndarray, options: Options, analyse: bool | None = None
             ) -> tuple[ModelOutput, ModelOutput, FeatureAnalysis | None]:
     """(baseline output, IFA output, feature analysis or None) for a uint8 RGB image, in one GPU call; the
-    analysis is computed when `analyse` (default: ANALYSE_IN_COMPARE)."""
-    baseline, ifa = _predict_pair(spec, image, options)
+    analysis is computed when `analyse` (default: ANALYSE_IN_COMPARE). Unless `analyse` is False the outputs keep
+    the heads' inside (a later `analyse` call then runs no model)."""
     wanted = ANALYSE_IN_COMPARE if analyse is None else analyse
+    baseline, ifa = _predict_pair(spec, image, options, inspect=analyse is not False)
     return baseline, ifa, (_analyse(spec, image, options.ifa_resolution, baseline, ifa) if wanted else None)
 
 
-def _predict_pair(spec: PairSpec, image: np.ndarray, options: Options) -> tuple[ModelOutput, ModelOutput]:
+def _predict_pair(spec: PairSpec, image: np.ndarray, options: Options, inspect: bool
+                  ) -> tuple[ModelOutput, ModelOutput]:
     pair = PAIRS.get(spec)
-    baseline = _predict(pair.baseline, image, options, "stride4")
+    baseline = _predict(pair.baseline, image, options, "stride4", inspect)
     ifa_res = options.ifa_resolution if pair.ifa.is_ifa else "stride4"
-    return baseline, _predict(pair.ifa, image, options, ifa_res)
+    return baseline, _predict(pair.ifa, image, options, ifa_res, inspect)
 
 
 def _pad(x: torch.Tensor, divisor: int) -> torch.Tensor:
@@ -219,19 +239,19 @@ def _pad(x: torch.Tensor, divisor: int) -> torch.Tensor:
     return F.pad(x, (0, pad_w, 0, pad_h)) if pad_h or pad_w else x
 
 
-def _shares(norms: torch.Tensor) -> np.ndarray:
+def _shares(norms: np.ndarray) -> np.ndarray:
     """(L, h, w) per-level norms -> per-pixel shares summing to 1 (uniform where all are 0)."""
-    total = norms.sum(0, keepdim=True)
-    shares = torch.where(total > 0, norms / total.clamp(min=1e-12), torch.full_like(norms, 1 / norms.shape[0]))
-    return shares.float().cpu().numpy()
+    total = norms.sum(0, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(total > 0, norms / np.maximum(total, 1e-12), 1 / norms.shape[0]).astype(np.float32)
 
 
-def _analyse_model(model, levels: list[torch.Tensor], ifa_size: tuple[int, int] | None):
-    """(shares (L, h, w), features (D, h, w), grid logits (K, h, w), query size) from the head's inputs."""
-    inside = model.inspect(levels, ifa_size if model.is_ifa else None)
-    size = tuple(inside.features.shape[-2:])
-    return (_shares(inside.level_norms[0]), inside.features[0].float().cpu().numpy(),
-            inside.logits[0].float().cpu().numpy(), size)
+def _inside(model, output: ModelOutput | None, levels: list[torch.Tensor], size: tuple[int, int] | None
+            ) -> HeadInside:
+    """The head's inside: the run's own when it kept it (and no other grid is asked), else from `levels`."""
+    if output is not None and output.inside is not None and size is None:
+        return output.inside
+    return HeadInside.of(model.inspect(levels, size if model.is_ifa else None))
 
 
 @gpu(GPU_MAX_SECONDS // 2)
@@ -243,8 +263,9 @@ def analyse(spec: PairSpec, image: np.ndarray, ifa_resolution: str, baseline: Mo
 
 def _analyse(spec: PairSpec, image: np.ndarray, ifa_resolution: str, baseline: ModelOutput | None = None,
              ifa: ModelOutput | None = None, max_full_queries: int = 1_100_000) -> FeatureAnalysis:
-    """Level contributions, final features and the baseline's stride-4 logits at scale 1, unflipped; from the
-    head inputs the run kept (`baseline`, `ifa` outputs of a default run), else from a scale-1 pass.
+    """Level contributions, final features and the baseline's stride-4 logits at scale 1, unflipped: what the run
+    kept of its heads (`baseline`, `ifa` outputs of a default run), else from the head inputs it kept, else from
+    a scale-1 pass.
 
     IFA's shares and features are queried on the stride-4 grid, or at every pixel when
     ifa_resolution is "full" (and the image has at most `max_full_queries` pixels).
@@ -261,29 +282,15 @@ def _analyse(spec: PairSpec, image: np.ndarray, ifa_resolution: str, baseline: M
                 levels[role] = model.levels(_model_input(Predictor(model, device=DEVICE), image, model))
         padded = pair.ifa.padded_size(image.shape[:2])
         full = ifa_resolution == "full" and pair.ifa.is_ifa and math.prod(padded) <= max_full_queries
-        fpn_shares, fpn_features, fpn_logits, fpn_grid = _analyse_model(pair.baseline, levels["baseline"], None)
-        ifa_shares, ifa_features, _, ifa_size = _analyse_model(pair.ifa, levels["ifa"], padded if full else None)
-        changed = _offsets_zeroed_changed(pair.ifa, levels["ifa"], image.shape[:2]) if pair.ifa.is_ifa else None
-        ifa_levels = levels["ifa"]
+        fpn = _inside(pair.baseline, baseline, levels["baseline"], None)
+        ifa_inside = _inside(pair.ifa, ifa, levels["ifa"], padded if full else None)
     _sync()
     return FeatureAnalysis(
-        padded_size=padded, ifa_level_sizes=[tuple(lv.shape[-2:]) for lv in ifa_levels],
-        fpn_grid_size=tuple(fpn_grid), fpn_grid_logits=fpn_logits,
-        ifa_levels=[lv[0].float().cpu().numpy() for lv in ifa_levels], ifa_shares=ifa_shares,
-        fpn_shares=fpn_shares, ifa_features=ifa_features, fpn_features=fpn_features,
-        ifa_query_size=tuple(ifa_size), seconds=time.perf_counter() - start, offsets_zeroed_changed=changed,
-        pixels=int(image.shape[0] * image.shape[1]))
-
-
-def _offsets_zeroed_changed(model, levels: list[torch.Tensor], size: tuple[int, int]) -> int:
-    """Pixels of a size-(H, W) image whose IFA label changes when the offsets are zeroed (stride-4 grid)."""
-    def labels() -> torch.Tensor:
-        return model.upsample_logits(model.head_logits(levels).float(), size)[0].max(0).indices
-
-    trained = labels()
-    with model.offsets_zeroed():
-        zeroed = labels()
-    return int((trained != zeroed).sum())
+        padded_size=padded, ifa_level_sizes=[tuple(lv.shape[-2:]) for lv in levels["ifa"]],
+        fpn_grid_size=tuple(fpn.logits.shape[-2:]), fpn_grid_logits=fpn.logits,
+        ifa_levels=[lv[0].float().cpu().numpy() for lv in levels["ifa"]], ifa_shares=_shares(ifa_inside.level_norms),
+        fpn_shares=_shares(fpn.level_norms), ifa_features=ifa_inside.features, fpn_features=fpn.features,
+        ifa_query_size=tuple(ifa_inside.features.shape[-2:]), seconds=time.perf_counter() - start)
 
 
 @gpu(GPU_MAX_SECONDS // 4)

@@ -461,14 +461,14 @@ class AppService:
         visible = views.visible_mask(result.class_names, None if classes is None else list(classes))
         comparison = views.compare(result, min_area)
         top = comparison.regions[:TOP_REGIONS]
-        gt_view, base_view, ifa_view = views.overlays(result, opacity, visible, top)
+        gt_view, base_plain, ifa_plain = views.overlays(result, opacity, visible)
+        base_view, ifa_view = views.boxed(base_plain, top), views.boxed(ifa_plain, top)
         h, w = result.size
         b_ms, i_ms = 1000 * result.baseline.seconds, 1000 * result.ifa.seconds
         run_on = f"on {result.device}, {w} × {h} px, {result.options.describe()}"
         baseline_time = f"**Semantic FPN: {b_ms:.0f} ms** wall time {run_on}"
         ifa_time = f"**FPN + IFA: {i_ms:.0f} ms** wall time {run_on}"
         legend = legend_html(result.class_names, result.palette, views.present_classes(result), visible)
-        slider_images = views.overlays(result, opacity, visible, None)[1:]
         summary = self._summary(result, comparison, min_area)
         summary_scores, curves = summary["scores"], summary["boundary_accuracy"]
         region_rows = views.region_rows(result, top)
@@ -486,7 +486,7 @@ class AppService:
             baseline_time,
             ifa_time,
             legend,
-            tuple(slider_images),
+            (base_plain, ifa_plain),
             views.difference_view(result, comparison, TOP_REGIONS),
             verdict_legend_html(result.gt is not None),
             _table(views.REGION_HEADERS, region_rows),
@@ -586,7 +586,7 @@ class AppService:
                   f"{', '.join(f'{100 * v:.0f}%' for v in ifa_var)}; Semantic FPN "
                   f"{', '.join(f'{100 * v:.0f}%' for v in fpn_var)}. "
                   f"Analysis took {time.perf_counter() - start:.2f} s on {result.device}.\n\n"
-                  f"{views.offsets_explained(engine.load_pair(result.spec).ifa_offset_ablation, a)}")
+                  f"{views.offsets_explained(engine.load_pair(result.spec).ifa_offset_ablation)}")
             result.feature_views = (ifa_panel, fpn_panel, ifa_pca, fpn_pca, md)
         return result.feature_views
 

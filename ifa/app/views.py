@@ -44,15 +44,16 @@ def visible_mask(class_names: list[str], shown: list[str] | None) -> np.ndarray:
     return np.array([name in shown_set for name in class_names], dtype=bool)
 
 
-def overlays(result: Result, opacity: float, visible: np.ndarray,
-             regions: list[DifferenceRegion] | None = None) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-    """(ground-truth overlay or None, baseline overlay, IFA overlay); `regions` are boxed in yellow."""
+def overlays(result: Result, opacity: float, visible: np.ndarray) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """(ground-truth overlay or None, baseline overlay, IFA overlay), each drawn once; `boxed` adds the regions."""
     def make(labels):
-        img = overlay(result.image, labels, result.palette, alpha=opacity, visible=visible)
-        return draw_boxes(img, regions) if regions else img
-    gt = overlay(result.image, result.gt, result.palette, alpha=opacity, visible=visible) \
-        if result.gt is not None else None
-    return gt, make(result.baseline.labels), make(result.ifa.labels)
+        return overlay(result.image, labels, result.palette, alpha=opacity, visible=visible)
+    return (make(result.gt) if result.gt is not None else None), make(result.baseline.labels), make(result.ifa.labels)
+
+
+def boxed(image: np.ndarray, regions: list[DifferenceRegion]) -> np.ndarray:
+    """A copy of an overlay with `regions` boxed in yellow (numbered as the region table)."""
+    return draw_boxes(image, regions) if regions else image
 
 
 def present_classes(result: Result) -> set[int]:
@@ -275,9 +276,9 @@ def probe_view(result: Result, point: tuple[int, int], ifa_point: np.ndarray | N
                      as_dict(ifa_point) if ifa_point is not None else None, as_dict(mix), rows, data)
 
 
-def offsets_explained(recorded: dict[str, float] | None, analysis) -> str:
-    """Markdown: how much the loaded IFA model's offsets matter, on its val set (from its model card) and on
-    this image (labels that change when every level's offset is fed to the encodings as 0)."""
+def offsets_explained(recorded: dict[str, float] | None) -> str:
+    """Markdown: how much the loaded IFA model's offsets matter on its val set (from its model card), and where to
+    see it on this image (the offset ablation below)."""
     lines = ["**Do this model's offsets matter?** Feeding every level's offset r to its position encoding as 0 "
              "switches the implicit alignment off (each coarse level then acts as nearest-cell upsampling)."]
     if recorded:
@@ -287,8 +288,5 @@ def offsets_explained(recorded: dict[str, float] | None, analysis) -> str:
                      f"{recorded['changed_percent']:.2f}% of the labels change.")
     else:
         lines.append("Its model card records no offset ablation (`python -m tools.offset_ablation MODEL`).")
-    if analysis.offsets_zeroed_changed is not None and analysis.pixels:
-        share = 100 * analysis.offsets_zeroed_changed / analysis.pixels
-        lines.append(f"On this image (scale 1, unflipped, stride-4 grid): {analysis.offsets_zeroed_changed:,} of "
-                     f"{analysis.pixels:,} pixels ({share:.2f}%) change label with offsets zeroed.")
+    lines.append("On this image: **Zero the IFA offsets on this image** below shows which labels change.")
     return " ".join(lines)

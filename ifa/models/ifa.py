@@ -330,18 +330,68 @@ class IFAHead(nn.Module):
             term = term + table.to(term.dtype)[None]
         return term
 
-    def inspect(self, feats: list[torch.Tensor], size: tuple[int, int] | None = None,
-                budget: int = 2 ** 24) -> HeadIntermediates:
-        """On a size-(h, w) query grid (default: the finest level's): each level's first-layer term norm, the last
-        hidden features and the logits. The terms are evaluated in row chunks of about `budget` floats."""
-        h, w = size if size is not None else feats[0].shape[-2:]
-        step = max(1, budget // max(self.hidden[0].out_channels * len(feats) * w, 1))
+    def level_term_norms(self, feats: list[torch.Tensor], size: tuple[int, int], budget: int = 2 ** 22
+                         ) -> torch.Tensor:
+        """(B, L, h, w) float32: the L2 norm over channels of each level's first-layer term (as
+        `first_layer_terms` gives them) at every query of a size-(h, w) grid, without building the terms.
+
+        A term is z + e, z = W_z,l z_l of the query's cell and e = W_pe,l PE(r) of its offset, so
+        ||z + e||^2 = ||z||^2 + ||e||^2 + 2 z.e: ||z||^2 per cell, ||e||^2 per offset class, z.e by
+        `_cross_terms`. Products in float32, the three parts summed in float64 (where z and e nearly cancel, the
+        norm keeps about 1e-7 x ||z|| of error). Chunks of about `budget` values bound the memory.
+        """
+        h, w = size
         norms = []
-        for start in range(0, h, step):
-            terms = self.first_layer_terms(feats, (h, w), rows=slice(start, min(h, start + step)))
-            norms.append(torch.stack([t.float().norm(dim=1) for t in terms], dim=1))
-        features = self.decode_features(feats, (h, w))
-        return HeadIntermediates(torch.cat(norms, dim=2), features, self.classifier(self.dropout(features)))
+        with torch.autocast(feats[0].device.type, enabled=False):
+            self._check(feats)
+            for level, (f, (_, w_z)) in enumerate(zip(feats, self._split_first_layer())):
+                device, (b, c, h_l, w_l) = f.device, f.shape
+                ky, ry = grid_cells(h, h_l, device)
+                kx, rx = grid_cells(w, w_l, device)
+                cells = f.float().permute(0, 2, 3, 1).reshape(-1, c)
+                z = _linear(cells, w_z.float().contiguous(), None, relu=False).view(b, h_l, w_l, -1)  # (B, h_l, w_l, D)
+                squared = torch.linalg.vector_norm(z, dim=-1).double().square()[:, ky][:, :, kx]  # (B, h, w)
+                if self.pos[level].out_dim:
+                    (row_ids, row_reps), (col_ids, col_reps) = offset_classes([ry], h), offset_classes([rx], w)
+                    oy, ox = row_ids.to(device), col_ids.to(device)
+                    e = self._encoding_table(level, ry[row_reps.to(device)], rx[col_reps.to(device)])
+                    e = e.float().permute(1, 2, 0)  # (u_y, u_x, D)
+                    squared += torch.linalg.vector_norm(e, dim=-1).double().square()[oy[:, None], ox[None, :]]
+                    squared += 2 * self._cross_terms(z, e, (ky, kx), (oy, ox), budget).double()
+                norms.append(squared.clamp(min=0).sqrt().float())
+        return torch.stack(norms, dim=1)
+
+    @staticmethod
+    def _cross_terms(z: torch.Tensor, e: torch.Tensor, cells: tuple[torch.Tensor, torch.Tensor],
+                     classes: tuple[torch.Tensor, torch.Tensor], budget: int) -> torch.Tensor:
+        """z.e at every query of an (h, w) grid: (B, h, w). z (B, h_l, w_l, D) per cell, e (u_y, u_x, D) per offset
+        class; cells / classes: the (h,) and (w,) cell and class indices of the grid's rows and columns.
+
+        Whichever multiplies least: every cell with every class, then read (no waste for integer level ratios);
+        or per query row, its cells' z (w_l, D) with its class row's e (u_x, D); or the same per query column.
+        """
+        (ky, kx), (oy, ox) = cells, classes
+        (b, h_l, w_l, d), (u_y, u_x) = z.shape, e.shape[:2]
+        h, w = len(ky), len(kx)
+        cost = {"all": h_l * w_l * u_y * u_x, "rows": h * w_l * u_x, "columns": w * h_l * u_y}
+        way = min(cost, key=cost.get)
+        if way == "all" and b * cost["all"] <= budget:
+            products = (z.reshape(b, h_l * w_l, d) @ e.reshape(u_y * u_x, d).t()).view(b, h_l, w_l, u_y, u_x)
+            return products[:, ky[:, None], kx[None, :], oy[:, None], ox[None, :]]
+        transposed = way == "columns"
+        if transposed:  # the same computation on the transposed grid
+            z, e, ky, kx, oy, ox = z.transpose(1, 2), e.transpose(0, 1), kx, ky, ox, oy
+        step = max(1, budget // (b * z.shape[2] * max(d, e.shape[1])))
+        cross = torch.cat([torch.einsum("bikd,iod->biko", z[:, ky[i:i + step]], e[oy[i:i + step]])[:, :, kx, ox]
+                           for i in range(0, len(ky), step)], dim=1)
+        return cross.transpose(1, 2) if transposed else cross
+
+    def inspect(self, feats: list[torch.Tensor], size: tuple[int, int] | None = None) -> HeadIntermediates:
+        """On a size-(h, w) query grid (default: the finest level's): each level's first-layer term norm
+        (`level_term_norms`), the last hidden features and the logits."""
+        size = size if size is not None else tuple(feats[0].shape[-2:])
+        features = self.decode_features(feats, size)
+        return HeadIntermediates(self.level_term_norms(feats, size), features, self.classifier(self.dropout(features)))
 
     # --- fast evaluation ------------------------------------------------------------------------
     def decode_features(self, feats: list[torch.Tensor], size: tuple[int, int] | None = None) -> torch.Tensor:

@@ -12,23 +12,42 @@ VERDICT_COLORS = {IFA_FIXED: (40, 200, 70), IFA_BROKE: (230, 40, 40), BOTH_WRONG
                   UNKNOWN: (70, 150, 255)}
 
 
-def colorize(labels: np.ndarray, palette, ignore_index: int = 255, ignore_color=(0, 0, 0)) -> np.ndarray:
-    """(H, W) class indices -> (H, W, 3) uint8 using palette (K, 3); ignored/out-of-range pixels get ignore_color."""
+def _color_lut(palette, ignore_index: int = 255, ignore_color=(0, 0, 0)) -> np.ndarray:
+    """(256, 3) uint8: the colour of every label value; ignored / out-of-range values get ignore_color."""
     lut = np.zeros((256, 3), dtype=np.uint8)
     lut[:] = ignore_color
     pal = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)[:ignore_index]
     lut[:len(pal)] = pal
-    return lut[np.clip(labels, 0, 255).astype(np.uint8)]
+    return lut
+
+
+def _lut_index(labels: np.ndarray) -> np.ndarray:
+    return labels if labels.dtype == np.uint8 else np.clip(labels, 0, 255).astype(np.uint8)
+
+
+def colorize(labels: np.ndarray, palette, ignore_index: int = 255, ignore_color=(0, 0, 0)) -> np.ndarray:
+    """(H, W) class indices -> (H, W, 3) uint8 using palette (K, 3); ignored/out-of-range pixels get ignore_color."""
+    return _color_lut(palette, ignore_index, ignore_color)[_lut_index(labels)]
 
 
 def overlay(image: np.ndarray, labels: np.ndarray, palette, alpha: float = 0.5, ignore_index: int = 255,
             visible: np.ndarray | None = None) -> np.ndarray:
     """Blend colorize(labels) over image (H, W, 3) uint8 with opacity alpha; ignored pixels (and pixels
-    whose class is not in the boolean `visible` (K,) mask) keep the image."""
-    colors = colorize(labels, palette, ignore_index).astype(np.float32)
-    mask = labels != ignore_index
+    whose class is not in the boolean `visible` (K,) mask) keep the image.
+
+    Per pixel round((1 - alpha) * image + alpha * colour) in float32, read from a table of all (image value,
+    colour value) pairs; colours and the drawn / kept choice come from 256-entry tables of the label value (label
+    values above 255 count as 255)."""
+    index = _lut_index(labels)
+    drawn = np.zeros(256, dtype=bool)
+    drawn[:ignore_index] = True
     if visible is not None:
-        mask &= np.asarray(visible, dtype=bool)[np.clip(labels, 0, len(visible) - 1)]
-    out = image.astype(np.float32)
-    out[mask] = (1 - alpha) * out[mask] + alpha * colors[mask]
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+        shown = np.asarray(visible, dtype=bool)[:256]
+        drawn[:len(shown)] &= shown
+        drawn[len(shown):] &= bool(shown[-1]) if len(shown) else False
+    colors = _color_lut(palette, ignore_index)[index]  # (H, W, 3)
+    value = np.arange(256, dtype=np.float32)
+    table = np.float32(1 - alpha) * value[:, None] + np.float32(alpha) * value[None, :]
+    table = np.clip(table + np.float32(0.5), 0, 255).astype(np.uint8).reshape(-1)  # [image value * 256 + colour]
+    blended = table[(image.astype(np.uint16) << 8) | colors]
+    return np.where(drawn[index][..., None], blended, image)

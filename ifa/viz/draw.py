@@ -62,13 +62,19 @@ def colorbar(width: int, height: int = 12, name: str = "viridis", left: str = "0
     return np.asarray(canvas)
 
 
-def titled(image: np.ndarray, title: str, size: int = 14) -> np.ndarray:
-    """image with a white title strip above it."""
-    h, w = image.shape[:2]
-    canvas = Image.new("RGB", (w, h + size + 8), (255, 255, 255))
-    canvas.paste(Image.fromarray(image), (0, size + 8))
+@lru_cache(maxsize=256)
+def _title_strip(title: str, width: int, size: int) -> np.ndarray:
+    """A white (size + 8, width, 3) strip with `title` in black (kept: the app draws the same titles often)."""
+    canvas = Image.new("RGB", (width, size + 8), (255, 255, 255))
     ImageDraw.Draw(canvas).text((4, 3), title, fill=(0, 0, 0), font=font(size))
-    return np.asarray(canvas)
+    strip = np.asarray(canvas)
+    strip.flags.writeable = False
+    return strip
+
+
+def titled(image: np.ndarray, title: str, size: int = 14) -> np.ndarray:
+    """image (H, W, 3) uint8 with a white title strip above it: (H + size + 8, W, 3)."""
+    return np.concatenate([_title_strip(title, image.shape[1], size), image[..., :3]], axis=0)
 
 
 def grid(tiles: list[np.ndarray], columns: int, gap: int = 6, background=(255, 255, 255)) -> np.ndarray:

@@ -16,19 +16,19 @@ def pca_project(features: np.ndarray, components: int = 3, max_fit: int = 20000,
     that its largest loading is positive (a deterministic choice; signs carry no meaning).
     """
     d, h, w = features.shape
-    flat = torch.as_tensor(np.asarray(features, dtype=np.float32)).reshape(d, -1).T.double()  # (N, D)
+    flat = torch.as_tensor(np.asarray(features, dtype=np.float32)).reshape(d, -1).T  # (N, D)
     generator = torch.Generator().manual_seed(seed)
     fit = flat if flat.shape[0] <= max_fit else flat[torch.randperm(flat.shape[0], generator=generator)[:max_fit]]
-    mean = fit.mean(dim=0)
-    centred = fit - mean
-    cov = centred.T @ centred / max(fit.shape[0] - 1, 1)
+    mean = fit.double().mean(dim=0).float()
+    centred = fit - mean  # float32 products (centred, so no cancellation), the eigendecomposition in float64
+    cov = (centred.T @ centred).double() / max(fit.shape[0] - 1, 1)
     values, vectors = torch.linalg.eigh(cov)
     order = torch.argsort(values, descending=True)[:components]
     axes = vectors[:, order]
     axes = axes * torch.sign(axes[axes.abs().argmax(dim=0), torch.arange(axes.shape[1])])[None, :]
     total = values.clamp(min=0).sum()
     explained = (values[order].clamp(min=0) / total if total > 0 else torch.zeros(len(order))).numpy()
-    projection = ((flat - mean) @ axes).T.reshape(-1, h, w).numpy()
+    projection = ((flat - mean) @ axes.float()).T.reshape(-1, h, w).numpy()
     if projection.shape[0] < components:  # fewer feature channels than components
         projection = np.concatenate([projection, np.zeros((components - projection.shape[0], h, w))], axis=0)
         explained = np.concatenate([explained, np.zeros(components - len(explained))])

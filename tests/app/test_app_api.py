@@ -8,7 +8,6 @@ per-class IoU = ifa.metrics on the same maps, probe probabilities = the label ma
 from __future__ import annotations
 
 import json
-import re
 import time
 from pathlib import Path
 
@@ -19,8 +18,6 @@ from PIL import Image
 
 from ifa.cards import offset_ablation
 from ifa.compare import difference_regions
-from ifa.hub import load_model
-from ifa.inference import Predictor
 
 pytestmark = [pytest.mark.slow,  # gradio's own pandas deprecation notices
               pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*")]
@@ -47,25 +44,17 @@ def segment(client, pair_id, image=None, sample=None, scales=("1.0",), flip=Fals
     return dict(zip(SEGMENT, out))
 
 
-def assert_offsets_zeroed_count(md: str, pair_registry, image_path: Path) -> None:
-    """The analysis says how many pixels change label with the IFA offsets zeroed: recount with the library."""
+def assert_offsets_explained(md: str, pair_registry) -> None:
+    """The analysis quotes the IFA model card's offset ablation (or says there is none) and points to the
+    per-image ablation (its counts: tests/app/test_app_ablation.py)."""
     registry, pair_id = pair_registry
     spec = next(p for p in json.loads(Path(registry).read_text())["pairs"] if p["id"] == pair_id)
-    model = load_model(ROOT / spec["ifa"]["path"] if not Path(spec["ifa"]["path"]).is_absolute()
-                       else spec["ifa"]["path"])
-    image = np.asarray(Image.open(image_path).convert("RGB"))
-    predictor = Predictor(model, device="cpu")
-    trained = predictor.predict(image).labels
-    with model.offsets_zeroed():
-        zeroed = predictor.predict(image).labels
-    changed, total = (int(g.replace(",", "")) for g in re.search(r"([\d,]+) of ([\d,]+) pixels \(", md).groups())
-    assert total == image.shape[0] * image.shape[1]
-    assert abs(changed - int((trained != zeroed).sum())) <= 10  # argmax near-ties may round differently
     recorded = offset_ablation(ROOT / spec["ifa"]["path"])
     if recorded:  # the shipped model's card records its ablation; the app quotes it
         assert f"{recorded['offsets_zeroed']:.2f} with offsets zeroed" in md
     else:
         assert "records no offset ablation" in md
+    assert "Zero the IFA offsets on this image" in md
 
 
 def read(path) -> np.ndarray:
@@ -147,7 +136,7 @@ def test_sample_with_ground_truth_everything_consistent(app, pair_registry, camv
     for path in (ifa_pca, fpn_pca):
         assert read(path).shape[:2] == (360, 480)
     assert "exactly" in md and "principal components" in md
-    assert_offsets_zeroed_count(md, pair_registry, camvid_val / SAMPLE)
+    assert_offsets_explained(md, pair_registry)
     x, y = 100, 200
     panel, b_probs, i_probs, table, probe_md, marked, px, py = app.client.predict(x, y, api_name="/probe")
     assert read(panel).ndim == 3 and read(marked).shape[:2] == (360, 480) and (px, py) == (x, y)

@@ -14,6 +14,7 @@ from PIL import Image
 from ifa.app.images import ImageLoadError, load_image, load_label
 from ifa.app.probe import bilinear_footprint, ifa_reads, mix_logits, normalised_point
 from ifa.app.registry import PairError, RegistryError, hub_pair, parse_hub_pair_id, read_registry
+from ifa.models import create_model
 from ifa.models.ifa import grid_cells, query_centres
 from ifa.viz.pca import pca_rgb
 
@@ -72,15 +73,31 @@ def test_inspect_returns_the_heads_own_decompositions():
         feats = model.levels(x)
         head = model.decoder.head
         terms = head.first_layer_terms(feats, (18, 22))
-        inside = head.inspect(feats, (18, 22), budget=500)  # several row chunks
+        inside = head.inspect(feats, (18, 22))
         torch.testing.assert_close(inside.level_norms[0], torch.stack([t[0].norm(dim=0) for t in terms]))
         torch.testing.assert_close(inside.features, head.decode_features(feats, (18, 22)))
         torch.testing.assert_close(inside.logits, model.head_logits(feats, (18, 22)), atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(model.inspect(feats, (18, 22)).logits, inside.logits)
         with pytest.raises(ValueError, match="only an IFA head"):
             fpn.inspect(levels, (18, 22))
-    shares = _shares(inside.level_norms[0])
+    shares = _shares(inside.level_norms[0].numpy())
     np.testing.assert_allclose(shares.sum(0), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(18, 22), (9, 11), (36, 44), (25, 31), (40, 17)])
+def test_level_term_norms_equal_the_terms_norms(size):
+    """The norms from the expansion ||z||^2 + ||e||^2 + 2 z.e (by rows or by columns, in chunks) equal the norms
+    of the terms first_layer_terms builds, at grid sizes with integer, non-integer and tied level ratios."""
+    torch.manual_seed(1)
+    model = create_model(architecture="ifa", backbone="efficientnet_lite0", num_classes=4, neck_channels=16,
+                             mlp_channels=[32, 16]).eval()
+    with torch.no_grad():
+        feats = model.levels(torch.randn(2, 3, 72, 88))
+        head = model.decoder.head
+        expected = torch.stack([t.norm(dim=1) for t in head.first_layer_terms(feats, size)], dim=1)
+        for budget in (2 ** 22, 100):  # 100: one query row (column) per chunk
+            torch.testing.assert_close(head.level_term_norms(feats, size, budget=budget), expected,
+                                       rtol=1e-5, atol=1e-5)
 
 
 def test_load_image_conversions_and_refusals(tmp_path):
