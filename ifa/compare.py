@@ -1,14 +1,30 @@
-"""Two predictions side by side: where they differ, grouped into regions, and who is right.
+"""Two predictions side by side: where they differ, grouped into regions, who is right, and both models' scores.
 
-Label maps are (H, W) integer arrays of class indices; ground truth uses 255 for ignored pixels.
+Label maps are (H, W) integer arrays of class indices; ground truth uses 255 for ignored pixels. One stack for
+the app and ifa.figures: `pair_scores` (per-image scores over one class set), `boundary_bands` (accuracy and
+mIoU near ground-truth boundaries), `difference_regions` (the boxes), with the models named by MODELS.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 from scipy import ndimage
+
+from .metrics import (
+    DEFAULT_TRIMAP_WIDTHS,
+    boundary_distance_bands,
+    confusion_matrix,
+    image_summary,
+    mean_iou,
+    overall_accuracy,
+)
+
+# The two roles of a pair and how every view names them.
+MODELS = {"baseline": "Semantic FPN", "ifa": "FPN + IFA"}
 
 AGREE, IFA_FIXED, IFA_BROKE, BOTH_WRONG, UNKNOWN = 0, 1, 2, 3, 4
 VERDICTS = {IFA_FIXED: "IFA fixed it", IFA_BROKE: "IFA broke it", BOTH_WRONG: "both wrong", UNKNOWN: "no ground truth"}
@@ -100,3 +116,49 @@ def difference_regions(baseline: np.ndarray, ifa: np.ndarray, gt: np.ndarray | N
             verdict=verdict, ifa_right=ifa_right, baseline_right=base_right))
     regions.sort(key=lambda r: -r.area)
     return regions[:top_k] if top_k is not None else regions
+
+
+def pair_scores(baseline: np.ndarray, ifa: np.ndarray, gt: np.ndarray, class_names: Sequence[str],
+                ignore_index: int = 255) -> dict[str, dict]:
+    """{"baseline": ..., "ifa": ...} ifa.metrics.image_summary of each model (percent), both over the classes of
+    the ground truth (one class set for both; false positives of other classes counted apart)."""
+    return {role: image_summary(pred, gt, class_names, ignore_index)
+            for role, pred in (("baseline", baseline), ("ifa", ifa))}
+
+
+def _percent(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else 100.0 * float(value)
+
+
+def boundary_bands(samples: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], num_classes: int,
+                   widths: Sequence[float] = DEFAULT_TRIMAP_WIDTHS, ignore_index: int = 255) -> dict:
+    """Pixel accuracy and mIoU of both models within each band around the ground-truth boundaries.
+
+    samples: (baseline, ifa, gt) label maps of each image (one image for the app, a set for ifa.figures). A band
+    of width w holds the pixels whose distance to the nearest boundary is below w
+    (ifa.metrics.boundary_distance_bands, one distance transform per image); confusion matrices are summed over
+    the images before scoring. Returns, in percent, {"widths", "images", "baseline": {"accuracy": [...],
+    "mIoU": [...], "pixels": [...], "overall": {"accuracy", "mIoU"}}, "ifa": {...}}; None where a band holds no
+    pixel.
+    """
+    widths, k = list(widths), num_classes
+    cms = {role: {w: np.zeros((k, k), np.int64) for w in widths} for role in MODELS}
+    overall = {role: np.zeros((k, k), np.int64) for role in MODELS}
+    count = 0
+    for baseline, ifa, gt in samples:
+        count += 1
+        bands = boundary_distance_bands(gt, ignore_index, widths)
+        for role, pred in (("baseline", baseline), ("ifa", ifa)):
+            overall[role] += confusion_matrix(pred, gt, k, ignore_index)
+            for w, mask in bands.items():
+                cms[role][w] += confusion_matrix(pred[mask], gt[mask], k, ignore_index)
+    result = {"widths": widths, "images": count}
+    for role in MODELS:
+        result[role] = {
+            "accuracy": [_percent(overall_accuracy(cms[role][w])) for w in widths],
+            "mIoU": [_percent(mean_iou(cms[role][w])) for w in widths],
+            "pixels": [int(cms[role][w].sum()) for w in widths],
+            "overall": {"accuracy": _percent(overall_accuracy(overall[role])),
+                        "mIoU": _percent(mean_iou(overall[role]))},
+        }
+    return result

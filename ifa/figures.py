@@ -19,7 +19,7 @@ Outputs beside FILE: STEM.manifest.json (models with revision and file hash, ima
 per-image scores, boxes; `--from-manifest` redraws the same figure from it) and, with --boundary,
 STEM.boundary.EXT (accuracy / mIoU versus distance to ground-truth boundaries) + STEM.boundary.json.
 
-Function API: make_row, build_figure, render_to_file, image_scores, boundary_analysis.
+Function API: make_row, build_figure, render_to_file, image_scores (scores and boundary bands: ifa.compare).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import math
 import shlex
 import sys
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -41,10 +41,10 @@ from matplotlib.figure import Figure
 from PIL import Image
 from tqdm import tqdm
 
-from .compare import IFA_FIXED, DifferenceRegion, difference_regions
+from .compare import IFA_FIXED, MODELS, DifferenceRegion, boundary_bands, difference_regions, pair_scores
 from .data.datasets import IMAGE_SUFFIXES, DatasetError, build_dataset, read_image, read_label
 from .data.samples import read_manifest
-from .metrics import boundary_distance_bands, confusion_matrix, image_summary, mean_iou, overall_accuracy
+from .metrics import DEFAULT_TRIMAP_WIDTHS
 from .prediction_cache import (
     CacheItem,
     PredictionCache,
@@ -59,8 +59,6 @@ from .viz.figure import FORMATS, PanelRow, columns, figure_bytes, grid_figure, p
 
 MANIFEST_FORMAT = "ifa-figures/1"
 SELECT_MODES = ("best", "worst", "random", "list")
-DEFAULT_BOUNDARY_WIDTHS = (1, 2, 4, 8, 12, 16, 20, 24, 32, 40)
-ROLES = {"baseline": "FPN (baseline)", "ifa": "FPN + IFA"}
 # argparse destinations that a manifest records and --from-manifest restores.
 OPTIONS = ("images", "labels", "dataset", "root", "split", "limit", "max_side", "rows", "select", "seed", "boxes",
            "min_area", "fixed_only", "max_box", "box_pad", "insets", "no_titles", "no_legend", "no_row_labels",
@@ -128,21 +126,16 @@ def render_to_file(rows_or_figure: Sequence[PanelRow] | Figure, path: str | Path
     return path
 
 
-def _percent(value: float) -> float | None:
-    return None if value is None or math.isnan(value) else 100.0 * float(value)
-
-
 def image_scores(baseline: np.ndarray, ifa: np.ndarray, gt: np.ndarray | None, num_classes: int,
                  ignore_index: int = 255) -> dict:
     """Per-image scores in percent: disagreement (share of pixels where the maps differ) and, with
-    ground truth, each model's mIoU over the ground truth's classes / aAcc and the gain (IFA minus baseline
-    mIoU); None if undefined."""
+    ground truth, each model's mIoU over the ground truth's classes / aAcc (ifa.compare.pair_scores) and the gain
+    (IFA minus baseline mIoU); None if undefined."""
     scores = {"disagreement": 100.0 * float(np.mean(baseline != ifa))}
     if gt is None:
         return scores
-    names = [str(c) for c in range(num_classes)]
-    for role, pred in (("baseline", baseline), ("ifa", ifa)):
-        summary = image_summary(pred, gt, names, ignore_index)  # both over the ground truth's classes
+    both = pair_scores(baseline, ifa, gt, [str(c) for c in range(num_classes)], ignore_index)
+    for role, summary in both.items():
         scores[f"{role}_mIoU"] = None if math.isnan(summary["mIoU"]) else summary["mIoU"]
         scores[f"{role}_aAcc"] = None if math.isnan(summary["aAcc"]) else summary["aAcc"]
     b, i = scores["baseline_mIoU"], scores["ifa_mIoU"]
@@ -200,40 +193,6 @@ def select_images(names: Sequence[str], scores: dict[str, dict], mode: str, rows
     # Too few distinct images: fill with the best skipped ones; rows keep the ranking's order.
     chosen += [name for name in ranked if name not in chosen][:rows - len(chosen)]
     return sorted(chosen, key=ranked.index)
-
-
-def boundary_analysis(samples: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], widths: Sequence[float],
-                      num_classes: int, ignore_index: int = 255) -> dict:
-    """Pixel accuracy and mIoU of both models within each band around the ground-truth boundaries.
-
-    samples: (baseline, ifa, gt) label maps of each image. A band of width w holds the pixels whose
-    distance to the nearest boundary is below w (ifa.metrics.boundary_distance_bands); confusion
-    matrices are summed over the images before scoring. Returns, in percent,
-    {"widths", "images", "baseline": {"accuracy": [...], "mIoU": [...], "pixels": [...],
-    "overall": {"accuracy", "mIoU"}}, "ifa": {...}}; None where a band holds no pixel.
-    """
-    widths = list(widths)
-    k = num_classes
-    cms = {role: {w: np.zeros((k, k), np.int64) for w in widths} for role in ROLES}
-    overall = {role: np.zeros((k, k), np.int64) for role in ROLES}
-    count = 0
-    for baseline, ifa, gt in samples:
-        count += 1
-        bands = boundary_distance_bands(gt, ignore_index, widths)
-        for role, pred in (("baseline", baseline), ("ifa", ifa)):
-            overall[role] += confusion_matrix(pred, gt, k, ignore_index)
-            for w, mask in bands.items():
-                cms[role][w] += confusion_matrix(pred[mask], gt[mask], k, ignore_index)
-    result = {"widths": widths, "images": count}
-    for role in ROLES:
-        result[role] = {
-            "accuracy": [_percent(overall_accuracy(cms[role][w])) for w in widths],
-            "mIoU": [_percent(mean_iou(cms[role][w])) for w in widths],
-            "pixels": [int(cms[role][w].sum()) for w in widths],
-            "overall": {"accuracy": _percent(overall_accuracy(overall[role])),
-                        "mIoU": _percent(mean_iou(overall[role]))},
-        }
-    return result
 
 
 def boundary_table(result: dict) -> str:
@@ -429,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--dpi", type=int, default=300, help="PNG resolution (and raster panels in a PDF)")
     b = p.add_argument_group("boundary analysis")
     b.add_argument("--boundary", action="store_true", help="also plot accuracy / mIoU vs distance to boundaries")
-    b.add_argument("--boundary-widths", type=float, nargs="+", default=list(DEFAULT_BOUNDARY_WIDTHS), metavar="PX")
+    b.add_argument("--boundary-widths", type=float, nargs="+", default=list(DEFAULT_TRIMAP_WIDTHS), metavar="PX")
     b.add_argument("--boundary-images", choices=["selected", "all"], default="selected",
                    help="score the bands over the figure's rows or over every candidate image")
     i = p.add_argument_group("inference")
@@ -463,7 +422,7 @@ def _restore(args: argparse.Namespace, manifest: dict) -> argparse.Namespace:
     for key, value in manifest["options"].items():
         if key in OPTIONS:
             setattr(restored, key, value)
-    for role in ROLES:
+    for role in MODELS:
         setattr(restored, role, manifest["models"][role]["spec"])
         setattr(restored, f"{role}_revision", manifest["models"][role]["revision"])
     for key in ("cache", "no_cache", "device", "no_progress", "from_manifest"):
@@ -518,6 +477,7 @@ def run(args: argparse.Namespace, command: str = "") -> FigureResult | None:
         except (OSError, json.JSONDecodeError) as err:
             raise ValueError(f"cannot read the manifest {args.from_manifest}: {err}") from err
         args = _restore(args, manifest_in)
+        command = manifest_in.get("command") or command  # a redraw records the command that made the figure
     _validate(args)
     ctx = DistributedContext.from_env(args.device)
     if args.shard and ctx.world_size > 1:
@@ -526,7 +486,7 @@ def run(args: argparse.Namespace, command: str = "") -> FigureResult | None:
     progress = not args.no_progress and ctx.is_main
 
     models, identities = {}, {}
-    for role in ROLES:
+    for role in MODELS:
         folder, identities[role] = identify_model(getattr(args, role), getattr(args, f"{role}_revision"))
         models[role] = load_model(folder)
         if manifest_in and manifest_in["models"][role]["sha256"] != identities[role].sha256:
@@ -584,7 +544,7 @@ def run(args: argparse.Namespace, command: str = "") -> FigureResult | None:
         root = None if args.no_cache else (args.cache or default_cache_root())
         caches[role] = PredictionCache(root, identities[role], options)
         predict_to_cache(predictor, caches[role], [by_name[n].cache_item() for n in predict_names],
-                         batch_size=args.batch_size, shard=shard, progress=progress, desc=ROLES[role])
+                         batch_size=args.batch_size, shard=shard, progress=progress, desc=MODELS[role])
         predictor.model.cpu()
     if args.shard:
         print(f"shard {args.shard}: predictions of {len(predict_names[shard[0]::shard[1]])} images are in "
@@ -598,7 +558,7 @@ def run(args: argparse.Namespace, command: str = "") -> FigureResult | None:
 
     def labels_of(name):
         item = by_name[name]
-        out = [caches[role].get(item.key) for role in ROLES]
+        out = [caches[role].get(item.key) for role in MODELS]
         if any(x is None for x in out):
             raise ValueError(f"no cached prediction for {name} (a shard did not finish, or its cache is elsewhere: "
                              f"merge it with `python -m ifa.prediction_cache merge`)")
@@ -631,13 +591,13 @@ def run(args: argparse.Namespace, command: str = "") -> FigureResult | None:
     boundary = None
     if args.boundary:
         over = predict_names if args.boundary_images == "all" else row_names
-        boundary = boundary_analysis((labels_of(n) for n in over), args.boundary_widths, k)
+        boundary = boundary_bands((labels_of(n) for n in over), k, args.boundary_widths)
         boundary["image_names"] = list(over)
-        curves = {ROLES[role]: boundary[role] for role in ROLES}
+        curves = {MODELS[role]: boundary[role] for role in MODELS}
         from .viz.figure import boundary_figure
 
         render_to_file(boundary_figure(boundary["widths"], curves), paths["boundary_plot"], dpi=args.dpi)
-        _write_json(paths["boundary_numbers"], {"models": {r: identities[r].to_dict() for r in ROLES}, **boundary})
+        _write_json(paths["boundary_numbers"], {"models": {r: identities[r].to_dict() for r in MODELS}, **boundary})
         result.boundary_plot, result.boundary_numbers = paths["boundary_plot"], paths["boundary_numbers"]
 
     has_row_gt = any(row.gt is not None for row in rows)
@@ -648,7 +608,7 @@ def run(args: argparse.Namespace, command: str = "") -> FigureResult | None:
                    "dpi": args.dpi, "size_in": [float(v) for v in fig.get_size_inches()],
                    "size_px": list(pixel_size(fig, args.dpi)), "columns": columns(has_row_gt, args.insets),
                    "rows": len(rows)},
-        "models": {role: identities[role].to_dict() for role in ROLES},
+        "models": {role: identities[role].to_dict() for role in MODELS},
         "dataset": config.dataset, "class_names": list(config.class_names),
         "device": str(ctx.device), "precision": effective_precision(ctx.device, args.precision),
         "options": {key: getattr(args, key) for key in OPTIONS},

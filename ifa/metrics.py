@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-DEFAULT_TRIMAP_WIDTHS = (1, 2, 4, 8, 16, 32)
+# Band widths (px) of the boundary analysis in the app and ifa.figures.
+DEFAULT_TRIMAP_WIDTHS = (1, 2, 4, 8, 12, 16, 20, 24, 32, 40)
 
 ArrayLike = np.ndarray | torch.Tensor
 

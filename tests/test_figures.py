@@ -16,12 +16,11 @@ import pytest
 import torch
 from PIL import Image
 
-from ifa.compare import disagreement
+from ifa.compare import boundary_bands, disagreement
 from ifa.data.classes import get_dataset_info
 from ifa.data.datasets import read_image
 from ifa.figures import (
     DEFAULT_MAX_SIMILARITY,
-    boundary_analysis,
     build_figure,
     image_descriptor,
     image_scores,
@@ -115,7 +114,7 @@ def test_rows_and_panels_in_manifest_and_png(figure_run, camvid):
     manifest = figure_run["manifest"]
     fig = manifest["figure"]
     assert fig["rows"] == ROWS and len(manifest["rows"]) == ROWS
-    assert fig["columns"] == ["Input", "FPN (baseline)", "FPN + IFA", "Ground truth"]
+    assert fig["columns"] == ["Input", "Semantic FPN", "FPN + IFA", "Ground truth"]
     val_names = sorted(p.name for p in (camvid / "val").iterdir())
     assert sorted(manifest["images"]) == val_names[:ROWS]
     assert {row["name"] for row in manifest["rows"]} == set(val_names[:ROWS])
@@ -194,7 +193,7 @@ def test_image_folders_list_selection_and_no_ground_truth(figure_run, models, ca
     assert listed["figure"]["columns"][-1] == "Ground truth"
     assert listed["scores"] == {n: s for n, s in figure_run["manifest"]["scores"].items() if n in names}
     nogt = json.loads((tmp_path / "nogt.manifest.json").read_text())
-    assert nogt["figure"]["columns"] == ["Input", "FPN (baseline)", "FPN + IFA"]
+    assert nogt["figure"]["columns"] == ["Input", "Semantic FPN", "FPN + IFA"]
     most = max(names, key=lambda n: figure_run["manifest"]["scores"][n]["disagreement"])
     assert [row["name"] for row in nogt["rows"]] == [most] and set(nogt["rows"][0]["scores"]) == {"disagreement"}
     assert (tmp_path / "nogt.pdf").read_bytes().startswith(b"%PDF")
@@ -232,7 +231,7 @@ def _two_halves(size: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def test_boundary_numbers_match_a_hand_check():
     baseline, ifa, gt = _two_halves()
     flat = np.ones((8, 8), np.int64)  # no boundary: counts in "overall" only
-    result = boundary_analysis([(baseline, ifa, gt), (flat, flat, flat)], widths=[1, 2, 4], num_classes=2)
+    result = boundary_bands([(baseline, ifa, gt), (flat, flat, flat)], num_classes=2, widths=[1, 2, 4])
     # distance to the boundary (columns 3 and 4 are boundary pixels): columns 2/5 -> 1, 1/6 -> 2, 0/7 -> 3.
     # width 1: columns 3-4 (16 px), baseline wrong on column 4: acc 8/16; IoU0 8/16, IoU1 0/8 -> mIoU 25.
     # width 2: columns 2-5 (32 px), 8 wrong: acc 24/32; IoU0 16/24, IoU1 8/16 -> mIoU (2/3 + 1/2) / 2.

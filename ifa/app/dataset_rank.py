@@ -1,8 +1,9 @@
 """Where across a folder of images IFA helps and hurts: both models' per-image scores, ranked.
 
 `rank_row` scores one image from the two label maps (and its ground truth when there is one): each model's
-mIoU over the ground truth's classes (ifa.metrics.image_summary, one class set for both), the gain, the share
-of pixels where the models disagree, and each model's accuracy within `BAND` px of a ground-truth boundary.
+mIoU over the ground truth's classes (ifa.compare.pair_scores, one class set for both), the gain, the share
+of pixels where the models disagree, and each model's accuracy within `BAND` px of a ground-truth boundary
+(ifa.compare.boundary_bands).
 `LabelCache` keeps the label maps in ifa.prediction_cache's in-memory cache, keyed by the image file's bytes,
 the model's weights and the inference options, so a second ranking of the same images is instant.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..metrics import image_summary, trimap_accuracy
+from ..compare import boundary_bands, pair_scores
 from ..prediction_cache import ModelIdentity, PredictionCache
 
 BAND = 4  # px: "near a boundary" in the table
@@ -30,10 +31,12 @@ def rank_row(name: str, baseline: np.ndarray, ifa: np.ndarray, gt: np.ndarray | 
     row = {"image": name, "labelled": gt is not None, "disagreement": _round(100 * float((baseline != ifa).mean())),
            "baseline_mIoU": None, "ifa_mIoU": None, "gain": None, "baseline_band_acc": None, "ifa_band_acc": None}
     if gt is not None and (gt != 255).any():
-        b, i = (image_summary(x, gt, class_names)["mIoU"] for x in (baseline, ifa))
-        bands = [trimap_accuracy(x, gt, (BAND,), len(class_names))[BAND]["accuracy"] for x in (baseline, ifa)]
+        scores = pair_scores(baseline, ifa, gt, class_names)
+        b, i = scores["baseline"]["mIoU"], scores["ifa"]["mIoU"]
+        bands = boundary_bands([(baseline, ifa, gt)], len(class_names), (BAND,))
         row.update(baseline_mIoU=_round(b), ifa_mIoU=_round(i), gain=_round(i - b),
-                   baseline_band_acc=_round(bands[0]), ifa_band_acc=_round(bands[1]))
+                   baseline_band_acc=_round(bands["baseline"]["accuracy"][0]),
+                   ifa_band_acc=_round(bands["ifa"]["accuracy"][0]))
     return row
 
 

@@ -13,20 +13,28 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..compare import AGREE, UNKNOWN, VERDICTS, DifferenceRegion, difference_regions, disagreement, verdict_map
-from ..metrics import DEFAULT_TRIMAP_WIDTHS, image_summary, trimap_accuracy
-from ..viz import overlay
+from ..compare import (
+    AGREE,
+    MODELS,
+    UNKNOWN,
+    VERDICTS,
+    DifferenceRegion,
+    boundary_bands,
+    difference_regions,
+    disagreement,
+    pair_scores,
+    verdict_map,
+)
+from ..viz import figure, overlay
 from ..viz.boxes import draw_boxes, verdict_image
 from ..viz.draw import LEVEL_COLORS
 from ..viz.heatmaps import level_share_panel
 from ..viz.pca import pca_rgb
 from ..viz.probe import CellMark, crosshair, probe_panel
-from .plots import boundary_accuracy_figure
 from .probe import bilinear_footprint, ifa_reads, mix_logits, normalised_point, softmax
 from .results import Result
 
-BASELINE_NAME = "Semantic FPN"
-IFA_NAME = "FPN + IFA"
+BASELINE_NAME, IFA_NAME = MODELS["baseline"], MODELS["ifa"]
 REGION_HEADERS = ["#", "box (x0, y0, x1, y1)", "centre (x, y)", "pixels", "Semantic FPN → FPN + IFA",
                   "ground truth", "who is right", "IFA right (px)", "FPN right (px)"]
 SCORE_HEADERS = ["class", "Semantic FPN IoU %", "FPN + IFA IoU %", "Δ (IFA − FPN)"]
@@ -132,12 +140,13 @@ def region_rows(result: Result, regions: list[DifferenceRegion]) -> list[list]:
 # --- scores ---------------------------------------------------------------------------------------
 
 def scores(result: Result) -> dict | None:
-    """{"Semantic FPN": image_summary(...), "FPN + IFA": image_summary(...)} in percent (both over the classes of
-    the ground truth; false positives of other classes counted apart), or None without ground truth."""
+    """{"Semantic FPN": image_summary(...), "FPN + IFA": image_summary(...)} in percent (ifa.compare.pair_scores:
+    both over the classes of the ground truth, false positives of other classes counted apart), or None without
+    ground truth."""
     if result.gt is None:
         return None
-    return {name: image_summary(out.labels, result.gt, result.class_names)
-            for name, out in ((BASELINE_NAME, result.baseline), (IFA_NAME, result.ifa))}
+    both = pair_scores(result.baseline.labels, result.ifa.labels, result.gt, result.class_names)
+    return {MODELS[role]: summary for role, summary in both.items()}
 
 
 def _num(value) -> float | None:
@@ -162,26 +171,18 @@ def score_rows(result: Result, summary: dict) -> list[list]:
     return rows
 
 
-def boundary_curves(result: Result, widths=DEFAULT_TRIMAP_WIDTHS) -> dict | None:
-    """{"widths", "pixels", model name: [accuracy % per width], "overall": {...}} or None without ground truth."""
+def boundary_curves(result: Result) -> dict | None:
+    """ifa.compare.boundary_bands of the image, the models named: {"widths", "Semantic FPN": {"accuracy", "mIoU",
+    "pixels", "overall"}, "FPN + IFA": {...}} in percent, or None without ground truth."""
     if result.gt is None:
         return None
-    k = result.num_classes
-    out = {"widths": list(widths), "overall": {}}
-    for name, output in ((BASELINE_NAME, result.baseline), (IFA_NAME, result.ifa)):
-        bands = trimap_accuracy(output.labels, result.gt, widths, k)
-        out[name] = [_num(bands[w]["accuracy"]) for w in widths]
-        out["pixels"] = [bands[w]["pixels"] for w in widths]
-        known = result.gt != 255
-        out["overall"][name] = _num(100.0 * float((output.labels[known] == result.gt[known]).mean())) \
-            if known.any() else None
-    return out
+    bands = boundary_bands([(result.baseline.labels, result.ifa.labels, result.gt)], result.num_classes)
+    return {"widths": bands["widths"], **{MODELS[role]: bands[role] for role in MODELS}}
 
 
 def boundary_figure(curves: dict):
-    overall = {k: (v if v is not None else float("nan")) for k, v in curves["overall"].items()}
-    series = {name: [v if v is not None else float("nan") for v in curves[name]] for name in (BASELINE_NAME, IFA_NAME)}
-    return boundary_accuracy_figure(curves["widths"], series, overall, curves["pixels"])
+    return figure.boundary_figure(curves["widths"], {name: curves[name] for name in MODELS.values()},
+                                  size=(6.4, 2.6), overall=True)
 
 
 # --- feature alignment ----------------------------------------------------------------------------

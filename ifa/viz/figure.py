@@ -25,12 +25,13 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
+from ..compare import MODELS
 from .colors import colorize
 
 BOX_COLOR = "#ffff00"
 FORMATS = ("pdf", "png", "svg")
-MAIN_TITLES = ("Input", "FPN (baseline)", "FPN + IFA", "Ground truth")
-INSET_TITLES = ("FPN (zoom)", "FPN + IFA (zoom)", "Ground truth (zoom)")
+MAIN_TITLES = ("Input", MODELS["baseline"], MODELS["ifa"], "Ground truth")
+INSET_TITLES = (f"{MODELS['baseline']} (zoom)", f"{MODELS['ifa']} (zoom)", "Ground truth (zoom)")
 # Fixed style, so that a user's matplotlibrc does not change the output.
 STYLE = {
     "font.family": "DejaVu Sans",
@@ -200,11 +201,13 @@ def _draw_inset(ax, panel, box, box_width: float) -> None:
         spine.set_linewidth(box_width * 1.5)
 
 
-def boundary_figure(widths: Sequence[float], curves: dict[str, dict[str, Sequence[float]]], *,
-                    size: tuple[float, float] = (6.0, 2.3), font_size: float = 7.0) -> Figure:
+def boundary_figure(widths: Sequence[float], curves: dict[str, dict], *, size: tuple[float, float] = (6.0, 2.3),
+                    font_size: float = 7.0, overall: bool = False) -> Figure:
     """Pixel accuracy and mIoU (percent) within each boundary band, one line per model.
 
-    curves: {model label: {"accuracy": [...], "mIoU": [...]}} aligned with widths (pixels).
+    curves: {model label: {"accuracy": [...], "mIoU": [...], "overall": {"accuracy", "mIoU"}}} aligned with widths
+    (pixels), as ifa.compare.boundary_bands gives them per model; `overall` adds each model's whole-image score as
+    a dashed line.
     """
     styles = [{"color": "#7f7f7f", "linestyle": "--", "marker": "o"}, {"color": "#d62728", "marker": "s"},
               {"color": "#1f77b4", "marker": "^"}, {"color": "#2ca02c", "marker": "v"}]
@@ -216,7 +219,10 @@ def boundary_figure(widths: Sequence[float], curves: dict[str, dict[str, Sequenc
             for (label, curve), style in zip(curves.items(), styles * len(curves)):
                 values = [np.nan if v is None else v for v in curve[key]]
                 ax.plot(list(widths), values, label=label, markersize=3, linewidth=1.0, **style)
-            ax.set_title(title, fontsize=font_size)
+                whole = curve.get("overall", {}).get(key) if overall else None
+                if whole is not None:
+                    ax.axhline(whole, color=style["color"], linestyle=":", linewidth=0.8, alpha=0.8)
+            ax.set_title(title + (" (dotted: whole image)" if overall else ""), fontsize=font_size)
             ax.set_xlabel("band width around ground-truth boundaries (px)", fontsize=font_size)
             ax.grid(True, linewidth=0.3, color="#cccccc")
             ax.tick_params(labelsize=font_size * 0.9, width=0.5, length=2)

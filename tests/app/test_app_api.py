@@ -18,6 +18,7 @@ from PIL import Image
 
 from ifa.cards import offset_ablation
 from ifa.compare import difference_regions
+from ifa.metrics import DEFAULT_TRIMAP_WIDTHS, boundary_distance
 
 pytestmark = [pytest.mark.slow,  # gradio's own pandas deprecation notices
               pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*")]
@@ -126,8 +127,15 @@ def test_sample_with_ground_truth_everything_consistent(app, pair_registry, camv
         want_b = summary["scores"]["Semantic FPN"]["per_class"][name]
         if want_b is not None:
             assert table[name][1] == pytest.approx(want_b, abs=0.006)
-    curves = summary["boundary_accuracy"]
-    assert curves["widths"] == [1, 2, 4, 8, 16, 32] and len(curves["Semantic FPN"]) == 6
+    curves = summary["boundary_accuracy"]  # ifa.compare.boundary_bands of this image, recounted here
+    assert curves["widths"] == list(DEFAULT_TRIMAP_WIDTHS)
+    near = boundary_distance(gt) < 4
+    for key, pred in (("Semantic FPN", baseline), ("FPN + IFA", ifa)):
+        j = curves["widths"].index(4)
+        assert curves[key]["pixels"][j] == int(near.sum())
+        assert curves[key]["accuracy"][j] == pytest.approx(100 * (pred[near] == gt[near]).mean(), abs=1e-6)
+        assert curves[key]["overall"]["accuracy"] == pytest.approx(100 * (pred[scored] == gt[scored]).mean(),
+                                                                   abs=1e-6)
 
     # Feature analysis, then a probe: same session, so the same result.
     ifa_levels, fpn_levels, ifa_pca, fpn_pca, md = app.client.predict(api_name="/analyse")
