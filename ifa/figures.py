@@ -467,8 +467,6 @@ def _validate(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace, command: str = "") -> FigureResult | None:
     """Predict (cached), score, select, draw and write the manifest; None for a --shard run or a non-zero rank."""
     from .distributed import DistributedContext
-    from .hub import load_model
-    from .inference import Predictor
 
     manifest_in = None
     if args.from_manifest:
@@ -485,67 +483,22 @@ def run(args: argparse.Namespace, command: str = "") -> FigureResult | None:
     shard = parse_shard(args.shard) if args.shard else (ctx.rank, ctx.world_size)
     progress = not args.no_progress and ctx.is_main
 
-    models, identities = {}, {}
-    for role in MODELS:
-        folder, identities[role] = identify_model(getattr(args, role), getattr(args, f"{role}_revision"))
-        models[role] = load_model(folder)
-        if manifest_in and manifest_in["models"][role]["sha256"] != identities[role].sha256:
-            raise ValueError(f"the {role} model {identities[role].spec} is not the one in the manifest "
-                             f"(sha256 {identities[role].sha256[:12]} vs {manifest_in['models'][role]['sha256'][:12]})")
+    models, identities = _load_models(args, manifest_in)
     config = models["baseline"].config
     k = config.num_classes
-    if models["ifa"].config.num_classes != k:
-        raise ValueError(f"the models predict different classes: {k} vs {models['ifa'].config.num_classes}")
-
-    if args.images is not None:
-        items = folder_items(args.images, args.labels, k, args.max_side)
-    elif args.samples is not None:
-        items = samples_items(args.samples, config.dataset, k, args.max_side)
-    else:
-        items = dataset_items(args.dataset, args.root, args.split, k, args.max_side, config.dataset or None)
-    items = items[:args.limit] if args.limit else items
-    by_name = {item.name: item for item in items}
+    by_name = {item.name: item for item in _items(args, config)}
     names = list(by_name)
-    has_gt = any(item.label_path is not None for item in items)
-    if args.boundary and not has_gt:
-        raise ValueError("--boundary needs ground truth: give --labels DIR or use --dataset")
-    if args.fixed_only and not has_gt:
-        raise ValueError("--fixed-only needs ground truth: give --labels DIR or use --dataset")
-
-    mode = args.select[0]
-    row_names = None
 
     @functools.cache
     def descriptor(name: str) -> np.ndarray:
         return image_descriptor(by_name[name].load_image())
 
-    if manifest_in:
-        row_names = _match([row["name"] for row in manifest_in["rows"]], by_name, "the manifest")
-        changed = [row["name"] for row in manifest_in["rows"] if by_name[row["name"]].key != row["key"]]
-        if changed:
-            warnings.warn(f"{len(changed)} image(s) changed since the manifest was written (e.g. {changed[0]})",
-                          stacklevel=2)
-    elif mode == "list":
-        row_names = _match(_read_list(args.select[1]), by_name, f"--select list {args.select[1]}")
-    elif mode == "random":
-        row_names = select_images(names, {}, "random", args.rows, args.seed, args.max_similarity, descriptor)
+    row_names = _given_rows(args, manifest_in, by_name, descriptor)
     ranked = row_names is None
     everything = ranked or (args.boundary and args.boundary_images == "all")
     predict_names = names if everything else row_names
-
-    caches = {}
-    for role, model in models.items():
-        predictor = Predictor(model, device=ctx.device, precision=args.precision, mode=args.mode,
-                              window=tuple(args.window), scales=tuple(args.scales), flip=args.flip,
-                              ifa_resolution=args.ifa_resolution if model.is_ifa else "stride4")
-        options = {"mode": args.mode, "window": list(args.window) if args.mode == "slide" else None,
-                   "scales": list(args.scales), "flip": args.flip, "ifa_resolution": predictor.ifa_resolution,
-                   "precision": effective_precision(ctx.device, args.precision), "max_side": args.max_side}
-        root = None if args.no_cache else (args.cache or default_cache_root())
-        caches[role] = PredictionCache(root, identities[role], options)
-        predict_to_cache(predictor, caches[role], [by_name[n].cache_item() for n in predict_names],
-                         batch_size=args.batch_size, shard=shard, progress=progress, desc=MODELS[role])
-        predictor.model.cpu()
+    caches = _predict(args, models, identities, [by_name[n].cache_item() for n in predict_names], ctx.device,
+                      shard, progress)
     if args.shard:
         print(f"shard {args.shard}: predictions of {len(predict_names[shard[0]::shard[1]])} images are in "
               f"{caches['baseline'].root}; run again without --shard to draw the figure")
@@ -568,46 +521,30 @@ def run(args: argparse.Namespace, command: str = "") -> FigureResult | None:
     for name in tqdm(predict_names, desc="score", disable=not progress or len(predict_names) < 20, leave=False):
         scores[name] = image_scores(*labels_of(name), k)
     if ranked:
-        row_names = select_images(names, scores, mode, args.rows, args.seed, args.max_similarity, descriptor)
+        row_names = select_images(names, scores, args.select[0], args.rows, args.seed, args.max_similarity,
+                                  descriptor)
     if manifest_in:
         _check_scores(manifest_in, scores)
 
-    rows, manifest_rows = [], []
-    for name in row_names:
-        baseline, ifa, gt = labels_of(name)
-        regions, boxes = boxed_regions(baseline, ifa, gt, args.boxes, args.min_area, args.fixed_only, args.max_box,
-                                       args.box_pad)
-        rows.append(PanelRow(name, by_name[name].load_image(), baseline, ifa, gt, boxes, score_label(scores[name])))
-        manifest_rows.append({"name": name, "key": by_name[name].key, "size": list(baseline.shape),
-                              "scores": scores[name],
-                              "regions": [{**r.to_dict(), "drawn_box": list(b)} for r, b in zip(regions, boxes)]})
-    layout = {"column_titles": not args.no_titles, "legend": not args.no_legend, "row_labels": not args.no_row_labels,
-              "insets": args.insets, "panel_width": args.panel_width}
-    fig = build_figure(rows, config.class_names, config.palette, **layout)
     paths = output_paths(args.out)
+    rows, manifest_rows = _rows(args, row_names, by_name, labels_of, scores)
+    fig = build_figure(rows, config.class_names, config.palette, column_titles=not args.no_titles,
+                       legend=not args.no_legend, row_labels=not args.no_row_labels, insets=args.insets,
+                       panel_width=args.panel_width)
     render_to_file(fig, paths["figure"], dpi=args.dpi)
     result = FigureResult(paths["figure"], paths["manifest"], rows=list(row_names))
-
     boundary = None
     if args.boundary:
         over = predict_names if args.boundary_images == "all" else row_names
-        boundary = boundary_bands((labels_of(n) for n in over), k, args.boundary_widths)
-        boundary["image_names"] = list(over)
-        curves = {MODELS[role]: boundary[role] for role in MODELS}
-        from .viz.figure import boundary_figure
-
-        render_to_file(boundary_figure(boundary["widths"], curves), paths["boundary_plot"], dpi=args.dpi)
-        _write_json(paths["boundary_numbers"], {"models": {r: identities[r].to_dict() for r in MODELS}, **boundary})
+        boundary = _boundary(args, over, labels_of, k, identities, paths)
         result.boundary_plot, result.boundary_numbers = paths["boundary_plot"], paths["boundary_numbers"]
-
-    has_row_gt = any(row.gt is not None for row in rows)
     manifest = {
         "format": MANIFEST_FORMAT,
         "command": command,
         "figure": {"path": str(paths["figure"]), "format": paths["figure"].suffix.lstrip(".").lower(),
                    "dpi": args.dpi, "size_in": [float(v) for v in fig.get_size_inches()],
-                   "size_px": list(pixel_size(fig, args.dpi)), "columns": columns(has_row_gt, args.insets),
-                   "rows": len(rows)},
+                   "size_px": list(pixel_size(fig, args.dpi)),
+                   "columns": columns(any(row.gt is not None for row in rows), args.insets), "rows": len(rows)},
         "models": {role: identities[role].to_dict() for role in MODELS},
         "dataset": config.dataset, "class_names": list(config.class_names),
         "device": str(ctx.device), "precision": effective_precision(ctx.device, args.precision),
@@ -629,6 +566,109 @@ def run(args: argparse.Namespace, command: str = "") -> FigureResult | None:
                                               result.boundary_numbers) if p is not None))
     ctx.close()
     return result
+
+
+# --- the steps of run ------------------------------------------------------------------------------------
+
+
+def _load_models(args: argparse.Namespace, manifest_in: dict | None) -> tuple[dict, dict]:
+    """({role: model}, {role: ModelIdentity}); a redraw refuses models that are not the manifest's."""
+    from .hub import load_model
+
+    models, identities = {}, {}
+    for role in MODELS:
+        folder, identities[role] = identify_model(getattr(args, role), getattr(args, f"{role}_revision"))
+        models[role] = load_model(folder)
+        if manifest_in and manifest_in["models"][role]["sha256"] != identities[role].sha256:
+            raise ValueError(f"the {role} model {identities[role].spec} is not the one in the manifest "
+                             f"(sha256 {identities[role].sha256[:12]} vs {manifest_in['models'][role]['sha256'][:12]})")
+    k = models["baseline"].config.num_classes
+    if models["ifa"].config.num_classes != k:
+        raise ValueError(f"the models predict different classes: {k} vs {models['ifa'].config.num_classes}")
+    return models, identities
+
+
+def _items(args: argparse.Namespace, config) -> list[Item]:
+    """The candidate images (folder, samples manifest or dataset split), --limit applied, ground truth checked
+    against the options that need it."""
+    k = config.num_classes
+    if args.images is not None:
+        items = folder_items(args.images, args.labels, k, args.max_side)
+    elif args.samples is not None:
+        items = samples_items(args.samples, config.dataset, k, args.max_side)
+    else:
+        items = dataset_items(args.dataset, args.root, args.split, k, args.max_side, config.dataset or None)
+    items = items[:args.limit] if args.limit else items
+    has_gt = any(item.label_path is not None for item in items)
+    for flag, wanted in (("--boundary", args.boundary), ("--fixed-only", args.fixed_only)):
+        if wanted and not has_gt:
+            raise ValueError(f"{flag} needs ground truth: give --labels DIR or use --dataset")
+    return items
+
+
+def _given_rows(args: argparse.Namespace, manifest_in: dict | None, by_name: dict[str, Item],
+                descriptor: Callable[[str], np.ndarray]) -> list[str] | None:
+    """The rows known before any prediction (a manifest's, a --select list, a random pick), or None: ranked."""
+    if manifest_in:
+        row_names = _match([row["name"] for row in manifest_in["rows"]], by_name, "the manifest")
+        changed = [row["name"] for row in manifest_in["rows"] if by_name[row["name"]].key != row["key"]]
+        if changed:
+            warnings.warn(f"{len(changed)} image(s) changed since the manifest was written (e.g. {changed[0]})",
+                          stacklevel=3)
+        return row_names
+    if args.select[0] == "list":
+        return _match(_read_list(args.select[1]), by_name, f"--select list {args.select[1]}")
+    if args.select[0] == "random":
+        return select_images(list(by_name), {}, "random", args.rows, args.seed, args.max_similarity, descriptor)
+    return None
+
+
+def _predict(args: argparse.Namespace, models: dict, identities: dict, items: list[CacheItem], device, shard,
+             progress: bool) -> dict[str, PredictionCache]:
+    """Both models over `items` (this shard's slice) into their prediction caches: {role: PredictionCache}."""
+    from .inference import Predictor
+
+    caches = {}
+    for role, model in models.items():
+        predictor = Predictor(model, device=device, precision=args.precision, mode=args.mode,
+                              window=tuple(args.window), scales=tuple(args.scales), flip=args.flip,
+                              ifa_resolution=args.ifa_resolution if model.is_ifa else "stride4")
+        options = {"mode": args.mode, "window": list(args.window) if args.mode == "slide" else None,
+                   "scales": list(args.scales), "flip": args.flip, "ifa_resolution": predictor.ifa_resolution,
+                   "precision": effective_precision(device, args.precision), "max_side": args.max_side}
+        root = None if args.no_cache else (args.cache or default_cache_root())
+        caches[role] = PredictionCache(root, identities[role], options)
+        predict_to_cache(predictor, caches[role], items, batch_size=args.batch_size, shard=shard, progress=progress,
+                         desc=MODELS[role])
+        predictor.model.cpu()
+    return caches
+
+
+def _rows(args: argparse.Namespace, row_names: list[str], by_name: dict[str, Item], labels_of, scores: dict
+          ) -> tuple[list[PanelRow], list[dict]]:
+    """The figure's rows (boxes chosen) and their manifest entries."""
+    rows, manifest_rows = [], []
+    for name in row_names:
+        baseline, ifa, gt = labels_of(name)
+        regions, boxes = boxed_regions(baseline, ifa, gt, args.boxes, args.min_area, args.fixed_only, args.max_box,
+                                       args.box_pad)
+        rows.append(PanelRow(name, by_name[name].load_image(), baseline, ifa, gt, boxes, score_label(scores[name])))
+        manifest_rows.append({"name": name, "key": by_name[name].key, "size": list(baseline.shape),
+                              "scores": scores[name],
+                              "regions": [{**r.to_dict(), "drawn_box": list(b)} for r, b in zip(regions, boxes)]})
+    return rows, manifest_rows
+
+
+def _boundary(args: argparse.Namespace, names: list[str], labels_of, k: int, identities: dict,
+              paths: dict[str, Path]) -> dict:
+    """The boundary analysis over the images `names` (ifa.compare.boundary_bands): plot and numbers written."""
+    from .viz.figure import boundary_figure
+
+    boundary = {**boundary_bands((labels_of(n) for n in names), k, args.boundary_widths), "image_names": list(names)}
+    curves = {MODELS[role]: boundary[role] for role in MODELS}
+    render_to_file(boundary_figure(boundary["widths"], curves), paths["boundary_plot"], dpi=args.dpi)
+    _write_json(paths["boundary_numbers"], {"models": {r: identities[r].to_dict() for r in MODELS}, **boundary})
+    return boundary
 
 
 def _check_scores(manifest: dict, scores: dict) -> None:
