@@ -101,7 +101,7 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
                                 c["ifa_view"] = _image("FPN + IFA", "ifa-view")
                                 c["ifa_time"] = gr.Markdown(label="FPN + IFA timing", elem_id="ifa-time")
                         c["legend"] = gr.HTML(label="Legend", elem_id="legend")
-                        c["slider"] = gr.ImageSlider(label="Before (Semantic FPN) / after (FPN + IFA)", format="png",
+                        c["slider"] = gr.ImageSlider(label="Before (Semantic FPN) / after (FPN + IFA)", format="webp",
                                                      elem_id="slider", interactive=False)
                         c["downloads"] = gr.File(label="Raw label maps (palette PNG: pixel value = class index)",
                                                  file_count="multiple", interactive=False, elem_id="downloads")
@@ -147,8 +147,8 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
                             c["fpn_levels"] = _image("Semantic FPN: level contributions", "fpn-levels", fmt="png",
                                                      show_label=False)
                         with gr.Row():
-                            c["ifa_pca"] = _image("FPN + IFA: final features, PCA → RGB", "ifa-pca", fmt="png")
-                            c["fpn_pca"] = _image("Semantic FPN: final features, PCA → RGB", "fpn-pca", fmt="png")
+                            c["ifa_pca"] = _image("FPN + IFA: final features, PCA → RGB", "ifa-pca", fmt="jpeg")
+                            c["fpn_pca"] = _image("Semantic FPN: final features, PCA → RGB", "fpn-pca", fmt="jpeg")
                         with gr.Accordion("What the alignment changes here: the offsets zeroed", open=True):
                             ablate_btn = gr.Button("Zero the IFA offsets on this image", elem_id="ablate-button")
                             c["ablation_md"] = gr.Markdown(ABLATION_EXPLAINED, elem_id="ablation-md")
