@@ -31,6 +31,7 @@ def folder(camvid_val, tmp_path_factory):
 
 
 def test_dataset_rank_scores_caches_bounds_and_opens(pair_registry, folder, camvid_val, monkeypatch):
+    from ifa.app import dataset_view
     from ifa.app import service as S
 
     monkeypatch.setenv("IFA_SAMPLES_DIR", str(folder))
@@ -39,10 +40,10 @@ def test_dataset_rank_scores_caches_bounds_and_opens(pair_registry, folder, camv
     assert source in service.rank_sources() and "shipped samples" in service.rank_sources()
     options = (pair_registry[1], ["1.0"], False, "stride4")
 
-    monkeypatch.setattr(S, "RANK_SECONDS", 0.0)  # one new image per request
+    monkeypatch.setattr(dataset_view, "RANK_SECONDS", 0.0)  # one new image per request
     table, _, status, first = service.dataset_rank(source, *options)
     assert first["computed"] == 1 and first["pending"] == 2 and "press *Rank* again" in status
-    monkeypatch.setattr(S, "RANK_SECONDS", 600.0)
+    monkeypatch.setattr(dataset_view, "RANK_SECONDS", 600.0)
     _, gallery, _, second = service.dataset_rank(source, *options)
     assert second["computed"] == 2 and second["pending"] == 0 and second["ranked"] == 3
     table, gallery, status, cached = service.dataset_rank(source, *options)
@@ -79,6 +80,7 @@ def test_figure_export_redraws_byte_for_byte_from_its_manifest(pair_registry, fo
     import json
 
     from ifa import figures
+    from ifa.app import dataset_view
     from ifa.app import service as S
 
     monkeypatch.setenv("IFA_SAMPLES_DIR", str(folder))
