@@ -20,8 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..data.classes import DATASETS, get_dataset_info
-from ..data.label_sets import apply_lut, get_label_set, label_lut
+from ..data.label_sets import apply_lut, get_label_set, scoring_lut
 
 # Defaults; the app reads overrides from IFA_APP_MAX_SIDE / IFA_APP_MAX_PIXELS.
 DEFAULT_MAX_SIDE = 1024
@@ -239,23 +238,11 @@ def load_label(path: str | os.PathLike, size: tuple[int, int], num_classes: int,
 
 
 def _label_lut(label_set: str, classes: str, num_classes: int, notices: list[str]) -> np.ndarray | None:
-    """The lookup table of a declared label set for the pair's classes; None = read values as class indices."""
-    if not label_set:
-        return None
+    """The lookup table of a declared label set for the pair's classes (ifa.data.label_sets.scoring_lut, the rule
+    the samples use too); None = read values as class indices."""
     try:
-        source = get_label_set(label_set)
+        lut, notice = scoring_lut(label_set, classes, num_classes)
     except ValueError as err:
         raise ImageLoadError(str(err)) from None
-    known = classes in DATASETS
-    target = classes if known else source.classes  # a pair of an unnamed class set: the label set's, if K matches
-    if not known and get_dataset_info(target).num_classes != num_classes:
-        raise ImageLoadError(f"labels in {source.title} have {get_dataset_info(target).num_classes} classes, the "
-                             f"pair predicts {num_classes}")
-    lut = label_lut(label_set, target)
-    if lut is None:
-        raise ImageLoadError(f"labels in {source.title} cannot be scored against the pair's {target} classes: no "
-                             f"mapping between them is written (ifa.data.label_sets maps Cityscapes to CamVid)")
-    if source.classes != target:
-        notices.append(f"label read as {source.title} and mapped to the pair's {target} classes "
-                       f"(ifa.data.label_sets; ids without a counterpart are ignored)")
+    notices += [notice] if notice else []
     return lut

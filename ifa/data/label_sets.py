@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .classes import get_dataset_info
+from .classes import DATASETS, get_dataset_info
 
 IGNORE = 255
 
@@ -162,6 +162,32 @@ def label_lut(label_set: str, classes: str) -> np.ndarray | None:
         train_to_id = {t: i for i, t in CITYSCAPES_LABELID_TO_TRAINID.items()}
         return _lut((t, to_camvid[train_to_id[t]]) for t in range(19))
     return None
+
+
+def scoring_lut(label_set: str, classes: str, num_classes: int) -> tuple[np.ndarray | None, str | None]:
+    """How labels stored as `label_set` are scored against a model of class set `classes` with `num_classes`
+    outputs: (lookup table stored value -> class index, 255 ignored; or None: the values are the class indices
+    below num_classes, as for an empty `label_set`), plus a notice when the labels are mapped to other classes.
+
+    A model whose class set has no name (a custom pair) takes the label set's own classes when their count
+    matches. Raises ValueError, with the reason, when the labels cannot be scored.
+    """
+    if not label_set:
+        return None, None
+    source = get_label_set(label_set)
+    named = classes in DATASETS
+    target = classes if named else source.classes
+    if not named and get_dataset_info(target).num_classes != num_classes:
+        raise ValueError(f"labels in {source.title} have {get_dataset_info(target).num_classes} classes, the "
+                         f"pair predicts {num_classes}")
+    lut = label_lut(label_set, target)
+    if lut is None:
+        raise ValueError(f"labels in {source.title} cannot be scored against the pair's {target} classes: no "
+                         f"mapping between them is written (ifa.data.label_sets maps Cityscapes to CamVid)")
+    notice = None if source.classes == target else (
+        f"label read as {source.title} and mapped to the pair's {target} classes "
+        f"(ifa.data.label_sets; ids without a counterpart are ignored)")
+    return lut, notice
 
 
 def convert_label(raw: np.ndarray, label_set: str, classes: str) -> np.ndarray | None:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .classes import DATASETS
-from .label_sets import LABEL_SETS, apply_lut, label_lut
+from .classes import DATASETS, get_dataset_info
+from .label_sets import LABEL_SETS, apply_lut, scoring_lut
 
 
 @dataclass(frozen=True)
@@ -33,9 +33,16 @@ class Sample:
     licence: str = ""
     origin: str = "manifest"  # or "folder" (IFA_SAMPLES_DIR) or "dataset" (IFA_APP_DATASET)
 
-    def scorable(self, classes: str) -> bool:
-        """Whether its label can be scored against a pair of class set `classes` (own set or a mapping)."""
-        return self.label is not None and self.label_mapper(classes, 0) is not None
+    def scorable(self, classes: str, num_classes: int | None = None) -> bool:
+        """Whether its label can be scored against a pair of class set `classes` (own set or a mapping) with
+        `num_classes` outputs (default: the named set's; an unnamed set of unknown size is given the benefit)."""
+        if self.label is None:
+            return False
+        if num_classes is None:
+            if classes not in DATASETS:
+                return True
+            num_classes = get_dataset_info(classes).num_classes
+        return self.label_mapper(classes, num_classes) is not None
 
     def summary(self) -> dict:
         return {"name": self.name, "dataset": self.dataset, "has_label": self.label is not None,
@@ -55,12 +62,15 @@ class Sample:
         return " · ".join(parts)
 
     def label_mapper(self, classes: str, num_classes: int):
-        """A function: stored label values -> train ids of `classes` (255 = ignored), or None without a mapping.
-        An unnamed class set reads the values as class indices below `num_classes`."""
-        if not self.label_set or classes not in DATASETS:
+        """A function: stored label values -> train ids of `classes` (255 = ignored), or None when they cannot be
+        scored; the rule of uploaded labels (ifa.data.label_sets.scoring_lut)."""
+        try:
+            lut, _ = scoring_lut(self.label_set, classes, num_classes)
+        except ValueError:
+            return None
+        if lut is None:
             return lambda raw: np.where((raw < 0) | (raw >= num_classes), 255, raw)
-        lut = label_lut(self.label_set, classes)
-        return None if lut is None else (lambda raw: apply_lut(lut, raw))
+        return lambda raw: apply_lut(lut, raw)
 
 
 def read_manifest(path: str | os.PathLike, origin: str = "manifest") -> list[Sample]:

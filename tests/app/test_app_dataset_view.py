@@ -80,7 +80,6 @@ def test_figure_export_redraws_byte_for_byte_from_its_manifest(pair_registry, fo
     import json
 
     from ifa import figures
-    from ifa.app import dataset_view
     from ifa.app import service as S
 
     monkeypatch.setenv("IFA_SAMPLES_DIR", str(folder))

@@ -18,7 +18,9 @@ from ifa.data.label_sets import (
     convert_label,
     get_label_set,
     label_lut,
+    scoring_lut,
 )
+from ifa.data.samples import Sample
 
 KITTI = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "samples" / "kitti"
 CAMVID = get_dataset_info("camvid").class_names
@@ -70,6 +72,27 @@ def test_no_mapping_means_none():
     assert convert_label(raw, "pascal_context", "ade20k") is None
     with pytest.raises(ValueError, match="unknown label set"):
         get_label_set("voc")
+
+
+def test_one_scoring_rule_for_uploads_and_samples():
+    """scoring_lut decides how a label is scored; a sample's label_mapper follows it (uploads: ifa.app.images)."""
+    raw = np.array([[0, 10, 11, 200]], dtype=np.uint8)
+    assert scoring_lut("", "camvid", 11) == (None, None)  # no declared set: the values are class indices
+    lut, notice = scoring_lut("camvid", "camvid", 11)
+    assert notice is None and lut[11] == 255
+    lut, notice = scoring_lut("cityscapes_labelids", "camvid", 11)
+    assert "mapped to the pair's camvid classes" in notice
+    lut, _ = scoring_lut("camvid", "my-classes", 11)  # an unnamed class set of 11: CamVid's decoding
+    np.testing.assert_array_equal(lut[raw], [[0, 10, 255, 255]])
+    for args, reason in ((("camvid", "my-classes", 5), "have 11 classes, the pair predicts 5"),
+                         (("ade20k", "camvid", 11), "no mapping"), (("voc", "camvid", 11), "unknown label set")):
+        with pytest.raises(ValueError, match=reason):
+            scoring_lut(*args)
+    sample = Sample("s", Path("s.png"), Path("s_L.png"), "camvid", "camvid", "", "")
+    np.testing.assert_array_equal(sample.label_mapper("my-classes", 11)(raw), [[0, 10, 255, 255]])
+    assert sample.label_mapper("my-classes", 5) is None and sample.label_mapper("ade20k", 150) is None
+    unlabelled_set = Sample("t", Path("t.png"), Path("t_L.png"), "", "", "", "")
+    np.testing.assert_array_equal(unlabelled_set.label_mapper("camvid", 11)(raw), [[0, 10, 255, 255]])
 
 
 @pytest.mark.skipif(not KITTI.is_dir(), reason="../shared/data/samples/kitti missing")
