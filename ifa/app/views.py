@@ -182,7 +182,7 @@ def boundary_curves(result: Result) -> dict | None:
 
 def boundary_figure(curves: dict):
     return figure.boundary_figure(curves["widths"], {name: curves[name] for name in MODELS.values()},
-                                  size=(6.4, 2.6), overall=True)
+                                  size=(8.0, 3.0), font_size=9.0, overall=True)
 
 
 # --- feature alignment ----------------------------------------------------------------------------
