@@ -141,12 +141,23 @@ class HeadInside:
 @dataclass
 class ModelOutput:
     labels: np.ndarray  # (H, W) uint8 class per pixel
-    probs: np.ndarray  # (K, H, W) float16 class probabilities (averaged over scales / flips)
+    # (K, H, W) float16: the logits of a single pass (`logits`), else the class probabilities averaged over scales
+    # and flips; `probs_at` reads probabilities from either.
+    scores: np.ndarray
     seconds: float  # wall time of the prediction on DEVICE, pre- and post-processing included
     # Of a scale-1 unflipped stride-4 run: the head's inputs, (C, h_l, w_l) float32 per level, and (when the run
     # was asked to keep it) the head's inside from the same pass.
     head_inputs: list[np.ndarray] | None = None
     inside: HeadInside | None = None
+    logits: bool = False
+
+    def probs_at(self, y: int, x: int) -> np.ndarray:
+        """(K,) float32 class probabilities at pixel (x, y) (a single pass: the softmax of its logits there)."""
+        values = self.scores[:, y, x].astype(np.float32)
+        if not self.logits:
+            return values
+        exp = np.exp(values - values.max())
+        return exp / exp.sum()
 
 
 @dataclass
@@ -166,9 +177,10 @@ class FeatureAnalysis:
     seconds: float
 
 
-def _labels(probs: torch.Tensor) -> np.ndarray:
-    labels = probs.max(0).indices.numpy()  # max(0).indices: the argmax, several times faster on the CPU
-    return labels.astype(np.uint8 if probs.shape[0] <= 255 else np.int32)
+def _labels(scores: torch.Tensor) -> np.ndarray:
+    """(H, W) argmax over the classes of (K, H, W) probabilities or logits."""
+    labels = scores.max(0).indices.numpy()  # max(0).indices: the argmax, several times faster on the CPU
+    return labels.astype(np.uint8 if scores.shape[0] <= 255 else np.int32)
 
 
 def _predict(model, image: np.ndarray, options: Options, ifa_resolution: str, inspect: bool = False
@@ -181,22 +193,23 @@ def _predict(model, image: np.ndarray, options: Options, ifa_resolution: str, in
     _sync()
     start = time.perf_counter()
     head_inputs = inside = None
-    if options.scales == (1.0,) and not options.flip and ifa_resolution == "stride4":
+    single = options.scales == (1.0,) and not options.flip and ifa_resolution == "stride4"
+    if single:  # labels are the argmax of the logits: no softmax over the full-size maps
         with torch.inference_mode(), _autocast():
             x = _model_input(predictor, image, model)
             levels = model.levels(x)
             if inspect:
                 inside = model.inspect(levels)
             grid = inside.logits if inspect else model.head_logits(levels)
-            probs = model.upsample_logits(grid, image.shape[:2])[0].float().softmax(0).cpu()
+            scores = model.upsample_logits(grid, image.shape[:2])[0].float().cpu()
         head_inputs = [lv[0].float().cpu().numpy() for lv in levels]
         inside = HeadInside.of(inside) if inspect else None
     else:
-        probs = predictor.probabilities(predictor.preprocess(image))[0].cpu()
-    labels = _labels(probs)
+        scores = predictor.probabilities(predictor.preprocess(image))[0].cpu()
+    labels = _labels(scores)
     _sync()
     seconds = time.perf_counter() - start
-    return ModelOutput(labels, probs.half().numpy(), seconds, head_inputs, inside)  # torch's float16 cast: fast
+    return ModelOutput(labels, scores.half().numpy(), seconds, head_inputs, inside, logits=single)
 
 
 def _model_input(predictor: Predictor, image: np.ndarray, model) -> torch.Tensor:

@@ -271,8 +271,7 @@ def probe_view(result: Result, point: tuple[int, int], ifa_point: np.ndarray | N
         "baseline_footprint": [{"cell": list(c.cell), "weight": c.weight, "centre_xy": list(c.centre)}
                                for c in footprint],
     }
-    probs_b = result.baseline.probs[:, y, x].astype(np.float32)
-    probs_i = result.ifa.probs[:, y, x].astype(np.float32)
+    probs_b, probs_i = result.baseline.probs_at(y, x), result.ifa.probs_at(y, x)
     return ProbeView(panel, crosshair(result.image, point), as_dict(probs_b), as_dict(probs_i),
                      as_dict(ifa_point) if ifa_point is not None else None, as_dict(mix), rows, data)
 

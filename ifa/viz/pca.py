@@ -8,7 +8,7 @@ import torch
 from .draw import resize
 
 
-def pca_project(features: np.ndarray, components: int = 3, max_fit: int = 20000,
+def pca_project(features: np.ndarray, components: int = 3, max_fit: int = 4096,
                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """features (D, h, w) -> (projection (components, h, w), explained variance ratio (components,)).
 
@@ -16,7 +16,7 @@ def pca_project(features: np.ndarray, components: int = 3, max_fit: int = 20000,
     that its largest loading is positive (a deterministic choice; signs carry no meaning).
     """
     d, h, w = features.shape
-    flat = torch.as_tensor(np.asarray(features, dtype=np.float32)).reshape(d, -1).T  # (N, D)
+    flat = torch.as_tensor(np.asarray(features)).float().reshape(d, -1).T  # (N, D); torch casts float16 fast
     generator = torch.Generator().manual_seed(seed)
     fit = flat if flat.shape[0] <= max_fit else flat[torch.randperm(flat.shape[0], generator=generator)[:max_fit]]
     mean = fit.double().mean(dim=0).float()
@@ -35,7 +35,7 @@ def pca_project(features: np.ndarray, components: int = 3, max_fit: int = 20000,
     return projection.astype(np.float32), explained.astype(np.float32)
 
 
-def pca_rgb(features: np.ndarray, size: tuple[int, int] | None = None, max_fit: int = 20000,
+def pca_rgb(features: np.ndarray, size: tuple[int, int] | None = None, max_fit: int = 4096,
             seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """features (D, h, w) -> (uint8 RGB image of the 3 leading components, explained variance ratio (3,)).
 
