@@ -337,8 +337,9 @@ class IFAHead(nn.Module):
 
         A term is z + e, z = W_z,l z_l of the query's cell and e = W_pe,l PE(r) of its offset, so
         ||z + e||^2 = ||z||^2 + ||e||^2 + 2 z.e: ||z||^2 per cell, ||e||^2 per offset class, z.e by
-        `_cross_terms`. Products in float32, the three parts summed in float64 (where z and e nearly cancel, the
-        norm keeps about 1e-7 x ||z|| of error). Chunks of about `budget` values bound the memory.
+        `_cross_terms`. Products in float32, the three parts summed in float64: the squared norm is exact to about
+        1e-7 x (||z||^2 + ||e||^2), so a term where z and e nearly cancel has a small absolute error, not a small
+        relative one (a share map does not see it). Chunks of about `budget` values bound the memory.
         """
         h, w = size
         norms = []
