@@ -71,7 +71,8 @@ LEVELS_EXPLAINED = (
     "**Semantic FPN:** its head sums four per-level branches (conv + upsampling) at stride 4 before a linear "
     "classifier, so the heatmap of level l is ‖branchₗ‖₂ over the sum of the four. Note that FPN's top-down "
     "pathway has already mixed coarser levels into each finer one before the head (so it has in an IFA model "
-    "that reads the FPN neck's outputs, `ifa_features: fpn`, as the shipped CamVid one does). "
+    "that reads the FPN neck's outputs, `ifa_features: fpn`, as the default CamVid pair's does; the paper's decoder, "
+    "the second pair's, reads per-level 1x1 maps without that pathway). "
     "Both are norms of additive terms, not gradients: a large share means a large term, not necessarily "
     "agreement with the final class.")
 PCA_EXPLAINED = (
