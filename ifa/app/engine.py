@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..inference import Predictor, autocast_dtype
+from .probe import softmax
 from .registry import LoadedPair, PairCache, PairSpec
 
 try:  # Hugging Face ZeroGPU; a no-op elsewhere
@@ -154,10 +155,7 @@ class ModelOutput:
     def probs_at(self, y: int, x: int) -> np.ndarray:
         """(K,) float32 class probabilities at pixel (x, y) (a single pass: the softmax of its logits there)."""
         values = self.scores[:, y, x].astype(np.float32)
-        if not self.logits:
-            return values
-        exp = np.exp(values - values.max())
-        return exp / exp.sum()
+        return softmax(values) if self.logits else values
 
 
 @dataclass
@@ -260,12 +258,17 @@ def _shares(norms: np.ndarray) -> np.ndarray:
         return np.where(total > 0, norms / np.maximum(total, 1e-12), 1 / norms.shape[0]).astype(np.float32)
 
 
-def _inside(model, output: ModelOutput | None, levels: list[torch.Tensor], size: tuple[int, int] | None
-            ) -> HeadInside:
-    """The head's inside: the run's own when it kept it (and no other grid is asked), else from `levels`."""
-    if output is not None and output.inside is not None and size is None:
-        return output.inside
-    return HeadInside.of(model.inspect(levels, size if model.is_ifa else None))
+def _inside(model, output: ModelOutput | None, image: np.ndarray, size: tuple[int, int] | None
+            ) -> tuple[HeadInside, list[np.ndarray]]:
+    """(the head's inside, its inputs (C, h_l, w_l) per level): what the run kept when it serves (no other grid
+    asked), else computed from the run's head inputs, else from a scale-1 pass (the model's own normalisation)."""
+    kept = output.head_inputs if output is not None else None
+    if kept is not None and output.inside is not None and size is None:
+        return output.inside, kept
+    levels = ([torch.from_numpy(lv)[None].to(DEVICE) for lv in kept] if kept is not None
+              else model.levels(_model_input(Predictor(model, device=DEVICE), image, model)))
+    inside = HeadInside.of(model.inspect(levels, size if model.is_ifa else None))
+    return inside, [lv[0].float().cpu().numpy() for lv in levels]
 
 
 @gpu(GPU_MAX_SECONDS // 2)
@@ -287,23 +290,17 @@ def _analyse(spec: PairSpec, image: np.ndarray, ifa_resolution: str, baseline: M
     pair = PAIRS.get(spec)
     _sync()
     start = time.perf_counter()
+    padded = pair.ifa.padded_size(image.shape[:2])
+    full = ifa_resolution == "full" and pair.ifa.is_ifa and math.prod(padded) <= max_full_queries
     with torch.inference_mode(), _autocast():
-        levels = {}
-        for role, model, output in (("baseline", pair.baseline, baseline), ("ifa", pair.ifa, ifa)):
-            if output is not None and output.head_inputs is not None:  # the run's own single-scale pass
-                levels[role] = [torch.from_numpy(lv)[None].to(DEVICE) for lv in output.head_inputs]
-            else:  # each model with its own normalisation
-                levels[role] = model.levels(_model_input(Predictor(model, device=DEVICE), image, model))
-        padded = pair.ifa.padded_size(image.shape[:2])
-        full = ifa_resolution == "full" and pair.ifa.is_ifa and math.prod(padded) <= max_full_queries
-        fpn = _inside(pair.baseline, baseline, levels["baseline"], None)
-        ifa_inside = _inside(pair.ifa, ifa, levels["ifa"], padded if full else None)
+        fpn, _ = _inside(pair.baseline, baseline, image, None)
+        ifa_inside, ifa_levels = _inside(pair.ifa, ifa, image, padded if full else None)
     _sync()
     return FeatureAnalysis(
-        padded_size=padded, ifa_level_sizes=[tuple(lv.shape[-2:]) for lv in levels["ifa"]],
-        fpn_grid_size=tuple(fpn.logits.shape[-2:]), fpn_grid_logits=fpn.logits,
-        ifa_levels=[lv[0].float().cpu().numpy() for lv in levels["ifa"]], ifa_shares=_shares(ifa_inside.level_norms),
-        fpn_shares=_shares(fpn.level_norms), ifa_features=ifa_inside.features, fpn_features=fpn.features,
+        padded_size=padded, ifa_level_sizes=[tuple(lv.shape[-2:]) for lv in ifa_levels],
+        fpn_grid_size=tuple(fpn.logits.shape[-2:]), fpn_grid_logits=fpn.logits, ifa_levels=ifa_levels,
+        ifa_shares=_shares(ifa_inside.level_norms), fpn_shares=_shares(fpn.level_norms),
+        ifa_features=ifa_inside.features, fpn_features=fpn.features,
         ifa_query_size=tuple(ifa_inside.features.shape[-2:]), seconds=time.perf_counter() - start)
 
 
