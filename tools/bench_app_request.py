@@ -2,8 +2,11 @@
 
 In process: AppService.segment + AppService.analyse (both models, comparison, views, feature analysis) on a
 CamVid val image, against `model(x)` of both models on the normalised image (inference mode), interleaved.
-With --api the same comparison goes through the running app's API (gradio_client /segment + /analyse,
-Gradio's encoding and transport included) of an app launched here on 127.0.0.1.
+With --api the same comparison goes through the API of an app launched here on 127.0.0.1, Gradio's encoding
+and transport included, two ways: with gradio_client (it opens a new HTTP connection for each call, upload and
+output file: about 30 ms each, mostly its own set-up) and with Gradio's HTTP API (/gradio_api/upload,
+/gradio_api/call/<name> and its event stream, the output files) over one kept-alive connection, as a browser
+fetches them. Both upload the image and download every output file of both calls.
 
 python -m tools.bench_app_request [--threads 2] [--repeats 5] [--api]
 """
@@ -21,6 +24,54 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = ROOT.parent / "shared" / "data" / "camvid" / "val" / "0016E5_07959.png"
+
+
+class HttpApi:
+    """Gradio's HTTP API over one kept-alive connection: upload, /call/<name> + its event stream, output files."""
+
+    def __init__(self, url: str):
+        import httpx
+
+        self.client = httpx.Client(base_url=url.rstrip("/") + "/gradio_api", timeout=120)
+
+    def call(self, name: str, data: list, session: str) -> list:
+        import json
+
+        event = self.client.post(f"/call/{name}", json={"data": data, "session_hash": session}).json()["event_id"]
+        kind = None
+        with self.client.stream("GET", f"/call/{name}/{event}") as stream:
+            for line in stream.iter_lines():
+                if line.startswith("event: "):
+                    kind = line[7:]
+                elif line.startswith("data: ") and kind in ("complete", "error"):
+                    if kind == "error":
+                        raise RuntimeError(f"/{name}: {line[6:]}")
+                    outputs = json.loads(line[6:])
+                    break
+        for path in _file_paths(outputs):
+            self.client.get(f"/file={path}").raise_for_status()
+        return outputs
+
+    def compare(self, image: Path, pair_id: str) -> None:
+        import uuid
+
+        with open(image, "rb") as f:
+            uploaded = self.client.post("/upload", files={"files": (image.name, f, "image/png")}).json()[0]
+        session = uuid.uuid4().hex
+        picture = {"path": uploaded, "meta": {"_type": "gradio.FileData"}}
+        self.call("segment", [picture, None, None, pair_id, ["1.0"], False, "stride4", 0.5, None, 64, ""], session)
+        self.call("analyse", [], session)
+
+
+def _file_paths(value) -> list[str]:
+    """The server paths of every file object in an API output (nested lists and dicts)."""
+    if isinstance(value, dict):
+        if value.get("meta", {}).get("_type") == "gradio.FileData" and value.get("path"):
+            return [value["path"]]
+        return [p for v in value.values() for p in _file_paths(v)]
+    if isinstance(value, list):
+        return [p for v in value for p in _file_paths(v)]
+    return []
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,7 +125,10 @@ def main(argv: list[str] | None = None) -> int:
                            64, api_name="/segment")
             client.predict(api_name="/analyse")
 
-        fns["segment + analyse, through the API"] = through_api
+        fns["segment + analyse, through the API (gradio_client)"] = through_api
+        http = HttpApi(app.local_url)
+        fns["segment + analyse, through the API (one kept-alive connection)"] = lambda: http.compare(args.image,
+                                                                                                      pair_id)
     times = {k: [] for k in fns}
     for fn in fns.values():
         fn()

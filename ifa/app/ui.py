@@ -9,6 +9,7 @@ import os
 import gradio as gr
 
 from . import service as S
+from .components import FastImage, FastImageSlider
 from .ablation import EXPLAINED as ABLATION_EXPLAINED
 from .dataset_rank import HEADERS as RANK_HEADERS
 from .service import AppService
@@ -26,9 +27,9 @@ CSS = """
 """
 
 
-def _image(label, name, fmt="webp", **kwargs):
+def _image(label, name, fmt="jpeg", **kwargs):
     """An output image; composite images that carry their own titles pass show_label=False."""
-    return gr.Image(label=label, interactive=False, format=fmt, elem_id=name, buttons=["download", "fullscreen"],
+    return FastImage(label=label, interactive=False, format=fmt, elem_id=name, buttons=["download", "fullscreen"],
                     **kwargs)
 
 
@@ -101,13 +102,13 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
                                 c["ifa_view"] = _image("FPN + IFA", "ifa-view")
                                 c["ifa_time"] = gr.Markdown(label="FPN + IFA timing", elem_id="ifa-time")
                         c["legend"] = gr.HTML(label="Legend", elem_id="legend")
-                        c["slider"] = gr.ImageSlider(label="Before (Semantic FPN) / after (FPN + IFA)", format="webp",
+                        c["slider"] = FastImageSlider(label="Before (Semantic FPN) / after (FPN + IFA)", format="jpeg",
                                                      elem_id="slider", interactive=False)
                         c["downloads"] = gr.File(label="Raw label maps (palette PNG: pixel value = class index)",
                                                  file_count="multiple", interactive=False, elem_id="downloads")
                     with gr.Tab("Where they differ", id="differ"):
                         c["diff_view"] = _image("Disagreement, coloured by who is right; regions boxed in yellow",
-                                                "diff-view", fmt="png", height=520)
+                                                "diff-view", height=520)
                         c["verdict_legend"] = gr.HTML(label="Verdict legend", elem_id="verdict-legend")
                         c["regions"] = gr.Dataframe(headers=S.views.REGION_HEADERS, label="Largest regions",
                                                     interactive=False, elem_id="regions", wrap=True)
@@ -122,8 +123,8 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
                     with gr.Tab("Feature alignment", id="align"):
                         with gr.Row():
                             with gr.Column(scale=2):
-                                c["click_view"] = gr.Image(label="Click a pixel to probe it", interactive=False,
-                                                           format="webp", elem_id="click-view")
+                                c["click_view"] = FastImage(label="Click a pixel to probe it", interactive=False,
+                                                           format="jpeg", elem_id="click-view")
                                 with gr.Row():
                                     c["probe_x"] = gr.Number(label="x (column)", precision=0, elem_id="probe-x")
                                     c["probe_y"] = gr.Number(label="y (row)", precision=0, elem_id="probe-y")
@@ -142,13 +143,13 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
                         c["features_md"] = gr.Markdown(S.LEVELS_EXPLAINED, label="About the feature views",
                                                        elem_id="features-md")
                         with gr.Row():
-                            c["ifa_levels"] = _image("FPN + IFA: level contributions", "ifa-levels", fmt="png",
+                            c["ifa_levels"] = _image("FPN + IFA: level contributions", "ifa-levels",
                                                      show_label=False)
-                            c["fpn_levels"] = _image("Semantic FPN: level contributions", "fpn-levels", fmt="png",
+                            c["fpn_levels"] = _image("Semantic FPN: level contributions", "fpn-levels",
                                                      show_label=False)
                         with gr.Row():
-                            c["ifa_pca"] = _image("FPN + IFA: final features, PCA → RGB", "ifa-pca", fmt="jpeg")
-                            c["fpn_pca"] = _image("Semantic FPN: final features, PCA → RGB", "fpn-pca", fmt="jpeg")
+                            c["ifa_pca"] = _image("FPN + IFA: final features, PCA → RGB", "ifa-pca")
+                            c["fpn_pca"] = _image("Semantic FPN: final features, PCA → RGB", "fpn-pca")
                         with gr.Accordion("What the alignment changes here: the offsets zeroed", open=True):
                             ablate_btn = gr.Button("Zero the IFA offsets on this image", elem_id="ablate-button")
                             c["ablation_md"] = gr.Markdown(ABLATION_EXPLAINED, elem_id="ablation-md")

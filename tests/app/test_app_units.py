@@ -1,9 +1,11 @@
 """The app's logic without a server: probe geometry against the models' own arithmetic, the level
-decompositions against the heads, image loading, the registry, samples and the feature PCA."""
+decompositions against the heads, image loading, the registry, samples, the feature PCA and the output images'
+encoding."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -303,3 +305,21 @@ def test_options_are_reduced_to_the_work_budget_with_a_notice():
     assert asked.within(480, 640, 100.0) == (asked, [])
     alone, notices = Options((2.0,), False, "stride4").within(1000, 1000, 2.0)
     assert alone.scales == (1.0,) and "1.0 used instead" in notices[0]
+
+
+def test_fast_image_components_encode_arrays_into_gradios_cache(tmp_path):
+    from ifa.app.components import FastImage, FastImageSlider, encoded
+
+    rng = np.random.default_rng(0)
+    smooth = np.repeat(np.repeat(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8), 8, 0), 8, 1)
+    png = encoded(smooth, str(tmp_path), "png")
+    assert Path(png).parent.parent == tmp_path and np.array_equal(np.asarray(Image.open(png)), smooth)  # lossless
+    jpeg = np.asarray(Image.open(encoded(smooth, str(tmp_path), "jpeg"))).astype(int)
+    assert jpeg.shape == smooth.shape and np.abs(jpeg - smooth).mean() < 4  # quality 90, no chroma subsampling
+    assert encoded("a/path.png", str(tmp_path), "png") == "a/path.png" and encoded(None, str(tmp_path), "png") is None
+    image, slider = FastImage(format="png"), FastImageSlider(format="png")
+    assert image.get_block_name() == "image" and slider.get_block_name() == "imageslider"  # Gradio's own frontend
+    data = image.postprocess(smooth)
+    assert np.array_equal(np.asarray(Image.open(data.path)), smooth)
+    pair = slider.postprocess((smooth, smooth[::-1]))
+    assert np.array_equal(np.asarray(Image.open(pair.root[1].path)), smooth[::-1])
