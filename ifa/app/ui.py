@@ -9,8 +9,8 @@ import os
 import gradio as gr
 
 from . import service as S
-from .components import FastImage, FastImageSlider
 from .ablation import EXPLAINED as ABLATION_EXPLAINED
+from .components import FastImage, FastImageSlider
 from .dataset_rank import HEADERS as RANK_HEADERS
 from .service import AppService
 
