@@ -97,10 +97,12 @@ class SegmentationModel(nn.Module):
         return self.decoder.levels(self.backbone(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (B, K, H, W) at the input size (stride-4 logits bilinearly upsampled)."""
+        """Logits (B, K, H, W) at the input size (stride-4 logits bilinearly upsampled), at least float32: under
+        autocast the grid logits are upsampled in float32 (in bf16 it took twice as long on a CPU)."""
         h, w = x.shape[-2:]
         padded = self._pad(x)
-        logits = self._upsample(self.decoder(self.backbone(padded)), padded.shape[-2:])
+        logits = self.decoder(self.backbone(padded))
+        logits = self._upsample(logits.to(torch.promote_types(logits.dtype, torch.float32)), padded.shape[-2:])
         return logits[..., :h, :w]
 
     def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
