@@ -38,7 +38,7 @@ class HttpApi:
         import json
 
         event = self.client.post(f"/call/{name}", json={"data": data, "session_hash": session}).json()["event_id"]
-        kind = None
+        kind = outputs = None
         with self.client.stream("GET", f"/call/{name}/{event}") as stream:
             for line in stream.iter_lines():
                 if line.startswith("event: "):
@@ -48,6 +48,8 @@ class HttpApi:
                         raise RuntimeError(f"/{name}: {line[6:]}")
                     outputs = json.loads(line[6:])
                     break
+        if outputs is None:
+            raise RuntimeError(f"/{name}: the event stream ended without a result")
         for path in _file_paths(outputs):
             self.client.get(f"/file={path}").raise_for_status()
         return outputs
