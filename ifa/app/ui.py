@@ -30,7 +30,7 @@ CSS = """
 def _image(label, name, fmt="jpeg", **kwargs):
     """An output image; composite images that carry their own titles pass show_label=False."""
     return FastImage(label=label, interactive=False, format=fmt, elem_id=name, buttons=["download", "fullscreen"],
-                    **kwargs)
+                     **kwargs)
 
 
 # Session endpoints (they need a run of the same client session) and the long dataset ranking stay public API
@@ -102,8 +102,8 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
                                 c["ifa_view"] = _image("FPN + IFA", "ifa-view")
                                 c["ifa_time"] = gr.Markdown(label="FPN + IFA timing", elem_id="ifa-time")
                         c["legend"] = gr.HTML(label="Legend", elem_id="legend")
-                        c["slider"] = FastImageSlider(label="Before (Semantic FPN) / after (FPN + IFA)", format="jpeg",
-                                                     elem_id="slider", interactive=False)
+                        c["slider"] = FastImageSlider(label="Before (Semantic FPN) / after (FPN + IFA)",
+                                                      format="jpeg", elem_id="slider", interactive=False)
                         c["downloads"] = gr.File(label="Raw label maps (palette PNG: pixel value = class index)",
                                                  file_count="multiple", interactive=False, elem_id="downloads")
                     with gr.Tab("Where they differ", id="differ"):
@@ -124,7 +124,7 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
                         with gr.Row():
                             with gr.Column(scale=2):
                                 c["click_view"] = FastImage(label="Click a pixel to probe it", interactive=False,
-                                                           format="jpeg", elem_id="click-view")
+                                                            format="jpeg", elem_id="click-view")
                                 with gr.Row():
                                     c["probe_x"] = gr.Number(label="x (column)", precision=0, elem_id="probe-x")
                                     c["probe_y"] = gr.Number(label="y (row)", precision=0, elem_id="probe-y")
