@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .inference import autocast_dtype
+from .inference import autocast_dtype, class_argmax
 from .models.checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, atomic_write, read_config
 
 ENTRY_NAME = "entry.json"
@@ -204,7 +204,7 @@ def predict_to_cache(predictor, cache: PredictionCache, items: Sequence[CacheIte
 
     def flush():
         x = torch.cat([predictor.preprocess(image) for _, image in batch])
-        labels = predictor.probabilities(x).max(1).indices.cpu().numpy()  # the argmax, faster on a CPU
+        labels = class_argmax(predictor.probabilities(x), 1).cpu().numpy()
         for (key, _), label in zip(batch, labels):
             cache.put(key, label)
         bar.update(len(batch))

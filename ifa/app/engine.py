@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..inference import Predictor, autocast_dtype
+from ..inference import Predictor, autocast_dtype, class_argmax
 from .probe import softmax
 from .registry import LoadedPair, PairCache, PairSpec
 
@@ -177,7 +177,7 @@ class FeatureAnalysis:
 
 def _labels(scores: torch.Tensor) -> np.ndarray:
     """(H, W) argmax over the classes of (K, H, W) probabilities or logits."""
-    labels = scores.max(0).indices.numpy()  # max(0).indices: the argmax, several times faster on the CPU
+    labels = class_argmax(scores, 0).numpy()
     return labels.astype(np.uint8 if scores.shape[0] <= 255 else np.int32)
 
 

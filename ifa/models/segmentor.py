@@ -97,13 +97,8 @@ class SegmentationModel(nn.Module):
         return self.decoder.levels(self.backbone(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits (B, K, H, W) at the input size (stride-4 logits bilinearly upsampled), at least float32: under
-        autocast the grid logits are upsampled in float32 (in bf16 it took twice as long on a CPU)."""
-        h, w = x.shape[-2:]
-        padded = self._pad(x)
-        logits = self.decoder(self.backbone(padded))
-        logits = self._upsample(logits.to(torch.promote_types(logits.dtype, torch.float32)), padded.shape[-2:])
-        return logits[..., :h, :w]
+        """Logits (B, K, H, W) at the input size (stride-4 logits bilinearly upsampled, as `upsample_logits`)."""
+        return self.upsample_logits(self.decoder(self.backbone(self._pad(x))), x.shape[-2:])
 
     def forward_with_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Training: (logits (B, K, H, W), auxiliary logits at stride 16 or None)."""
@@ -137,7 +132,9 @@ class SegmentationModel(nn.Module):
 
     def upsample_logits(self, logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Grid logits (B, K, h, w) -> (B, K, H, W) at an input of `size` (H, W), as `forward` does (padding of
-        size-divisor backbones cropped off)."""
+        size-divisor backbones cropped off), in at least float32: under autocast too (bilinear interpolation in
+        bf16 took twice as long on a CPU)."""
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         return self._upsample(logits, self.padded_size(size))[..., :size[0], :size[1]]
 
     def padded_size(self, size: tuple[int, int]) -> tuple[int, int]:
