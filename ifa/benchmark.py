@@ -340,7 +340,7 @@ def bench_bf16_ifa(warmup: int, repeats: int, quick: bool) -> dict:
         return {"skipped": f"needs {SHIPPED_IFA} and {SHIPPED_IMAGE} (a source checkout)"}
     with Image.open(SHIPPED_IMAGE) as img:
         image = np.asarray(img.convert("RGB").resize((160, 120)) if quick else img.convert("RGB"))
-    model = load_model(SHIPPED_IFA)
+    model = load_model(SHIPPED_IFA).fold_batchnorm()  # as the app runs it
     predictors = {p: Predictor(model, device="cpu", precision=p) for p in ("fp32", "bf16")}
     labels = {p: pr.predict(image).labels for p, pr in predictors.items()}
     times = measure_times({p: (lambda pr=pr: pr.predict(image)) for p, pr in predictors.items()},

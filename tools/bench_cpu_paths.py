@@ -1,6 +1,7 @@
 """CPU inference paths side by side (interleaved repeats, medians): the IFA head's matrix products through
-oneDNN vs torch.addmm (MKL), and the shipped models in NCHW vs NHWC (channels_last) vs bf16 + NHWC, with
-the bf16 argmax agreement on real CamVid val images.
+oneDNN vs torch.addmm (MKL), and the shipped models in NCHW vs NHWC (channels_last) vs bf16 + NHWC, the NHWC
+ones also with BatchNorm folded into the convolutions (as the app runs them), with the argmax agreement on
+real CamVid val images.
 
 python -m tools.bench_cpu_paths [--threads 1] [--root ../shared/data/camvid] [--images 21]
 """
@@ -55,11 +56,16 @@ def bench_models(root: str, n_images: int, repeats: int) -> None:
     val = build_dataset("camvid", root, "val")
     images = [val[i][0] for i in np.linspace(0, len(val) - 1, n_images).astype(int)]
     for name in ("camvid-effl0-fpn", "camvid-effl0-ifa"):
-        settings = {"fp32 NCHW": dict(channels_last=False), "fp32 NHWC": dict(channels_last=True)}
+        settings = {"fp32 NCHW": dict(channels_last=False), "fp32 NHWC": dict(channels_last=True),
+                    "fp32 NHWC folded": dict(channels_last=True, fold=True)}
         if cpu_supports_bf16():
             settings["bf16 NHWC"] = dict(channels_last=True, precision="bf16")
-        predictors = {k: Predictor(ifa.load_model(f"checkpoints/{name}"), device="cpu", **v)
-                      for k, v in settings.items()}
+            settings["bf16 NHWC folded"] = dict(channels_last=True, precision="bf16", fold=True)
+
+        def model(fold=False):
+            loaded = ifa.load_model(f"checkpoints/{name}")
+            return loaded.fold_batchnorm() if fold else loaded
+        predictors = {k: Predictor(model(v.pop("fold", False)), device="cpu", **v) for k, v in settings.items()}
         times = {k: [] for k in predictors}
         for p in predictors.values():
             p.predict(images[0])

@@ -15,6 +15,7 @@ from torch import nn
 
 from .backbones import create_backbone
 from .config import ModelConfig
+from .fold import fold_batchnorm
 from .fpn import AuxHead, FPNNeck, SemanticFPNHead, conv_bn_relu
 from .ifa import IFAHead
 from .intermediates import HeadIntermediates
@@ -121,6 +122,22 @@ class SegmentationModel(nn.Module):
     def decode_features(self, x: torch.Tensor) -> torch.Tensor:
         """Final per-pixel features before the classifier, at the stride-4 grid: (B, D, h_1, w_1)."""
         return self.decoder.head.decode_features(self.levels(x))
+
+    def fold_batchnorm(self) -> SegmentationModel:
+        """Inference only, in place: every BatchNorm that follows a convolution (backbone, lateral convs, Semantic
+        FPN head) folded into it; the IFA head folds its own in its fast path. The model computes the same
+        logits up to float rounding and refuses `train()` afterwards. Returns self, in eval mode."""
+        self.eval()
+        probe = torch.zeros(1, 3, 64, 64, device=next(self.parameters()).device)
+        fold_batchnorm(self, lambda: self(probe), skip=("decoder.head",) if self.is_ifa else ())
+        self.folded = True
+        return self
+
+    def train(self, mode: bool = True) -> SegmentationModel:
+        if mode and getattr(self, "folded", False):
+            raise RuntimeError("this model's BatchNorm is folded into its convolutions (inference only): "
+                               "load it again to train")
+        return super().train(mode)
 
     # --- a look inside, for tools and the app (they never reach into the head) --------------------
     def head_logits(self, levels: list[torch.Tensor], size: tuple[int, int] | None = None) -> torch.Tensor:

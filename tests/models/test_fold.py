@@ -1,0 +1,103 @@
+"""BatchNorm folding (inference): the folded model computes the unfolded model's logits, for every backbone."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from ifa.models import create_model
+from ifa.models.fold import conv_bn_pairs, fold_batchnorm
+
+TINY = {"backbone": "efficientnet_lite0", "num_classes": 5, "neck_channels": 8, "head_channels": 6, "mlp_channels": [16, 8], "pos_dim": 8}
+
+
+def randomise_norms(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Running statistics and affine parameters far from the identity, so that a wrong fold shows."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.5)
+            m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.25)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.2)
+    return model.eval()
+
+
+def count_norms(module: nn.Module) -> int:
+    return sum(isinstance(m, nn.BatchNorm2d) for m in module.modules())
+
+
+BACKBONES = ("efficientnet_lite0", "resnet50", "resnest50", "hrnet_w18")
+CASES = [(b, "fpn", "fpn") for b in BACKBONES] + [(b, "ifa", "lateral") for b in BACKBONES] + [
+    ("efficientnet_lite0", "ifa", "fpn")]
+
+
+@pytest.mark.parametrize("backbone,architecture,features", CASES)
+def test_folded_model_computes_the_same_logits(backbone, architecture, features):
+    torch.manual_seed(0)
+    model = randomise_norms(create_model(architecture=architecture, ifa_features=features, aux_channels=8,
+                                         **{**TINY, "backbone": backbone}))
+    x = torch.randn(1, 3, 96, 128, generator=torch.Generator().manual_seed(1))  # HRNet: divisible by 32
+    with torch.no_grad():
+        want = model(x)
+        head_norms = count_norms(model.decoder.head)
+        model.fold_batchnorm()
+        got = model(x)
+    # fp32 rounding of the folded weights only: max |diff| within 1e-5 of the largest |logit| (random ResNets
+    # reach ~500)
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max(), (got - want).abs().max()
+    assert count_norms(model.backbone) == 0  # every backbone BatchNorm follows a convolution
+    if architecture == "ifa":  # the IFA head folds its own in its fast path and keeps them for its other paths
+        assert count_norms(model.decoder.head) == head_norms > 0
+        assert count_norms(model.decoder) == head_norms
+    else:
+        assert count_norms(model.decoder) == 0
+
+
+def test_folded_ifa_model_keeps_its_head_paths():
+    torch.manual_seed(0)
+    model = randomise_norms(create_model(architecture="ifa", ifa_features="lateral", **TINY))
+    x = torch.randn(1, 3, 67, 93)
+    coords = torch.rand(1, 40, 2) * 2 - 1
+    with torch.no_grad():
+        want = model.query_points(x, coords), model.predict_grid(x, x.shape[-2:])
+        model.fold_batchnorm()
+        got = model.query_points(x, coords), model.predict_grid(x, x.shape[-2:])
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_a_folded_model_refuses_training():
+    model = create_model(architecture="fpn", **TINY).fold_batchnorm()
+    model.eval()  # eval stays allowed
+    with pytest.raises(RuntimeError, match="folded"):
+        model.train()
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batchnorm(create_model(architecture="fpn", **TINY).train(), lambda: None)
+
+
+class ResidualBeforeNorm(nn.Module):
+    """conv -> += skip (in place) -> BatchNorm: the norm's input is the conv's output tensor, but changed."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.conv2, self.bn2 = nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3), nn.Conv2d(3, 3, 1), \
+            nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        y = self.conv(x)
+        y += x
+        return self.bn2(self.conv2(self.bn(y)))
+
+
+def test_pairs_skip_a_convolution_output_changed_in_place():
+    model = randomise_norms(ResidualBeforeNorm())
+    x = torch.randn(2, 3, 8, 8)
+    assert conv_bn_pairs(model, lambda: model(x)) == [("conv2", "bn2")]
+    with torch.no_grad():
+        want = model(x)
+        assert fold_batchnorm(model, lambda: model(x)) == 1
+        assert torch.allclose(model(x), want, atol=1e-5)
+    assert isinstance(model.bn, nn.BatchNorm2d) and isinstance(model.bn2, nn.Identity)
