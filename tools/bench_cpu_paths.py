@@ -62,7 +62,7 @@ def bench_models(root: str, n_images: int, repeats: int) -> None:
             settings["bf16 NHWC"] = dict(channels_last=True, precision="bf16")
             settings["bf16 NHWC folded"] = dict(channels_last=True, precision="bf16", fold=True)
 
-        def model(fold=False):
+        def model(fold=False, name=name):
             loaded = ifa.load_model(f"checkpoints/{name}")
             return loaded.fold_batchnorm() if fold else loaded
         predictors = {k: Predictor(model(v.pop("fold", False)), device="cpu", **v) for k, v in settings.items()}

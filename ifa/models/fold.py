@@ -4,8 +4,9 @@ A BatchNorm in eval mode is an affine map per channel: y = (x - mean) / sqrt(var
 When x is a convolution's output, the map folds into that convolution's weight and bias
 (`torch.nn.utils.fusion.fuse_conv_bn_weights`) and the BatchNorm becomes an identity (timm's
 BatchNormAct2d keeps its activation). The pairs are found by running the module once: a BatchNorm
-folds into the Conv2d whose output tensor, unchanged, is its input (a convolution output that something
-else reads as well would be folded wrongly: the models here have none, and tests compare outputs). The model then computes the same function up
+folds into the Conv2d whose output tensor, unchanged, is its input (a convolution output that
+something else reads as well would be folded wrongly: the models here have none, tests compare
+outputs). The model then computes the same function up
 to float rounding (fp32: ~1e-6 relative) with one elementwise pass fewer per pair, but it can no
 longer be trained (its BatchNorm layers are gone).
 """

@@ -9,7 +9,8 @@ from torch import nn
 from ifa.models import create_model
 from ifa.models.fold import conv_bn_pairs, fold_batchnorm
 
-TINY = {"backbone": "efficientnet_lite0", "num_classes": 5, "neck_channels": 8, "head_channels": 6, "mlp_channels": [16, 8], "pos_dim": 8}
+TINY = {"backbone": "efficientnet_lite0", "num_classes": 5, "neck_channels": 8, "head_channels": 6,
+        "mlp_channels": [16, 8], "pos_dim": 8}
 
 
 def randomise_norms(model: nn.Module, seed: int = 0) -> nn.Module:
