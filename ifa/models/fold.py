@@ -6,9 +6,8 @@ When x is a convolution's output, the map folds into that convolution's weight a
 BatchNormAct2d keeps its activation). The pairs are found by running the module once: a BatchNorm
 folds into the Conv2d whose output tensor, unchanged, is its input (a convolution output that
 something else reads as well would be folded wrongly: the models here have none, tests compare
-outputs). The model then computes the same function up
-to float rounding (fp32: ~1e-6 relative) with one elementwise pass fewer per pair, but it can no
-longer be trained (its BatchNorm layers are gone).
+outputs). The model then computes the same function up to float rounding (fp32: ~1e-6 relative)
+with one elementwise pass fewer per pair, but it can no longer be trained (its BatchNorm is gone).
 """
 
 from __future__ import annotations
@@ -38,10 +37,10 @@ def conv_bn_pairs(model: nn.Module, run: Callable[[], object], skip: tuple[str, 
         if output is inputs[0] and output._version == version:  # not changed in place (e.g. a residual += )
             pairs.setdefault(names[module], conv)
 
-    kept = [n for n in names.values() if not any(n == s or n.startswith(s + ".") for s in skip)]
     hooks = []
-    for name in kept:
-        module = model.get_submodule(name)
+    for name, module in model.named_modules():
+        if any(name == s or name.startswith(s + ".") for s in skip):
+            continue
         if isinstance(module, nn.Conv2d):
             hooks.append(module.register_forward_hook(after_conv))
         elif isinstance(module, nn.BatchNorm2d):

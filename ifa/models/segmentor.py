@@ -80,6 +80,7 @@ class SegmentationModel(nn.Module):
                          if config.aux_channels > 0 else None)
         # HRNet's branches need sizes divisible by 32; other backbones take any size.
         self.size_divisor = 32 if config.backbone.startswith("hrnet") else 1
+        self.folded = False  # BatchNorm folded into the convolutions (`fold_batchnorm`): inference only
 
     @property
     def is_ifa(self) -> bool:
@@ -134,7 +135,7 @@ class SegmentationModel(nn.Module):
         return self
 
     def train(self, mode: bool = True) -> SegmentationModel:
-        if mode and getattr(self, "folded", False):
+        if mode and self.folded:
             raise RuntimeError("this model's BatchNorm is folded into its convolutions (inference only): "
                                "load it again to train")
         return super().train(mode)
