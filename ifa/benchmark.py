@@ -21,8 +21,8 @@ The comparisons double as checks: fast head vs the reference formula, the IFA mo
 head's reference formula, full-resolution logits (every chunk size) vs `query_points` at 2048 pixels.
 A mismatch makes the command exit with status 1.
 
-Targets (issue 5, as ratios in one run at 1024x2048): fast head >= 2.5x the reference on the CPU,
-FPN+IFA no slower than FPN with the same backbone, full-resolution querying < 2 GB extra peak.
+Targets (as ratios in one run at 1024x2048): fast head >= 6x the reference on the CPU (issue 16; issue 5 asked
+2.5x), FPN+IFA no slower than FPN with the same backbone, full-resolution querying < 2 GB extra peak.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ PAPER = {"channels": 256, "hidden": (512, 256, 256), "num_classes": 19}
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 1e-1}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 FULL_SIZE = (1024, 2048)  # the size the issue's targets are stated at
-TARGETS = {"head_speedup": 2.5, "ifa_over_fpn_latency": 1.0, "fullres_extra_peak_mb": 2048.0}
+TARGETS = {"head_speedup": 6.0, "ifa_over_fpn_latency": 1.0, "fullres_extra_peak_mb": 2048.0}
 
 
 # --- sizes and inputs ---------------------------------------------------------------------------

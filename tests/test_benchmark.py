@@ -86,16 +86,16 @@ def test_summarize_names_ratios_by_size_and_checks_targets_at_full_size():
     timing = {"wall_ms": 2.0, "cpu_ms": 1.0}
     results = {
         "head": [{"size": [1024, 2048], "precision": "fp32", "fast": {"wall_ms": 1.0, "cpu_ms": 1.0},
-                  "reference": {"wall_ms": 2.0, "cpu_ms": 3.0}}],
+                  "reference": {"wall_ms": 2.0, "cpu_ms": 7.0}}],
         "models": [{"tag": "effl0", "size": [64, 64], "fpn": timing, "ifa": {"wall_ms": 1.0, "cpu_ms": 2.0}}],
         "fullres": {"size": [1024, 2048], "default_chunk_size": 8, "rows": [
             {"chunk_size": 4, "extra_peak_mb": 900.0}, {"chunk_size": 8, "extra_peak_mb": 1500.0}]},
     }
     ratios, memory, targets = summarize(results, "cpu")
-    assert ratios["head_speedup_1024x2048"] == ratios["head_speedup_1024x2048_fp32"] == 3.0
+    assert ratios["head_speedup_1024x2048"] == ratios["head_speedup_1024x2048_fp32"] == 7.0
     assert ratios["ifa_over_fpn_latency_effl0"] == 2.0
     assert memory["fullres_extra_peak_mb_1024x2048"] == 1500.0  # the default chunk size's row
-    assert targets == {"head_speedup_1024x2048 >= 2.5": True, "ifa_over_fpn_latency_effl0 <= 1": False,
+    assert targets == {"head_speedup_1024x2048 >= 6.0": True, "ifa_over_fpn_latency_effl0 <= 1": False,
                        "fullres_extra_peak_mb_1024x2048 < 2048": True}
     assert summarize(results, "wall")[0]["head_speedup_1024x2048"] == 2.0
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from .backbones import create_backbone
 from .config import ModelConfig
-from .fold import fold_batchnorm
+from .fold import fold_batchnorm, fuse_activations
 from .fpn import AuxHead, FPNNeck, SemanticFPNHead, conv_bn_relu
 from .ifa import IFAHead
 from .intermediates import HeadIntermediates
@@ -126,11 +126,14 @@ class SegmentationModel(nn.Module):
 
     def fold_batchnorm(self) -> SegmentationModel:
         """Inference only, in place: every BatchNorm that follows a convolution (backbone, lateral convs, Semantic
-        FPN head) folded into it; the IFA head folds its own in its fast path. The model computes the same
-        logits up to float rounding and refuses `train()` afterwards. Returns self, in eval mode."""
+        FPN head) folded into it, and every ReLU / ReLU6 that reads a convolution's output fused with it (one oneDNN
+        call on the CPU); the IFA head folds its own in its fast path. The model computes the same logits up to
+        float rounding and refuses `train()` afterwards. Returns self, in eval mode."""
         self.eval()
         probe = torch.zeros(1, 3, 64, 64, device=next(self.parameters()).device)
-        fold_batchnorm(self, lambda: self(probe), skip=("decoder.head",) if self.is_ifa else ())
+        skip = ("decoder.head",) if self.is_ifa else ()
+        fold_batchnorm(self, lambda: self(probe), skip=skip)
+        fuse_activations(self, lambda: self(probe), skip=skip)
         self.folded = True
         return self
 
