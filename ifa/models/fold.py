@@ -104,16 +104,18 @@ class ConvAct2d(nn.Module):
         super().__init__()
         self.conv, self.act = conv, act
         self.post_op, self.scalars = POST_OPS[type(act)]
-        self._cast: dict[torch.dtype, tuple[int, torch.Tensor, torch.Tensor | None]] = {}
+        # dtype -> (the weight's storage and version when cast, weight, bias)
+        self._cast: dict[torch.dtype, tuple[tuple[int, int], torch.Tensor, torch.Tensor | None]] = {}
 
     def _weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
         weight, bias = self.conv.weight, self.conv.bias
         if weight.dtype == dtype:
             return weight, bias
-        version, w, b = self._cast.get(dtype, (None, None, None))
-        if version != weight._version:  # cast once per dtype (autocast would cast at every call)
+        source = weight.data_ptr(), weight._version
+        cast_from, w, b = self._cast.get(dtype, (None, None, None))
+        if cast_from != source:  # cast once per dtype (autocast would cast at every call), again if changed
             w, b = weight.detach().to(dtype), None if bias is None else bias.detach().to(dtype)
-            self._cast[dtype] = weight._version, w, b
+            self._cast[dtype] = source, w, b
         return w, b
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -136,7 +138,7 @@ def fuse_activations(model: nn.Module, run: Callable[[], object], skip: tuple[st
     fused = 0
     for conv_name, act_name in _conv_fed_pairs(model, run, tuple(POST_OPS), skip):
         conv, act = model.get_submodule(conv_name), model.get_submodule(act_name)
-        if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
+        if type(act) not in POST_OPS or isinstance(conv.padding, str) or conv.padding_mode != "zeros":
             continue
         for name, module in ((conv_name, ConvAct2d(conv, act)), (act_name, nn.Identity())):
             parent, _, child = name.rpartition(".")

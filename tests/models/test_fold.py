@@ -146,6 +146,8 @@ def test_fused_activations_compute_conv_then_activation(dtype):
     assert (got.float() - want.float()).abs().max() <= (1e-6 if dtype == "fp32" else 1e-2) * want.abs().max()
     with torch.no_grad(), autocast:
         assert torch.equal(model(x), got)  # the cast weights are reused
+        model.conv.conv.weight.mul_(0.5)  # ... until the weights change
+        assert not torch.equal(model(x), got)
 
 
 def test_fused_convolution_falls_back_outside_inference():
