@@ -56,13 +56,15 @@ class Prediction:
 
 
 def _placed(model: torch.nn.Module, device: torch.device, channels_last: bool) -> torch.nn.Module:
-    """The model on `device` (4-D weights in channels_last when asked), moved only when some parameter is not
-    there yet: a model kept resident (the app's) is not walked again by `.to` for every prediction."""
-    def ready(p: torch.Tensor) -> bool:
-        same_device = p.device.type == device.type and device.index in (None, p.device.index)
-        return same_device and (not channels_last or p.dim() != 4
-                                       or p.is_contiguous(memory_format=torch.channels_last))
-    if all(ready(p) for p in model.parameters()):
+    """The model on `device` (4-D weights in channels_last when asked), moved only when it is not there yet: a model
+    kept resident (the app's) is not walked again by `.to` for every prediction. `.to` moves every parameter
+    together, so the first parameter and the first 4-D one tell (checking all of them took 1.6 ms a model)."""
+    first = next(model.parameters(), None)
+    if first is None:
+        return model
+    on_device = first.device.type == device.type and device.index in (None, first.device.index)
+    weight = next((p for p in model.parameters() if p.dim() == 4), None) if channels_last else None
+    if on_device and (weight is None or weight.is_contiguous(memory_format=torch.channels_last)):
         return model
     model = model.to(device)
     return model.to(memory_format=torch.channels_last) if channels_last else model
@@ -121,7 +123,7 @@ class Predictor:
         self.channels_last = channels_last
         self.amp_dtype = autocast_dtype(self.device, precision)
         self.model = _placed(model, self.device, channels_last)
-        if any(m.training for m in self.model.modules()):  # eval() walks every module: 2 ms a model, per predictor
+        if self.model.training:  # eval() walks every module: 2 ms a model, for every predictor the app makes
             self.model.eval()
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
