@@ -17,7 +17,7 @@ from ifa.metrics import summarize
 
 ROOT = Path(__file__).resolve().parents[2]
 CAMVID = Path(os.environ.get("IFA_CAMVID_ROOT", ROOT.parent / "shared" / "data" / "camvid"))
-PAIR = {"camvid-effl0-fpn": "fpn", "camvid-effl0-ifa": "ifa", "camvid-effl0-ifa-lateral": "ifa"}
+PAIR = {"camvid-effl0-fpn": "fpn", "camvid-effl0-ifa": "ifa", "camvid-effl0-ifa-lateral-wide": "ifa"}
 # mIoU over 8 images moves by at most a few hundredths when float rounding differs between CPUs.
 TOLERANCE = 0.25
 
@@ -53,5 +53,5 @@ def test_registry_offers_the_shipped_pair():
     assert pair["baseline"]["path"] == "checkpoints/camvid-effl0-fpn"
     assert pair["ifa"]["path"] == "checkpoints/camvid-effl0-ifa"
     paper = next(p for p in registry["pairs"] if p["id"] == "camvid-effl0-paper-ifa")  # the paper's decoder
-    assert paper["ifa"]["path"] == "checkpoints/camvid-effl0-ifa-lateral"
+    assert paper["ifa"]["path"] == "checkpoints/camvid-effl0-ifa-lateral-wide"
     assert ifa.load_model(ROOT / paper["ifa"]["path"]).config.ifa_features == "lateral"
