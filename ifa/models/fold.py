@@ -86,8 +86,7 @@ def fold_batchnorm(model: nn.Module, run: Callable[[], object], skip: tuple[str,
             weight, bias = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var,
                                                 bn.eps, bn.weight, bn.bias)
         conv.weight, conv.bias = weight, bias
-        parent, _, child = bn_name.rpartition(".")
-        setattr(model.get_submodule(parent), child, _after_norm(bn))
+        model.set_submodule(bn_name, _after_norm(bn))
     return len(pairs)
 
 
@@ -140,8 +139,7 @@ def fuse_activations(model: nn.Module, run: Callable[[], object], skip: tuple[st
         conv, act = model.get_submodule(conv_name), model.get_submodule(act_name)
         if type(act) not in POST_OPS or isinstance(conv.padding, str) or conv.padding_mode != "zeros":
             continue
-        for name, module in ((conv_name, ConvAct2d(conv, act)), (act_name, nn.Identity())):
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent), child, module)
+        model.set_submodule(conv_name, ConvAct2d(conv, act))
+        model.set_submodule(act_name, nn.Identity())
         fused += 1
     return fused
