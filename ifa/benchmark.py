@@ -277,11 +277,11 @@ def gemm_flops(shapes: list[tuple[int, int, int]]) -> float:
     return float(sum(2 * m * k * n for m, k, n in shapes))
 
 
-def bench_gemm_rates(shapes: list[tuple[int, int, int]], warmup: int, repeats: int) -> dict[str, float]:
-    """GFLOP/s of the head's products run back to back through each CPU library path: MKL fp32 (torch.addmm),
-    oneDNN fp32 and oneDNN bf16 (mkldnn._linear_pointwise, when PyTorch has it)."""
+def gemm_rate_fns(shapes: list[tuple[int, int, int]]) -> dict[str, Callable[[], object]]:
+    """The head's products run back to back through each CPU library path: MKL fp32 (torch.addmm), oneDNN fp32
+    and oneDNN bf16 (mkldnn._linear_pointwise, when PyTorch has it)."""
     from .inference import cpu_supports_bf16
-    from .models.ifa import _ONEDNN
+    from .models.cpu_gemm import _ONEDNN
 
     g = torch.Generator().manual_seed(0)
     data = {torch.float32: [tuple(torch.randn(*shape, generator=g) for shape in ((m, k), (n, k), (n,)))
@@ -303,8 +303,7 @@ def bench_gemm_rates(shapes: list[tuple[int, int, int]], warmup: int, repeats: i
         if cpu_supports_bf16():
             data[torch.bfloat16] = [tuple(t.bfloat16() for t in item) for item in data[torch.float32]]
             fns["onednn_bf16"] = onednn(torch.bfloat16)
-    times = measure_times(fns, torch.device("cpu"), warmup, repeats)
-    return {name: gemm_flops(shapes) / (1e-3 * t["wall_ms"]) / 1e9 for name, t in times.items()}
+    return fns
 
 
 def bench_cpu_paths(size: tuple[int, int], warmup: int, repeats: int, quick: bool) -> dict:
@@ -314,8 +313,11 @@ def bench_cpu_paths(size: tuple[int, int], warmup: int, repeats: int, quick: boo
 
     head, feats = paper_head(), head_inputs(size, torch.device("cpu"))
     shapes = head_gemm_shapes(size)
-    timed = measure_times({"fast_head": lambda: head(feats)}, torch.device("cpu"), warmup, repeats)["fast_head"]
-    rates = bench_gemm_rates(shapes, warmup, repeats)
+    # The head and the bare products in the same interleaved rounds: the VM's speed drifts between runs.
+    times = measure_times({"fast_head": lambda: head(feats), **gemm_rate_fns(shapes)}, torch.device("cpu"),
+                          warmup, repeats)
+    timed = times.pop("fast_head")
+    rates = {name: gemm_flops(shapes) / (1e-3 * t["wall_ms"]) / 1e9 for name, t in times.items()}
     out = {"size": list(size), "head_gemm_gflop": gemm_flops(shapes) / 1e9, "head_fast": timed,
            "head_gflops": gemm_flops(shapes) / (1e-3 * timed["wall_ms"]) / 1e9, "gemm_gflops": rates}
     out["bf16"] = bench_bf16_ifa(warmup, repeats, quick) if cpu_supports_bf16() else {

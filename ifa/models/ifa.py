@@ -23,7 +23,6 @@ Two evaluations of the same function:
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cpu_gemm import gemm_backend, linear
 from .intermediates import HeadIntermediates
 
 POSITION_ENCODINGS = ("none", "coord", "sine", "cosine", "fixed", "learned")
@@ -156,35 +156,6 @@ def offset_classes(offsets: list[torch.Tensor], n: int) -> tuple[torch.Tensor, t
     reps = np.zeros(ids.max() + 1, dtype=np.int64)
     reps[ids] = np.arange(n)
     return torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(reps)
-
-
-def _onednn_available() -> bool:
-    """Whether PyTorch's oneDNN fused linear op is there (x86 / ARM CPU builds with mkldnn)."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-
-
-_ONEDNN = _onednn_available()
-
-
-def cpu_gemm_backend(x: torch.Tensor) -> str:
-    """Which library runs the inference path's matrix products for x: "onednn" (oneDNN's fused linear,
-    `torch.ops.mkldnn._linear_pointwise`) for float32 / bfloat16 CPU tensors when PyTorch has it, else "matmul"
-    (torch.addmm: MKL's sgemm on x86 CPUs, cuBLAS on GPUs). Chosen by capability; IFA_CPU_GEMM=matmul keeps
-    the plain matmul (e.g. to compare). Measured here: oneDNN fp32 ran about 2x MKL's rate on the head's shapes."""
-    if (_ONEDNN and x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
-            and os.environ.get("IFA_CPU_GEMM", "onednn") != "matmul"):
-        return "onednn"
-    return "matmul"
-
-
-def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, relu: bool,
-            out: torch.Tensor | None = None) -> torch.Tensor:
-    """x (m, in) @ weight (out, in)^T + bias, then ReLU when `relu`: (m, out), through `cpu_gemm_backend`
-    (`out`, a buffer, is used by the matmul path only)."""
-    if cpu_gemm_backend(x) == "onednn":
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "relu" if relu else "none", [], "")
-    y = torch.addmm(bias, x, weight.t(), out=out) if bias is not None else torch.mm(x, weight.t(), out=out)
-    return y.relu_() if relu else y
 
 
 def _rows(f: torch.Tensor, start: int, stop: int) -> torch.Tensor:
@@ -350,7 +321,7 @@ class IFAHead(nn.Module):
                 ky, ry = grid_cells(h, h_l, device)
                 kx, rx = grid_cells(w, w_l, device)
                 cells = f.float().permute(0, 2, 3, 1).reshape(-1, c)
-                z = _linear(cells, w_z.float().contiguous(), None, relu=False).view(b, h_l, w_l, -1)  # (B, h_l, w_l, D)
+                z = linear(cells, w_z.float().contiguous(), None, relu=False).view(b, h_l, w_l, -1)  # (B, h_l, w_l, D)
                 squared = torch.linalg.vector_norm(z, dim=-1).double().square()[:, ky][:, :, kx]  # (B, h, w)
                 if self.pos[level].out_dim:
                     (row_ids, row_reps), (col_ids, col_reps) = offset_classes([ry], h), offset_classes([rx], w)
@@ -427,7 +398,7 @@ class IFAHead(nn.Module):
         out = None
         for start, stop, x in self._inference_rows(feats, (h, w)):
             weight = self.classifier.weight[:, :, 0, 0].to(x.dtype)
-            logits = _linear(x.flatten(0, 2), weight, self.classifier.bias.to(x.dtype), relu=False)
+            logits = linear(x.flatten(0, 2), weight, self.classifier.bias.to(x.dtype), relu=False)
             if out is None:
                 out = x.new_empty(x.shape[0], weight.shape[0], h, w)
             out[:, :, start:stop] = logits.view(*x.shape[:3], -1).permute(0, 3, 1, 2)
@@ -551,9 +522,11 @@ class IFAHead(nn.Module):
                     py, px, w_l = lv.py, lv.px, lv.w_l
                     if lv.on_grid:
                         z = _rows(lv.f, start, stop)
-                        if cpu_gemm_backend(z) == "onednn":
+                        # oneDNN reads rows contiguous (NHWC maps); NCHW rows are a transposed view that MKL
+                        # packs directly and oneDNN would copy first (40% of the product's time, measured).
+                        if z[0].is_contiguous() and gemm_backend(z[0], lv.w_z) == "onednn":
                             for i in range(b):
-                                pre[i].view(n * w, d).add_(_linear(z[i], lv.w_z, None, relu=False))
+                                pre[i].view(n * w, d).add_(linear(z[i], lv.w_z, None, relu=False, backend="onednn"))
                         else:
                             pre.view(b, n * w, d).baddbmm_(z, lv.w_z.t().expand(b, -1, -1))
                     elif lv.int_rows and lv.int_cols and start % py == 0 and n % py == 0:
@@ -568,7 +541,7 @@ class IFAHead(nn.Module):
                 x = pre.view(m, d).relu_()
                 for i, (weight, bias) in enumerate(rest):
                     out = work[m_max * (d + (i % 2) * widest):][:m * weight.shape[0]].view(m, -1)
-                    x = _linear(x, weight, bias, relu=True, out=out)
+                    x = linear(x, weight, bias, relu=True, out=out)
                 yield start, stop, x.view(b, n, w, -1)
 
     # --- the formula, written out ---------------------------------------------------------------

@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from ifa.models import cpu_gemm
 from ifa.models.ifa import POSITION_ENCODINGS, IFAHead, PositionEncoding, grid_cells
 
 CHANNELS = [3, 4, 2, 5]
@@ -103,6 +104,31 @@ def test_forward_chunking_does_not_change_the_result():
         rows = head(feats, (23, 37))
     # Same arithmetic on the same rows; only BatchNorm in eval mode follows (per-element).
     torch.testing.assert_close(rows, whole, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", cpu_gemm.BACKENDS + ("auto",))
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_inference_equals_reference_through_each_cpu_gemm_path(backend, channels_last, monkeypatch):
+    """Both matrix-product paths (oneDNN, addmm) and the measured choice, on NCHW and NHWC level maps."""
+    if backend == "onednn" and not cpu_gemm.onednn_available():
+        pytest.skip("this PyTorch has no oneDNN")
+    monkeypatch.setenv("IFA_CPU_GEMM", backend)
+    head, feats = make_head(), make_feats()
+    if channels_last:
+        feats = [f.contiguous(memory_format=torch.channels_last) for f in feats]
+    with torch.no_grad():
+        for size in [None, (23, 37), (9, 16)]:
+            torch.testing.assert_close(head(feats, size), head.forward_reference(feats, size), **F32)
+
+
+def test_measured_fp32_gemm_choice_is_one_of_the_paths_and_kept():
+    choice = cpu_gemm.fastest_fp32_backend(1, 24, 16)
+    assert choice in cpu_gemm.BACKENDS
+    hits = cpu_gemm.fastest_fp32_backend.cache_info().hits
+    assert cpu_gemm.fastest_fp32_backend(1, 24, 16) == choice  # measured once per (threads, shape)
+    assert cpu_gemm.fastest_fp32_backend.cache_info().hits == hits + 1
+    assert cpu_gemm.gemm_backend(torch.zeros(2, 3, dtype=torch.float64), torch.zeros(4, 3, dtype=torch.float64)) \
+        == "matmul"
 
 
 @pytest.mark.parametrize("kind", POSITION_ENCODINGS)
