@@ -81,7 +81,7 @@ def label_map_pngs(result: Result) -> dict[str, bytes]:
         img = Image.fromarray(output.labels.astype(np.uint8), mode="P")
         img.putpalette(flat)
         buffer = io.BytesIO()
-        img.save(buffer, format="PNG", optimize=False)
+        img.save(buffer, format="PNG", compress_level=1)  # label maps compress well at zlib level 1, 4x faster
         out[tag] = buffer.getvalue()
     return out
 

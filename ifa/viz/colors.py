@@ -38,16 +38,22 @@ def overlay(image: np.ndarray, labels: np.ndarray, palette, alpha: float = 0.5, 
     Per pixel round((1 - alpha) * image + alpha * colour) in float32, read from a table of all (image value,
     colour value) pairs; colours and the drawn / kept choice come from 256-entry tables of the label value (label
     values above 255 count as 255)."""
-    index = _lut_index(labels)
-    drawn = np.zeros(256, dtype=bool)
-    drawn[:ignore_index] = True
+    drawn = np.zeros(256, dtype=np.uint8)
+    drawn[:ignore_index] = 1
     if visible is not None:
         shown = np.asarray(visible, dtype=bool)[:256]
         drawn[:len(shown)] &= shown
         drawn[len(shown):] &= bool(shown[-1]) if len(shown) else False
-    colors = _color_lut(palette, ignore_index)[index]  # (H, W, 3)
+    # One 4-byte gather per pixel gives its colour and whether it is drawn (np.take on uint32: 0.35 ms at 480x360
+    # where fancy indexing of a (256, 3) table took 3.2 ms).
+    lut = np.concatenate([_color_lut(palette, ignore_index), drawn[:, None]], axis=1)  # (256, 4) uint8
+    looked_up = np.take(lut.view(np.uint32).ravel(), _lut_index(labels)).view(np.uint8)  # (H, W * 4)
+    looked_up = looked_up.reshape(*labels.shape, 4)
     value = np.arange(256, dtype=np.float32)
     table = np.float32(1 - alpha) * value[:, None] + np.float32(alpha) * value[None, :]
     table = np.clip(table + np.float32(0.5), 0, 255).astype(np.uint8).reshape(-1)  # [image value * 256 + colour]
-    blended = table[(image.astype(np.uint16) << 8) | colors]
-    return np.where(drawn[index][..., None], blended, image)
+    blended = np.take(table, (image.astype(np.uint16) << 8) | looked_up[..., :3])
+    kept = looked_up[..., 3] == 0
+    if kept.any():
+        np.copyto(blended, image, where=kept[..., None])
+    return blended

@@ -18,6 +18,7 @@ from ifa.app.probe import bilinear_footprint, ifa_reads, mix_logits, normalised_
 from ifa.app.registry import PairError, RegistryError, hub_pair, parse_hub_pair_id, read_registry
 from ifa.models import create_model
 from ifa.models.ifa import grid_cells, query_centres
+from ifa.viz.colors import overlay
 from ifa.viz.pca import pca_rgb
 
 
@@ -181,6 +182,27 @@ def test_pca_rgb_separates_two_feature_clusters():
     rgb, explained = pca_rgb(feats, (24, 20))
     assert rgb.shape == (20, 24, 3) and explained[0] > 0.9
     assert abs(int(rgb[:, :10, 0].mean()) - int(rgb[:, 14:, 0].mean())) > 150
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 0.5, 1.0])
+def test_overlay_blends_drawn_pixels_and_keeps_the_rest(alpha):
+    """overlay against the formula per pixel: round((1 - alpha) image + alpha colour) where the class is drawn
+    (a class past the palette in black, negative labels as 0); the image where the label is ignored (255 and
+    above) or its class hidden."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (13, 17, 3), dtype=np.uint8)
+    labels = rng.integers(0, 7, (13, 17)).astype(np.int64)
+    labels[0, :4] = [255, -3, 300, 4]
+    palette = rng.integers(0, 256, (5, 3))
+    visible = np.array([True, False, True, True, True, True])
+    out = overlay(image, labels, palette, alpha, visible=visible)
+    clipped = np.clip(labels, 0, 255)
+    drawn = (clipped < 255) & (clipped != 1)
+    colours = np.concatenate([palette, np.zeros((251, 3), int)])[clipped]
+    a = np.float32(alpha)  # the blend in float32
+    expected = np.floor((1 - a) * image.astype(np.float32) + a * colours.astype(np.float32) + np.float32(0.5))
+    np.testing.assert_array_equal(out, np.where(drawn[..., None], expected.astype(np.uint8), image))
+    assert np.array_equal(overlay(image, labels, palette, alpha, visible=np.zeros(7, bool)), image)
 
 
 def test_zero_gpu_one_call_per_comparison_with_a_duration_from_the_request():
