@@ -57,6 +57,7 @@ MODEL_BACKBONES = (("efficientnet_lite0", "effl0"), ("resnet50", "r50"))
 PAPER = {"channels": 256, "hidden": (512, 256, 256), "num_classes": 19}
 # The largest |fast - reference| accepted, relative to max(1, |reference|max), per compute dtype.
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 1e-1}
+CPU_ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 FULL_SIZE = (1024, 2048)  # the size the targets are stated at
 TARGETS = {"head_speedup": 6.0, "ifa_over_fpn_latency": 1.0, "fullres_extra_peak_mb": 2048.0}
@@ -458,11 +459,14 @@ def bench_fullres(size: tuple[int, int], device: torch.device, precision: str, c
 def machine_info(device: torch.device) -> dict:
     info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
             "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "device": str(device)}
+            "torch_threads": torch.get_num_threads(), "device": str(device),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 info["cpu"] = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):  # the instruction sets the CPU paths depend on
+                info["cpu_isa"] = [f for f in line.split(":", 1)[1].split() if f in CPU_ISA_FLAGS]
                 break
         mem = Path("/proc/meminfo").read_text().split()
         info["memory_gb"] = round(int(mem[1]) / 2 ** 20, 1)

@@ -74,8 +74,9 @@ class Predictor:
     """Runs a SegmentationModel on images of any size.
 
     precision: "auto" = fp16 autocast on CUDA, fp32 on CPU; "bf16" runs bf16 autocast on CUDA and on CPUs with
-    native bf16 (opt-in there: 0.68-0.69x the fp32 + NHWC time of the shipped FPN + IFA at 360x480 on 2 threads
-    and 0.58x on 1, BatchNorm folded and activations fused as the app runs it, labels as fp32's on 99.89% of the
+    native bf16 (opt-in there: 0.67-0.69x the fp32 + NHWC time of the shipped FPN + IFA at 360x480 on 2 threads
+    of an AMD EPYC and 0.58x on 1, 0.61-0.64x on 2 threads of an Intel Xeon with AMX, BatchNorm folded and
+    activations fused as the app runs it, labels as fp32's on 99.89% of the
     pixels; against fp32 NCHW 0.48-0.61x / 0.53-0.78x for FPN / FPN + IFA on
     one thread, labels as fp32's on 99.72% / 99.80% of the pixels of 21 CamVid val images; BENCHMARKS.md).
 

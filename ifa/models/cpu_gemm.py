@@ -1,11 +1,12 @@
 """The matrix products of the IFA head's inference path on the CPU: which library runs them, and running them.
 
 Two paths: oneDNN's fused linear (+ReLU) (`torch.ops.mkldnn._linear_pointwise`) and torch.addmm (MKL's sgemm on
-x86 CPUs). Which one is faster depends on the CPU and the thread count: oneDNN ran the head's fp32 products about
-2x MKL's rate on an AMD EPYC (AVX-512), while on an Intel Xeon with AMX MKL ran them as fast and the head 1.35x
-faster through it (BENCHMARKS.md). So in fp32 the choice is measured, once per process for each (thread count,
-layer shape): both paths run a few interleaved times on a chunk-sized product and the faster one is kept. bf16
-always takes oneDNN (MKL has no bf16 GEMM). IFA_CPU_GEMM=onednn or =matmul forces one path (to compare them).
+x86 CPUs). Which one is faster depends on the CPU and the thread count: oneDNN ran the head's fp32 products at up
+to 2x MKL's rate on an AMD EPYC (AVX-512), while on an Intel Xeon with AMX both reached 124-134 GFLOP/s and the
+whole head ran 1.03-1.13x faster through addmm (BENCHMARKS.md). So in fp32 the choice is measured, once per
+process for each (thread count, layer shape): both paths run a few interleaved times on a chunk-sized product and
+the faster one is kept. bf16 always takes oneDNN (MKL has no bf16 GEMM). IFA_CPU_GEMM=onednn or =matmul forces
+one path (to compare them).
 """
 
 from __future__ import annotations
