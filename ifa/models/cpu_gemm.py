@@ -63,7 +63,7 @@ def fastest_fp32_backend(threads: int, in_features: int, out_features: int) -> s
     weight, bias = torch.randn(out_features, in_features, generator=g), torch.randn(out_features, generator=g)
     buffer = torch.empty(CALIBRATION_ROWS, out_features)
     times: dict[str, list[float]] = {name: [] for name in BACKENDS}
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.autocast("cpu", enabled=False):
         for round_ in range(CALIBRATION_ROUNDS + 1):
             for name in BACKENDS:
                 start = time.perf_counter()
