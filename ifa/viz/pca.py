@@ -18,7 +18,10 @@ def pca_project(features: np.ndarray, components: int = 3, max_fit: int = 4096,
     d, h, w = features.shape
     flat = torch.as_tensor(np.asarray(features)).float().reshape(d, -1).T  # (N, D); torch casts float16 fast
     generator = torch.Generator().manual_seed(seed)
-    fit = flat if flat.shape[0] <= max_fit else flat[torch.randperm(flat.shape[0], generator=generator)[:max_fit]]
+    if flat.shape[0] > max_fit:  # a random subset, read in memory order (1 ms where a shuffled gather took 3)
+        fit = flat.index_select(0, torch.randperm(flat.shape[0], generator=generator)[:max_fit].sort().values)
+    else:
+        fit = flat
     mean = fit.double().mean(dim=0).float()
     centred = fit - mean  # float32 products (centred, so no cancellation), the eigendecomposition in float64
     cov = (centred.T @ centred).double() / max(fit.shape[0] - 1, 1)
