@@ -8,7 +8,10 @@ output file: about 30 ms each, mostly its own set-up) and with Gradio's HTTP API
 /gradio_api/call/<name> and its event stream, the output files) over one kept-alive connection, as a browser
 fetches them. Both upload the image and download every output file of both calls.
 
-python -m tools.bench_app_request [--threads 2] [--repeats 5] [--api]
+With --users N (and --api) N users then compare at once, each over its own kept-alive connection, --repeats
+comparisons each: the wall time and each comparison's latency (run it with --threads 1 and 2 to choose the app's
+intra-op threads; the app runs one model event at a time, the others queue).
+python -m tools.bench_app_request [--threads 2] [--repeats 5] [--api [--users 2]]
 """
 
 from __future__ import annotations
@@ -82,7 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--image", type=Path, default=IMAGE)
     p.add_argument("--api", action="store_true", help="also through the API of an app launched here")
+    p.add_argument("--users", type=int, default=0, help="with --api: then this many users comparing at once")
     args = p.parse_args(argv)
+    if args.users and not args.api:
+        p.error("--users needs --api")
     torch.set_num_threads(args.threads)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -139,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
+    users = _users_at_once(app.local_url, args.image, pair_id, args.users, args.repeats) if args.users else None
     if app is not None:
         app.close()
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -148,7 +155,32 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.repeats} interleaved repeats (medians):")
     for name, value in med.items():
         print(f"  {name}: {1e3 * value:.0f} ms ({value / base:.2f}x the bare forwards)")
+    if users:
+        wall, latencies = users
+        print(f"  {args.users} users at once, {args.repeats} comparisons each through the API: wall {wall:.2f} s, "
+              f"latency median {statistics.median(latencies):.2f} s, max {max(latencies):.2f} s")
     return 0
+
+
+def _users_at_once(url: str, image: Path, pair_id: str, users: int, repeats: int) -> tuple[float, list[float]]:
+    """`users` threads, each with its own kept-alive connection, run `repeats` comparisons at once: (wall s,
+    every comparison's latency s)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    clients = [HttpApi(url) for _ in range(users)]
+
+    def user(http: HttpApi) -> list[float]:
+        latencies = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            http.compare(image, pair_id)
+            latencies.append(time.perf_counter() - start)
+        return latencies
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(users) as pool:
+        latencies = [t for result in pool.map(user, clients) for t in result]
+    return time.perf_counter() - start, latencies
 
 
 if __name__ == "__main__":
