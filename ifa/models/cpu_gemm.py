@@ -58,6 +58,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rel
 def fastest_fp32_backend(threads: int, in_features: int, out_features: int) -> str:
     """The faster fp32 path for (4096, in) @ (in, out) + bias + ReLU at `threads` intra-op threads, by median
     time over interleaved rounds (about 2 x 6 products: tens of ms for the paper's widths, once per shape)."""
+    if not _ONEDNN:
+        return "matmul"
     g = torch.Generator().manual_seed(0)
     x = torch.randn(CALIBRATION_ROWS, in_features, generator=g)
     weight, bias = torch.randn(out_features, in_features, generator=g), torch.randn(out_features, generator=g)
