@@ -180,7 +180,10 @@ def _users_at_once(url: str, image: Path, pair_id: str, users: int, repeats: int
     start = time.perf_counter()
     with ThreadPoolExecutor(users) as pool:
         latencies = [t for result in pool.map(user, clients) for t in result]
-    return time.perf_counter() - start, latencies
+    wall = time.perf_counter() - start
+    for http in clients:
+        http.client.close()
+    return wall, latencies
 
 
 if __name__ == "__main__":
