@@ -50,6 +50,7 @@ from tqdm import tqdm
 
 from .models import create_model
 from .models.ifa import IFAHead
+from .timing import measure_times, sync
 
 PARTS = ("head", "models", "fullres", "cpu_paths")
 MODEL_BACKBONES = (("efficientnet_lite0", "effl0"), ("resnet50", "r50"))
@@ -99,44 +100,6 @@ def head_inputs(size: tuple[int, int], device: torch.device, seed: int = 1) -> l
     """Level maps (1, C, h_l, w_l) of an input of `size`, standard normal."""
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(1, PAPER["channels"], h, w, generator=g).to(device) for h, w in level_sizes(size)]
-
-
-# --- timing -------------------------------------------------------------------------------------
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def measure_times(fns: dict[str, Callable[[], object]], device: torch.device, warmup: int,
-                  repeats: int) -> dict[str, dict[str, float | None]]:
-    """Median time of each function (ms): warm-up, then `repeats` interleaved rounds.
-
-    Returns {name: {"wall_ms", "cpu_ms"}}; on CUDA "wall_ms" comes from CUDA events and "cpu_ms" is None.
-    """
-    samples: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in fns}
-    with torch.inference_mode():
-        for _ in range(warmup):
-            for fn in fns.values():
-                fn()
-            _sync(device)
-        for _ in range(repeats):
-            for name, fn in fns.items():
-                if device.type == "cuda":
-                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    _sync(device)
-                    start.record()
-                    fn()
-                    end.record()
-                    _sync(device)
-                    samples[name]["wall"].append(start.elapsed_time(end))
-                else:
-                    c0, t0 = time.process_time(), time.perf_counter()
-                    fn()
-                    t1, c1 = time.perf_counter(), time.process_time()
-                    samples[name]["wall"].append(1e3 * (t1 - t0))
-                    samples[name]["cpu"].append(1e3 * (c1 - c0))
-    return {name: {"wall_ms": statistics.median(s["wall"]),
-                   "cpu_ms": statistics.median(s["cpu"]) if s["cpu"] else None} for name, s in samples.items()}
 
 
 # --- peak memory --------------------------------------------------------------------------------
@@ -196,11 +159,11 @@ def measure_peak(fn: Callable[[], object], device: torch.device, repeats: int = 
         with torch.inference_mode():
             if warmup:
                 fn()
-            _sync(device)
+            sync(device)
             torch.cuda.reset_peak_memory_stats(device)
             before = torch.cuda.memory_allocated(device)
             out = fn()
-            _sync(device)
+            sync(device)
             peak = torch.cuda.max_memory_allocated(device)
             sample = probe(out) if probe is not None else None
             del out
@@ -282,7 +245,7 @@ def gemm_rate_fns(shapes: list[tuple[int, int, int]]) -> dict[str, Callable[[], 
     """The head's products run back to back through each CPU library path: MKL fp32 (torch.addmm), oneDNN fp32
     and oneDNN bf16 (mkldnn._linear_pointwise, when PyTorch has it)."""
     from .inference import cpu_supports_bf16
-    from .models.cpu_gemm import _ONEDNN
+    from .models.cpu_gemm import onednn_available
 
     g = torch.Generator().manual_seed(0)
     data = {torch.float32: [tuple(torch.randn(*shape, generator=g) for shape in ((m, k), (n, k), (n,)))
@@ -299,7 +262,7 @@ def gemm_rate_fns(shapes: list[tuple[int, int, int]]) -> dict[str, Callable[[], 
         return run
 
     fns = {"mkl_fp32": mkl}
-    if _ONEDNN:
+    if onednn_available():
         fns["onednn_fp32"] = onednn(torch.float32)
         if cpu_supports_bf16():
             data[torch.bfloat16] = [tuple(t.bfloat16() for t in item) for item in data[torch.float32]]
@@ -391,7 +354,7 @@ def bench_models(size: tuple[int, int], device: torch.device, precision: str, wa
                 t0 = time.perf_counter()
                 with torch.inference_mode():
                     out = _call(compiled, xs, device, dtype)
-                    _sync(device)
+                    sync(device)
                     row[f"{arch}_compile_s"] = time.perf_counter() - t0
                     row[f"{arch}_compiled_vs_eager"] = compare(out, fns[arch](), dtype)
                 fns[f"{arch}_compiled"] = functools.partial(_call, compiled, xs, device, dtype)

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import functools
 import os
-import statistics
-import time
 
 import torch
+
+from ..timing import measure_times
 
 BACKENDS = ("onednn", "matmul")
 CALIBRATION_ROWS = 4096  # the head's CPU chunk (queries per product)
@@ -65,12 +65,7 @@ def fastest_fp32_backend(threads: int, in_features: int, out_features: int) -> s
     x = torch.randn(CALIBRATION_ROWS, in_features, generator=g)
     weight, bias = torch.randn(out_features, in_features, generator=g), torch.randn(out_features, generator=g)
     buffer = torch.empty(CALIBRATION_ROWS, out_features)
-    times: dict[str, list[float]] = {name: [] for name in BACKENDS}
-    with torch.inference_mode(), torch.autocast("cpu", enabled=False):
-        for round_ in range(CALIBRATION_ROUNDS + 1):
-            for name in BACKENDS:
-                start = time.perf_counter()
-                linear(x, weight, bias, relu=True, out=buffer, backend=name)
-                if round_:  # the first round warms up
-                    times[name].append(time.perf_counter() - start)
-    return min(BACKENDS, key=lambda name: statistics.median(times[name]))
+    runs = {name: functools.partial(linear, x, weight, bias, True, buffer, name) for name in BACKENDS}
+    with torch.autocast("cpu", enabled=False):
+        times = measure_times(runs, torch.device("cpu"), warmup=1, repeats=CALIBRATION_ROUNDS)
+    return min(BACKENDS, key=lambda name: times[name]["wall_ms"])
