@@ -84,7 +84,7 @@ class DatasetView:
             else:
                 name, array, gt, _ = self._image(None, sample.name, None, "", pair.num_classes, pair.dataset)
             rows.append({**rank_row(sample.name, *labels, gt, pair.class_names),
-                         "thumbnail": thumbnail(sample) or str(sample.image)})
+                         "thumbnail": thumbnail(sample, self.thumbs_dir) or str(sample.image)})
         rows = sort_rows(rows)
         seconds = time.perf_counter() - start
         status = (f"**{len(rows)} of {len(samples)} images** of {source} ranked on {spec.title} "

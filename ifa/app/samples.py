@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 from PIL import Image
@@ -80,9 +79,9 @@ def list_samples() -> list[Sample]:
     return out
 
 
-def thumbnail(sample: Sample, width: int = 160, cache_dir: Path | None = None) -> str | None:
-    """A small JPEG of the sample in a temp folder (cached by path and mtime); None if unreadable."""
-    cache_dir = cache_dir or Path(tempfile.gettempdir()) / "ifa-app-thumbs"
+def thumbnail(sample: Sample, cache_dir: Path, width: int = 160) -> str | None:
+    """A small JPEG of the sample in `cache_dir` (the app's temp folder; cached by path and mtime); None if
+    unreadable."""
     try:
         stat = sample.image.stat()
         key = hashlib.sha1(f"{sample.image}:{stat.st_mtime_ns}:{stat.st_size}:{width}".encode()).hexdigest()[:16]

@@ -9,13 +9,10 @@ handler shares in ifa.app.handlers. Nothing here builds UI.
 
 from __future__ import annotations
 
-import atexit
 import base64
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 import threading
 import time
 import uuid
@@ -38,6 +35,7 @@ from .probe import normalised_point
 from .registry import PairError, PairSpec, Registry, RegistryError, hub_pair, read_registry, registry_path
 from .results import Result, ResultStore
 from .samples import Sample, list_samples, thumbnail
+from .tempdirs import make_files_root
 
 SCALE_CHOICES = ("0.5", "0.75", "1.0", "1.25", "1.5", "1.75", "2.0")
 IFA_RESOLUTIONS = (("stride-4 grid + bilinear upsampling (as trained)", "stride4"),
@@ -97,13 +95,17 @@ class AppService(DatasetView):
         self._samples_by_name = {s.name: s for s in self.samples}
         capacity = results_capacity or int(os.environ.get("IFA_APP_MAX_SESSIONS", "32") or 32)
         ttl = 60 * float(os.environ.get("IFA_APP_RESULT_MINUTES", "60") or 60)
-        self.files_root = Path(tempfile.mkdtemp(prefix="ifa-app-"))
-        atexit.register(shutil.rmtree, self.files_root, ignore_errors=True)
+        self.files_root = make_files_root()  # removed at exit and on SIGTERM / SIGINT (ifa.app.tempdirs)
         self.results = ResultStore(capacity, self.files_root, ttl)
         self._identities: dict[str, tuple] = {}
         self.labels = LabelCache()
         self._first_lock = threading.Lock()
         self._first: tuple[Sample, Result] | None = None
+
+    @property
+    def thumbs_dir(self) -> Path:
+        """The gallery's thumbnails: in the app's temp folder, so they go with it."""
+        return self.files_root / "thumbs"
 
     # --- what the UI is built from ---------------------------------------------------------------
     def pair_choices(self) -> list[tuple[str, str]]:
@@ -137,7 +139,7 @@ class AppService(DatasetView):
         shipped = [s for s in self.samples if s.origin == "manifest"]
         shown = shipped + [s for s in self.samples if s.origin == "folder"][:max(0, limit - len(shipped))]
         ranked = sorted(((s, s.scorable(classes)) for s in shown), key=lambda item: not item[1])
-        return [(thumb, s, ok) for s, ok in ranked if (thumb := thumbnail(s)) is not None]
+        return [(thumb, s, ok) for s, ok in ranked if (thumb := thumbnail(s, self.thumbs_dir)) is not None]
 
     def gallery(self, pair_id: str | None = None) -> list[tuple[str, str]]:
         """(thumbnail path, caption) of the gallery for a pair (default: the default pair)."""

@@ -13,6 +13,7 @@ from .ablation import EXPLAINED as ABLATION_EXPLAINED
 from .components import FastImage, FastImageSlider
 from .dataset_rank import HEADERS as RANK_HEADERS
 from .service import AppService
+from .tempdirs import remove_on_signals, sweep_stale
 
 TITLE = "IFA explorer: what Implicit Feature Alignment changes"
 INTRO = (
@@ -288,7 +289,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["IFA_APP_HOME"] = args.home
     if args.registry:
         os.environ["IFA_REGISTRY"] = args.registry
+    sweep_stale()  # the temp folders of earlier runs that were killed before they could clean up
     service = AppService()
+    remove_on_signals()  # SIGTERM / SIGINT remove the service's temp folder, then end the process as before
     demo = build_demo(service)
     service.first_paint()  # the first page's comparison, ready before the first visitor
     demo.launch(server_name=args.host, server_port=args.port, **launch_kwargs())
