@@ -62,6 +62,10 @@ class HubError(RuntimeError):
     cold cache, an upload refused."""
 
 
+class HubUnreachableError(HubError):
+    """The Hub cannot be reached (no network, HF_HUB_OFFLINE) and the local cache lacks what is needed."""
+
+
 def resolve_checkpoint(path_or_repo_id: str | Path, revision: str | None = None) -> Path:
     """A local checkpoint folder for `path_or_repo_id` (downloaded into the HF cache when a repo id).
 
@@ -99,13 +103,17 @@ def load_hub_model(repo_id: str, revision: str | None = None,
     try:
         folder = _download(repo_id, revision, where, max_weights_bytes)
         return load_checkpoint_folder(folder)
+    except HubUnreachableError:  # how this server reaches the Hub (offline switch, endpoint, cache) is its own
+        raise HubError(f"{where}: the model could not be downloaded (offline or unreachable)") from None
     except (HubError, CheckpointError) as err:
         raise type(err)(_without_paths(str(err))) from None
 
 
 def _without_paths(text: str) -> str:
-    """`text` with this machine's cache folder and home directory replaced by words."""
-    for path, words in ((constants.HF_HUB_CACHE, "the server's cache"), (str(Path.home()), "~")):
+    """`text` with this machine's cache folder, home directory and Hub endpoint replaced by words."""
+    text = text.replace(f" at {constants.ENDPOINT}", "")
+    for path, words in ((constants.HF_HUB_CACHE, "the server's cache"), (str(Path.home()), "~"),
+                        (constants.ENDPOINT, "the Hub")):
         if path:
             text = text.replace(str(path), words)
     return text
@@ -255,7 +263,9 @@ def _check_weights_size(repo_id: str, commit: str, where: str, limit: int) -> No
         size = get_hf_file_metadata(hf_hub_url(repo_id, WEIGHTS_NAME, revision=commit)).size
     except RemoteEntryNotFoundError:
         return  # missing weights: the download below says so
-    except (HfHubHTTPError, OSError, *_UNREACHABLE) as err:
+    except _UNREACHABLE as err:
+        raise HubUnreachableError(f"asking the size of {WEIGHTS_NAME} of {where} failed ({_brief(err)})") from err
+    except (HfHubHTTPError, OSError) as err:
         raise HubError(f"asking the size of {WEIGHTS_NAME} of {where} failed ({_brief(err)})") from err
     if size is not None and size > limit:
         raise HubError(f"{where}: {WEIGHTS_NAME} is {size / 2 ** 20:.0f} MB; this app loads weights up to "
@@ -269,7 +279,9 @@ def _fetch(repo_id: str, filename: str, revision: str, where: str, siblings: lis
         holds = f"; it holds {', '.join(sorted(siblings)) or 'no files'}" if siblings is not None else ""
         raise HubError(f"{where} has no {filename}: not a checkpoint of this project, which needs "
                        f"{CONFIG_NAME} and {WEIGHTS_NAME}{holds}") from err
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError, *_UNREACHABLE) as err:
+    except (LocalEntryNotFoundError, *_UNREACHABLE) as err:
+        raise HubUnreachableError(f"downloading {filename} of {where} failed ({_brief(err)})") from err
+    except (HfHubHTTPError, OSError) as err:
         raise HubError(f"downloading {filename} of {where} failed ({_brief(err)})") from err
 
 
@@ -283,7 +295,7 @@ def _from_cache(repo_id: str, revision: str, where: str, reason: str) -> Path:
                            f"of this project, which needs {CONFIG_NAME} and {WEIGHTS_NAME}") from None
         fix = ("unset HF_HUB_OFFLINE to download it" if constants.HF_HUB_OFFLINE else
                "check the network and HF_ENDPOINT; to work offline set HF_HUB_OFFLINE=1")
-        raise HubError(f"{reason}, and {where} is not in the local cache ({constants.HF_HUB_CACHE}; "
+        raise HubUnreachableError(f"{reason}, and {where} is not in the local cache ({constants.HF_HUB_CACHE}; "
                        f"{miss.filename} missing): {fix}, or load a revision downloaded before "
                        f"(pinning its full commit sha needs no network)") from None
 

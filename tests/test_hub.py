@@ -424,4 +424,5 @@ def test_hub_model_errors_name_no_server_path(monkeypatch, tmp_path):
     offline(monkeypatch)
     with pytest.raises(HubError) as err:
         load_hub_model("org/absent")
-    assert "secret-cache" not in str(err.value) and "the server's cache" in str(err.value)
+    assert "secret-cache" not in str(err.value) and "HF_HUB_OFFLINE" not in str(err.value)
+    assert "the model could not be downloaded (offline or unreachable)" in str(err.value)

@@ -7,8 +7,9 @@ per-image scoring is ifa.app.dataset_rank's.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
-import shlex
 import shutil
 import time
 import uuid
@@ -22,7 +23,8 @@ from . import engine
 from .dataset_rank import HEADERS as RANK_HEADERS
 from .dataset_rank import rank_row, sort_rows, table_rows
 from .handlers import PROGRESS, UserError, _float, _jsonable, _table, guarded
-from .registry import PairSpec
+from .images import limits_from_env
+from .registry import PairSpec, shorten
 from .samples import thumbnail
 
 # The dataset view's bounds: images per source, and seconds of new work per request (then it says to continue).
@@ -41,7 +43,8 @@ class DatasetView:
     def _source(self, source: str) -> list[Sample]:
         origin = {"shipped samples": "manifest", "IFA_SAMPLES_DIR folder": "folder", "IFA_APP_DATASET": "dataset"}
         if source not in origin or source not in self.rank_sources():
-            raise UserError(f"unknown image source {source!r}; this server offers {', '.join(self.rank_sources())}")
+            raise UserError(f"unknown image source {shorten(source)}; this server offers "
+                            f"{', '.join(self.rank_sources())}")
         return [s for s in self.samples if s.origin == origin[source]][:RANK_MAX_IMAGES]
 
     def _pair_identities(self, spec: PairSpec) -> tuple:
@@ -112,16 +115,25 @@ class DatasetView:
         from .. import figures
 
         rows_wanted = int(_float(rows, "rows", 1, 12, 4))
-        ranked = [r["image"] for r in (summary or {}).get("rows") or []][:rows_wanted]
-        if not ranked:
-            raise UserError("rank a set of images first (the Rank button): the figure shows its top rows")
+        ranked = _ranked_names(summary, self._samples_by_name)[:rows_wanted]
         fmt = "pdf" if str(fmt).lower() == "pdf" else "png"
         spec = self._spec(pair_id or self.default_pair)
         options, _ = self._options(scales, flip, ifa_resolution)
-        folder = self.files_root / "figures" / uuid.uuid4().hex[:12]
+        folder = self.files_root / "figures" / uuid.uuid4().hex[:12] / "ifa-figure"
         folder.mkdir(parents=True)
-        _prune(folder.parent, keep=16)
-        write_manifest([self._samples_by_name[name] for name in ranked], folder / "samples.json",
+        _prune(folder.parent.parent, keep=16)
+        bundled = []
+        for n, name in enumerate(ranked):  # the rows' files travel in the bundle
+            sample = self._samples_by_name[name]
+            copies = {}
+            for kind in ("image", "label"):
+                source = getattr(sample, kind)
+                if source is not None:
+                    copies[kind] = folder / "images" / f"{n:02d}-{kind}-{Path(source).name}"
+                    copies[kind].parent.mkdir(exist_ok=True)
+                    shutil.copyfile(source, copies[kind])
+            bundled.append(dataclasses.replace(sample, **copies))
+        write_manifest(bundled, folder / "samples.json",
                        about=f"the rows of a figure exported by IFA Explorer from {summary.get('source')}")
         (folder / "rows.txt").write_text("\n".join(ranked) + "\n")
         argv = []
@@ -130,15 +142,23 @@ class DatasetView:
                                                       else [])
         argv += ["--samples", str(folder / "samples.json"), "--select", "list", str(folder / "rows.txt"),
                  "--rows", str(len(ranked)), "--scales", *[f"{v:g}" for v in options.scales],
-                 "--ifa-resolution", options.ifa_resolution, "--max-side",
-                 os.environ.get("IFA_APP_MAX_SIDE", "1024") or "1024", "--no-cache", "--no-progress",
-                 "--out", str(folder / f"figure.{fmt}")] + (["--flip"] if options.flip else [])
-        result = figures.run(figures.build_parser().parse_args(argv), command="python -m ifa.figures "
-                             + " ".join(shlex.quote(a) for a in argv))
-        md = (f"Figure of {len(ranked)} rows ({', '.join(ranked)}), drawn by `ifa.figures`. Redraw it byte for byte "
-              f"on this machine with `python -m ifa.figures --from-manifest {result.manifest}`; the samples manifest"
-              f" and the row list name the images.")
-        return [str(result.figure), str(result.manifest), str(folder / "samples.json"), str(folder / "rows.txt")], md
+                 "--ifa-resolution", options.ifa_resolution, "--max-side", str(limits_from_env()[0]),
+                 "--precision", engine.PRECISION, "--device", str(engine.DEVICE), "--no-cache",
+                 "--no-progress", "--out", str(folder / f"figure.{fmt}")] + (["--flip"] if options.flip else [])
+        redraw = "python -m ifa.figures --from-manifest ifa-figure/figure.manifest.json"
+        result = figures.run(figures.build_parser().parse_args(argv), command=redraw)
+        manifest = json.loads(result.manifest.read_text())  # models named as the app's home knows them
+        for role, source in (("baseline", spec.baseline), ("ifa", spec.ifa)):
+            manifest["models"][role]["spec"] = source.public_location
+        result.manifest.write_text(json.dumps(manifest, indent=2) + "\n")
+        archive = Path(shutil.make_archive(str(folder.parent / "ifa-figure"), "zip", folder.parent, folder.name))
+        md = (f"Figure of {len(ranked)} rows ({', '.join(ranked)}), drawn by `ifa.figures`. **ifa-figure.zip** holds "
+              f"the figure, its manifest, the samples manifest, the row list and the rows' images: unpack it in a "
+              f"checkout of this project (the models are named as this server knows them: "
+              f"{spec.baseline.public_location}, {spec.ifa.public_location}) and redraw it byte for byte with "
+              f"`{redraw}` on the same device and precision.")
+        return [str(result.figure), str(result.manifest), str(folder / "samples.json"), str(folder / "rows.txt"),
+                str(archive)], md
 
     def pick_ranked(self, summary, evt: gr.SelectData):
         """A row (or thumbnail) of the dataset view -> (sample name, cleared upload, cleared label, attribution)."""
@@ -150,8 +170,23 @@ class DatasetView:
         else:
             raise gr.Error("pick an image of the ranking", print_exception=False)
         if name not in self._samples_by_name:
-            raise gr.Error(f"{name} is not an image this server offers", print_exception=False)
+            raise gr.Error(f"{shorten(name)} is not an image this server offers", print_exception=False)
         return name, None, None, self.sample_info(name)
+
+
+def _ranked_names(summary, offered: dict) -> list[str]:
+    """The image names of a ranking's rows (the JSON the Rank button gave), each checked: a summary that is not a
+    ranking of this server's images is refused with one line."""
+    rows = summary.get("rows") if isinstance(summary, dict) else None
+    if not rows:
+        raise UserError("rank a set of images first (the Rank button): the figure shows its top rows")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and isinstance(r.get("image"), str) for r in rows):
+        raise UserError("the ranking given is not one this app made (rows of {'image': name, ...}): rank again")
+    unknown = [r["image"] for r in rows if r["image"] not in offered]
+    if unknown:
+        raise UserError(f"the ranking names {len(unknown)} image(s) this server does not offer "
+                        f"(e.g. {shorten(unknown[0])}): rank again")
+    return [r["image"] for r in rows]
 
 
 def _prune(folder: Path, keep: int) -> None:

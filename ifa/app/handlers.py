@@ -7,13 +7,14 @@ import functools
 import logging
 import math
 import os
+import re
 from typing import Any
 
 import gradio as gr
 import numpy as np
 
 from .images import ImageLoadError
-from .registry import PairError, RegistryError
+from .registry import ECHO_CHARS, PairError, RegistryError, public_path, shorten
 
 log = logging.getLogger("ifa.app")
 PROGRESS = gr.Progress()  # the default that makes Gradio pass each event its own progress tracker
@@ -23,8 +24,22 @@ class UserError(ValueError):
     """Bad input from the user; the message says what to change."""
 
 
+_ABSOLUTE_PATH = re.compile(r"(?<![\w:/.~-])(?:/[^\s'\"()\[\],;:]+)+")
+_LONG_WORD = re.compile(rf"\S{{{ECHO_CHARS + 1},}}")
+MAX_MESSAGE = 1000
+
+
+def public_message(text: str) -> str:
+    """A message fit for the public: every absolute path of this machine as public_path() shows it (relative to
+    the app's home, else its last part), no word longer than ECHO_CHARS, at most MAX_MESSAGE characters."""
+    text = _ABSOLUTE_PATH.sub(lambda m: public_path(m.group()), str(text))
+    text = _LONG_WORD.sub(lambda m: m.group()[:ECHO_CHARS - 1] + "…", text)
+    return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE - 1] + "…"
+
+
 def guarded(what: str):
-    """Turn every exception of a handler into a gr.Error with a one-line message (no traceback on the page)."""
+    """Turn every exception of a handler into a gr.Error with a one-line public_message (no traceback on the
+    page, no path of this machine)."""
     def decorate(fn):
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
@@ -33,16 +48,16 @@ def guarded(what: str):
             except gr.Error:
                 raise
             except (UserError, ImageLoadError, PairError, RegistryError) as err:
-                raise gr.Error(str(err), print_exception=False) from None
+                raise gr.Error(public_message(str(err)), print_exception=False) from None
             except MemoryError:
                 raise gr.Error(f"Out of memory while {what}: try a smaller image, fewer scales or the stride-4 "
                                f"IFA output", print_exception=False) from None
             except Exception as err:  # noqa: BLE001 - the app must keep serving
                 log.exception("unexpected error while %s", what)
                 first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
-                raise gr.Error(f"Unexpected error while {what} ({type(err).__name__}{': ' + first if first else ''})."
-                               f" The app is still running: try again or with another input.",
-                               print_exception=False) from None
+                raise gr.Error(public_message(f"Unexpected error while {what} ({type(err).__name__}"
+                                              f"{': ' + first if first else ''}). The app is still running: try "
+                                              f"again or with another input."), print_exception=False) from None
         return wrapper
     return decorate
 
@@ -64,9 +79,9 @@ def _float(value, name: str, low: float, high: float, default: float) -> float:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise UserError(f"{name} must be a number, got {value!r}") from None
+        raise UserError(f"{name} must be a number, got {shorten(value)}") from None
     if not math.isfinite(number):
-        raise UserError(f"{name} must be a finite number, got {value!r}")
+        raise UserError(f"{name} must be a finite number, got {shorten(value)}")
     return min(max(number, low), high)
 
 

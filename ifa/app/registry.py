@@ -38,6 +38,27 @@ from ..models.segmentor import SegmentationModel
 
 SOURCE_CHECKOUT = Path(__file__).resolve().parents[2]  # the project root when run from a source checkout
 HUB_PREFIX = "hub:"
+MAX_REPO_ID = 96  # the Hub's longest repo id (huggingface_hub.utils.validate_repo_id)
+ECHO_CHARS = 80  # the most of a user's input that a message repeats
+
+
+def shorten(value, limit: int = ECHO_CHARS) -> str:
+    """`repr(value)` when short, else its first `limit` characters and an ellipsis: what a message may echo of a
+    user's input (a 6000-character repo id must not make an 18 KB message)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def public_path(path: str | os.PathLike) -> str:
+    """A path as the app's answers may show it: relative to the app's home when inside it (e.g.
+    checkpoints/camvid-effl0-fpn), else its last part; never an absolute path of this machine."""
+    path, home = Path(path), app_home()
+    if not path.is_absolute():
+        return path.as_posix()
+    try:
+        return path.resolve().relative_to(home).as_posix()
+    except ValueError:
+        return path.name
 
 
 def app_home() -> Path:
@@ -69,15 +90,17 @@ class ModelSource:
     def describe(self) -> str:
         if self.source == "hub":
             return f"Hub repo '{self.location}'" + (f" @ {self.revision}" if self.revision else " @ main")
-        path, home = Path(self.location), app_home()
-        if path.is_absolute() and path.is_relative_to(home):
-            path = path.relative_to(home)
-        return f"local folder {path}"
+        return f"local folder {self.public_location}"
+
+    @property
+    def public_location(self) -> str:
+        """The repo id, or the folder relative to the app's home (else its name): no path of this machine."""
+        return self.location if self.source == "hub" else public_path(self.location)
 
     def summary(self) -> dict:
         """A JSON description for the app's API ("location", not "path": a dict with a "path" key reads as a
-        file to download for gradio_client)."""
-        return {"source": self.source, "location": self.location, "revision": self.revision}
+        file to download for gradio_client); local folders relative to the app's home (public_path)."""
+        return {"source": self.source, "location": self.public_location, "revision": self.revision}
 
     def to_dict(self) -> dict:
         if self.source == "hub":
@@ -187,7 +210,7 @@ class Registry:
         if isinstance(pair_id, str) and pair_id.startswith(HUB_PREFIX):
             return parse_hub_pair_id(pair_id)
         valid = ", ".join(self.pairs) or "none"
-        raise PairError(f"unknown model pair {pair_id!r}; registered pairs: {valid}; or a Hub pair "
+        raise PairError(f"unknown model pair {shorten(pair_id)}; registered pairs: {valid}; or a Hub pair "
                         f"'{HUB_PREFIX}org/baseline[@rev]|org/ifa[@rev]'")
 
     def add(self, spec: PairSpec) -> PairSpec:
@@ -253,11 +276,15 @@ def hub_pair(baseline_repo: str, ifa_repo: str, baseline_revision: str | None = 
     i_rev = (ifa_revision or "").strip() or None
     sources = []
     for repo, rev in ((baseline_repo, b_rev), (ifa_repo, i_rev)):
-        if local_pairs_allowed() and (app_home() / repo).is_dir() and rev is None:
+        if local_pairs_allowed() and len(repo) <= 255 and (app_home() / repo).is_dir() and rev is None:
             sources.append(ModelSource("local", str(app_home() / repo)))  # the operator allows local folders
             continue
-        if repo.count("/") != 1 or any(ch.isspace() for ch in repo) or repo.startswith(("/", ".", "~")):
-            raise PairError(f"{repo!r} is not a Hub repo id: expected 'org/name'")
+        if (repo.count("/") != 1 or any(ch.isspace() for ch in repo) or repo.startswith(("/", ".", "~"))
+                or len(repo) > MAX_REPO_ID):
+            raise PairError(f"{shorten(repo)} is not a Hub repo id: expected 'org/name' (at most {MAX_REPO_ID} "
+                            f"characters)")
+        if rev is not None and len(rev) > 255:
+            raise PairError(f"revision {shorten(rev)} is not a branch, tag or commit: too long")
         sources.append(ModelSource("hub", repo, rev))
     b_text = baseline_repo + (f"@{b_rev}" if b_rev else "")
     i_text = ifa_repo + (f"@{i_rev}" if i_rev else "")
@@ -284,7 +311,7 @@ def parse_hub_pair_id(pair_id: str) -> PairSpec:
     """'hub:org/a[@rev]|org/b[@rev]' -> PairSpec."""
     body = pair_id[len(HUB_PREFIX):]
     if body.count("|") != 1:
-        raise PairError(f"a Hub pair id is '{HUB_PREFIX}org/baseline[@rev]|org/ifa[@rev]', got {pair_id!r}")
+        raise PairError(f"a Hub pair id is '{HUB_PREFIX}org/baseline[@rev]|org/ifa[@rev]', got {shorten(pair_id)}")
     left, right = body.split("|")
     (b_repo, b_rev), (i_repo, i_rev) = _split_rev(left), _split_rev(right)
     return hub_pair(b_repo, i_repo, b_rev, i_rev)

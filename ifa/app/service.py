@@ -28,11 +28,21 @@ from .ablation import ablation_markdown, ablation_summary
 from .dataset_rank import LabelCache
 from .dataset_view import DatasetView
 from .engine import Options
-from .handlers import PROGRESS, UserError, _float, _jsonable, _path_of, _table, guarded, log
+from .handlers import PROGRESS, UserError, _float, _jsonable, _path_of, _table, guarded, log, public_message
 from .images import ImageLoadError, load_image, load_label
 from .legend import legend_html, verdict_legend_html
 from .probe import normalised_point
-from .registry import PairError, PairSpec, Registry, RegistryError, hub_pair, read_registry, registry_path
+from .registry import (
+    PairError,
+    PairSpec,
+    Registry,
+    RegistryError,
+    hub_pair,
+    public_path,
+    read_registry,
+    registry_path,
+    shorten,
+)
 from .results import Result, ResultStore
 from .samples import Sample, list_samples, thumbnail
 from .tempdirs import make_files_root
@@ -90,7 +100,7 @@ class AppService(DatasetView):
             self.registry = read_registry(registry_file)
         except RegistryError as err:
             self.registry = Registry({}, None, Path(registry_file) if registry_file else registry_path())
-            self.registry_error = str(err)
+            self.registry_error = public_message(str(err))
         self.samples: list[Sample] = list_samples()
         self._samples_by_name = {s.name: s for s in self.samples}
         capacity = results_capacity or int(os.environ.get("IFA_APP_MAX_SESSIONS", "32") or 32)
@@ -180,7 +190,7 @@ class AppService(DatasetView):
             "default_pair": self.default_pair,
             "pairs": [spec.summary() for spec in self.registry.pairs.values()],
             "samples": [s.summary() for s in self.samples],
-            "registry": str(self.registry.path) if self.registry.path else None,
+            "registry": public_path(self.registry.path) if self.registry.path else None,
             "registry_error": self.registry_error,
         }
 
@@ -214,7 +224,7 @@ class AppService(DatasetView):
         try:
             pair = engine.load_pair(self.registry.get(self.default_pair))
         except (PairError, RegistryError) as err:
-            return f"⚠️ The default pair could not be loaded: {err}"
+            return f"⚠️ The default pair could not be loaded: {public_message(str(err))}"
         return self._status(pair)
 
     @guarded("loading the Hub pair")
@@ -236,7 +246,7 @@ class AppService(DatasetView):
         for s in scales or []:
             v = _float(s, "a scale", 0.0, 1e9, 1.0)
             if not 0.25 <= v <= 2.0:
-                raise UserError(f"scales must lie between 0.25 and 2.0, got {s}")
+                raise UserError(f"scales must lie between 0.25 and 2.0, got {shorten(s)}")
             values.append(v)
         values = sorted(set(values))
         if not values:
@@ -246,7 +256,7 @@ class AppService(DatasetView):
             raise UserError(f"choose at most {MAX_SCALES} scales (got {len(values)}): each one runs both models again")
         resolution = ifa_resolution or "stride4"
         if resolution not in dict((v, k) for k, v in IFA_RESOLUTIONS):
-            raise UserError(f"IFA output resolution must be 'stride4' or 'full', got {ifa_resolution!r}")
+            raise UserError(f"IFA output resolution must be 'stride4' or 'full', got {shorten(ifa_resolution)}")
         return Options(tuple(values), bool(flip), resolution), notices
 
     def _image(self, image, sample, ground_truth, label_set, num_classes: int, dataset: str):
@@ -263,7 +273,8 @@ class AppService(DatasetView):
             label_path = _path_of(ground_truth)
         elif sample:
             if sample not in self._samples_by_name:
-                raise UserError(f"unknown sample {sample!r}; {len(self.samples)} samples are listed (see /catalog)")
+                raise UserError(f"unknown sample {shorten(sample)}; {len(self.samples)} samples are listed "
+                                f"(see /catalog)")
             s = self._samples_by_name[sample]
             name = s.name
             loaded = load_image(s.image)
@@ -414,6 +425,7 @@ class AppService(DatasetView):
                    f"≥ {min_area} px)"
                    + ("" if result.gt is not None else " · no ground truth: scores and verdicts need a label map")]
         notices += [f"- {n}" for n in result.notices]
+        notices += [f"- {n}" for n in views.false_positive_notes(summary_scores)] if summary_scores else []
         return (
             "\n".join(notices),
             result.image,
@@ -550,7 +562,7 @@ class AppService(DatasetView):
             raise UserError("give the pixel to probe: x (column) and y (row)")
         xi, yi = _float(x, "x", -1e9, 1e9, 0), _float(y, "y", -1e9, 1e9, 0)
         if not (0 <= xi < w and 0 <= yi < h):
-            raise UserError(f"pixel ({x}, {y}) is outside the {w} × {h} image (x in 0..{w - 1}, y in 0..{h - 1})")
+            raise UserError(f"pixel ({xi:g}, {yi:g}) is outside the {w} × {h} image (x in 0..{w - 1}, y in 0..{h - 1})")
         point = (int(xi), int(yi))
         a = result.analysis
         ifa_point = engine.query_point(result.spec, a.ifa_levels, np.array([normalised_point(point, a.padded_size)]))[0]

@@ -227,7 +227,10 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
         for label_event in (c["ground_truth"].upload, c["ground_truth"].clear, c["label_set"].input):
             label_event(service.attach_label, label_in, out(S.RENDER_OUTPUTS), api_visibility="private")
 
-        c["pair"].input(service.load_pair, c["pair"], out(S.PAIR_OUTPUTS), api_name="load_pair", **model)
+        # preprocess=False also here and for /dataset_rank: the handlers check the values themselves and answer
+        # a bad one with a shortened echo (Gradio's own choice check repeats the whole value)
+        c["pair"].input(service.load_pair, c["pair"], out(S.PAIR_OUTPUTS), api_name="load_pair", preprocess=False,
+                        **model)
         hub_load.click(service.load_hub_pair, [hub_b, hub_b_rev, hub_i, hub_i_rev], out(S.HUB_OUTPUTS),
                        api_name="load_hub_pair", **model)
 
@@ -243,7 +246,7 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
         probe_btn.click(service.probe, out(("result_state", "probe_x", "probe_y")), out(S.PROBE_OUTPUTS),
                         api_name="probe", **model)
         rank_btn.click(service.dataset_rank, out(("rank_source", "pair", "scales", "flip", "ifa_resolution")),
-                       out(S.RANK_OUTPUTS), api_name="dataset_rank", **model)
+                       out(S.RANK_OUTPUTS), api_name="dataset_rank", preprocess=False, **model)
         figure_btn.click(service.export_figure, out(("rank_summary", "pair", "scales", "flip", "ifa_resolution",
                                                      "figure_rows", "figure_format")), out(S.EXPORT_OUTPUTS),
                          api_name="export_figure", **model)
