@@ -7,7 +7,6 @@ mIoU near ground-truth boundaries), `difference_regions` (the boxes), with the m
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -16,11 +15,10 @@ from scipy import ndimage
 
 from .metrics import (
     DEFAULT_TRIMAP_WIDTHS,
+    band_scores,
     boundary_distance_bands,
     confusion_matrix,
     image_summary,
-    mean_iou,
-    overall_accuracy,
 )
 
 # The two roles of a pair and how every view names them.
@@ -126,10 +124,6 @@ def pair_scores(baseline: np.ndarray, ifa: np.ndarray, gt: np.ndarray, class_nam
             for role, pred in (("baseline", baseline), ("ifa", ifa))}
 
 
-def _percent(value: float) -> float | None:
-    return None if value is None or math.isnan(value) else 100.0 * float(value)
-
-
 def boundary_bands(samples: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]], num_classes: int,
                    widths: Sequence[float] = DEFAULT_TRIMAP_WIDTHS, ignore_index: int = 255) -> dict:
     """Pixel accuracy and mIoU of both models within each band around the ground-truth boundaries.
@@ -137,9 +131,10 @@ def boundary_bands(samples: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
     samples: (baseline, ifa, gt) label maps of each image (one image for the app, a set for ifa.figures). A band
     of width w holds the pixels whose distance to the nearest boundary is below w
     (ifa.metrics.boundary_distance_bands, one distance transform per image); confusion matrices are summed over
-    the images before scoring. Returns, in percent, {"widths", "images", "baseline": {"accuracy": [...],
-    "mIoU": [...], "pixels": [...], "overall": {"accuracy", "mIoU"}}, "ifa": {...}}; None where a band holds no
-    pixel.
+    the images before scoring, and read by ifa.metrics.band_scores (mIoU over the ground truth's classes, the
+    convention of `pair_scores`: for one image "overall" equals its table's mIoU). Returns, in percent,
+    {"widths", "images", "baseline": {"accuracy": [...], "mIoU": [...], "pixels": [...], "overall": {"accuracy",
+    "mIoU"}}, "ifa": {...}}; None where a band holds no pixel.
     """
     widths, k = list(widths), num_classes
     cms = {role: {w: np.zeros((k, k), np.int64) for w in widths} for role in MODELS}
@@ -154,11 +149,8 @@ def boundary_bands(samples: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
                 cms[role][w] += confusion_matrix(pred[mask], gt[mask], k, ignore_index)
     result = {"widths": widths, "images": count}
     for role in MODELS:
-        result[role] = {
-            "accuracy": [_percent(overall_accuracy(cms[role][w])) for w in widths],
-            "mIoU": [_percent(mean_iou(cms[role][w])) for w in widths],
-            "pixels": [int(cms[role][w].sum()) for w in widths],
-            "overall": {"accuracy": _percent(overall_accuracy(overall[role])),
-                        "mIoU": _percent(mean_iou(overall[role]))},
-        }
+        scores = [band_scores(cms[role][w]) for w in widths]
+        whole = band_scores(overall[role])
+        result[role] = {key: [s[key] for s in scores] for key in ("accuracy", "mIoU", "pixels")}
+        result[role]["overall"] = {"accuracy": whole["accuracy"], "mIoU": whole["mIoU"]}
     return result

@@ -146,30 +146,53 @@ def summarize(cm: np.ndarray, class_names: Sequence[str]) -> dict:
     }
 
 
+def ground_truth_iou(cm: np.ndarray) -> np.ndarray:
+    """:func:`iou_per_class` for the classes present in the ground truth (rows with pixels), NaN for the others.
+
+    The project's convention for scoring one image or one boundary band: a class the ground truth does not
+    contain has no IoU, so false positives of such a class do not enter a mean as an IoU of 0 (they still lower
+    the IoU of the classes whose pixels they took; :func:`false_positive_pixels` counts them apart).
+    """
+    cm = np.asarray(cm)
+    return np.where(cm.sum(axis=1) > 0, iou_per_class(cm), np.nan)
+
+
+def false_positive_pixels(cm: np.ndarray, class_names: Sequence[str]) -> dict[str, int]:
+    """{name: pixels}: the classes absent from the ground truth that the prediction uses on scored pixels."""
+    cm = np.asarray(cm)
+    present = cm.sum(axis=1) > 0
+    return {class_names[c]: int(cm[:, c].sum()) for c in range(len(class_names)) if not present[c] and cm[:, c].sum()}
+
+
+def band_scores(cm: np.ndarray) -> dict:
+    """{"accuracy", "mIoU", "pixels"} of a confusion matrix: percent (None when nothing is scored), mIoU over the
+    ground truth's classes (:func:`ground_truth_iou`). The one reading of a per-image or per-band matrix that the
+    app's table, its boundary plot, the summary JSON, the dataset view, ifa.figures and the MCP tool share."""
+    pixels = int(np.asarray(cm).sum())
+    if not pixels:
+        return {"accuracy": None, "mIoU": None, "pixels": 0}
+    return {"accuracy": 100.0 * overall_accuracy(cm), "mIoU": 100.0 * _nanmean(ground_truth_iou(cm)), "pixels": pixels}
+
+
 def image_summary(pred: ArrayLike, target: ArrayLike, class_names: Sequence[str], ignore_index: int = 255) -> dict:
     """Scores of one prediction on one image, in percent, over the classes present in its ground truth.
 
-    The usual convention for a single image, and one class set for every model scored on it: a class the
-    ground truth does not contain has no IoU (None), so a model's false positives of such a class do not
-    enter its mean as an IoU of 0 (they still lower the IoU of the classes whose pixels they took) and are
-    reported separately instead.
+    The usual convention for a single image, and one class set for every model scored on it
+    (:func:`ground_truth_iou`; false positives of other classes reported apart).
 
     Returns:
         ``{"mIoU", "mAcc", "aAcc", "per_class": {name: IoU or None}, "false_positive_pixels": {name: count}}``:
         means over the ground truth's classes (NaN when no pixel is scored); false_positive_pixels lists
         the classes absent from the ground truth that the model predicts on scored pixels, with pixel counts.
     """
-    k = len(class_names)
-    cm = confusion_matrix(pred, target, k, ignore_index)
-    present = cm.sum(axis=1) > 0
-    ious = np.where(present, iou_per_class(cm), np.nan)
-    false_positives = {class_names[c]: int(cm[:, c].sum()) for c in range(k) if not present[c] and cm[:, c].sum()}
+    cm = confusion_matrix(pred, target, len(class_names), ignore_index)
+    ious = ground_truth_iou(cm)
     return {
         "mIoU": 100.0 * _nanmean(ious),
         "mAcc": 100.0 * mean_accuracy(cm),
         "aAcc": 100.0 * overall_accuracy(cm),
         "per_class": {name: None if np.isnan(iou) else 100.0 * float(iou) for name, iou in zip(class_names, ious)},
-        "false_positive_pixels": false_positives,
+        "false_positive_pixels": false_positive_pixels(cm, class_names),
     }
 
 
@@ -269,15 +292,11 @@ def trimap_accuracy(
         ignore_index: label of unscored pixels.
 
     Returns:
-        ``{width: {"accuracy": percent, "mIoU": percent, "pixels": int}}``; "pixels" is the number
-        of scored pixels in the band, and the two scores are NaN when it is 0.
+        ``{width: {"accuracy": percent, "mIoU": percent, "pixels": int}}`` (:func:`band_scores`: mIoU over the
+        ground truth's classes in the band); "pixels" is the number of scored pixels in the band, and the two
+        scores are NaN when it is 0.
     """
     cms = trimap_confusion_matrices(pred, target, widths, num_classes, ignore_index)
-    return {
-        width: {
-            "accuracy": 100.0 * overall_accuracy(cm),
-            "mIoU": 100.0 * mean_iou(cm),
-            "pixels": int(cm.sum()),
-        }
-        for width, cm in cms.items()
-    }
+    nan = float("nan")
+    return {width: {key: nan if value is None else value for key, value in band_scores(cm).items()}
+            for width, cm in cms.items()}

@@ -162,13 +162,18 @@ def score_rows(result: Result, summary: dict) -> list[list]:
         rows.append([label, bv, iv, _num(iv - bv) if bv is not None and iv is not None else None])
     for name in result.class_names:
         bv, iv = _num(b["per_class"][name]), _num(i["per_class"][name])
-        if bv is None and iv is None:
-            fb, fi = b["false_positive_pixels"].get(name, 0), i["false_positive_pixels"].get(name, 0)
-            if fb or fi:  # not in the ground truth: no IoU, the pixels predicted as it instead
-                rows.append([f"{name}: false-positive pixels (not in the ground truth)", fb, fi, fi - fb])
-            continue
-        rows.append([name, bv, iv, _num(iv - bv) if bv is not None and iv is not None else None])
+        if bv is not None or iv is not None:  # classes of the ground truth only: the table holds IoUs
+            rows.append([name, bv, iv, _num(iv - bv) if bv is not None and iv is not None else None])
     return rows
+
+
+def false_positive_notes(summary: dict) -> list[str]:
+    """One line per class absent from the ground truth that a model predicts: its pixel counts (reported beside the
+    IoU table, never averaged in as an IoU of 0)."""
+    b, i = summary[BASELINE_NAME]["false_positive_pixels"], summary[IFA_NAME]["false_positive_pixels"]
+    return [f"{name} is not in the ground truth: predicted on {b.get(name, 0)} px by {BASELINE_NAME} and "
+            f"{i.get(name, 0)} px by {IFA_NAME} (false positives; no IoU, not in the means)"
+            for name in dict.fromkeys([*b, *i])]
 
 
 def boundary_curves(result: Result) -> dict | None:
