@@ -42,7 +42,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from .compare import IFA_FIXED, MODELS, DifferenceRegion, boundary_bands, difference_regions, pair_scores
-from .data.datasets import IMAGE_SUFFIXES, DatasetError, build_dataset, read_image, read_label
+from .data.datasets import IMAGE_SUFFIXES, DatasetError, build_dataset, read_label
+from .data.images import load_image, resize_label
 from .data.samples import read_manifest
 from .metrics import DEFAULT_TRIMAP_WIDTHS
 from .prediction_cache import (
@@ -59,6 +60,9 @@ from .viz.figure import FORMATS, PanelRow, columns, figure_bytes, grid_figure, p
 
 MANIFEST_FORMAT = "ifa-figures/1"
 SELECT_MODES = ("best", "worst", "random", "list")
+# Options naming files: a manifest records them relative to its own folder when they lie below it (listed under
+# "relative_to_manifest"), so that a bundle (manifest, figure, samples, row list) redraws wherever it is unpacked.
+PATH_OPTIONS = ("images", "labels", "samples", "root")
 # argparse destinations that a manifest records and --from-manifest restores.
 OPTIONS = ("images", "labels", "dataset", "root", "split", "limit", "max_side", "rows", "select", "seed", "boxes",
            "min_area", "fixed_only", "max_box", "box_pad", "insets", "no_titles", "no_legend", "no_row_labels",
@@ -210,17 +214,6 @@ def boundary_table(result: dict) -> str:
 # --- image sources ---------------------------------------------------------------------------------------
 
 
-def _downscale(array: np.ndarray, max_side: int | None, resample) -> np.ndarray:
-    if not max_side or max(array.shape[:2]) <= max_side:
-        return array
-    h, w = array.shape[:2]
-    scale = max_side / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    if array.ndim == 2:
-        return np.asarray(Image.fromarray(array.astype(np.int32)).resize(size, resample)).astype(array.dtype)
-    return np.asarray(Image.fromarray(array).resize(size, resample))
-
-
 @dataclass
 class Item:
     """One candidate image: its name, files and how its labels map to train ids (255 = ignored)."""
@@ -236,13 +229,20 @@ class Item:
         return file_key(self.image_path)
 
     def load_image(self) -> np.ndarray:
-        return _downscale(read_image(self.image_path), self.max_side, Image.BILINEAR)
+        """The image as the app prepares it (ifa.data.images.load_image: modes, EXIF, draft, Lanczos to max_side)."""
+        return load_image(self.image_path, self.max_side).image
+
+    @cached_property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of `load_image`'s array."""
+        h, w = self.load_image().shape[:2]
+        return w, h
 
     def load_label(self) -> np.ndarray | None:
+        """Train ids (255 ignored) at the image's working size (nearest, as the app resizes a label)."""
         if self.label_path is None:
             return None
-        label = np.asarray(self.map_label(read_label(self.label_path)), dtype=np.int64)
-        return _downscale(label, self.max_side, Image.NEAREST)
+        return resize_label(np.asarray(self.map_label(read_label(self.label_path)), dtype=np.int64), self.size)
 
     def cache_item(self) -> CacheItem:
         return CacheItem(self.key, self.load_image)
@@ -419,15 +419,22 @@ def _restore(args: argparse.Namespace, manifest: dict) -> argparse.Namespace:
     if given:
         raise ValueError(f"--from-manifest takes its models and images from the manifest; drop {', '.join(given)}")
     restored = build_parser().parse_args([])
+    here = Path(args.from_manifest).resolve().parent
+    bundled = set(manifest.get("relative_to_manifest") or [])
     for key, value in manifest["options"].items():
         if key in OPTIONS:
+            if key in bundled and key in PATH_OPTIONS and value:
+                value = str(here / value)
+            elif key in bundled and key == "select" and len(value) == 2:
+                value = [value[0], str(here / value[1])]
             setattr(restored, key, value)
     for role in MODELS:
         setattr(restored, role, manifest["models"][role]["spec"])
         setattr(restored, f"{role}_revision", manifest["models"][role]["revision"])
     for key in ("cache", "no_cache", "device", "no_progress", "from_manifest"):
         setattr(restored, key, getattr(args, key))
-    restored.out = args.out or manifest["figure"]["path"]
+    figure = manifest["figure"]["path"]
+    restored.out = args.out or (str(here / figure) if "figure" in bundled else figure)
     return restored
 
 
@@ -538,22 +545,24 @@ def run(args: argparse.Namespace, command: str = "") -> FigureResult | None:
         over = predict_names if args.boundary_images == "all" else row_names
         boundary = _boundary(args, over, labels_of, k, identities, paths)
         result.boundary_plot, result.boundary_numbers = paths["boundary_plot"], paths["boundary_numbers"]
+    options, bundled = _relative_options(args, paths["manifest"].parent)
     manifest = {
         "format": MANIFEST_FORMAT,
         "command": command,
-        "figure": {"path": str(paths["figure"]), "format": paths["figure"].suffix.lstrip(".").lower(),
+        "relative_to_manifest": bundled,
+        "figure": {"path": options.pop("figure"), "format": paths["figure"].suffix.lstrip(".").lower(),
                    "dpi": args.dpi, "size_in": [float(v) for v in fig.get_size_inches()],
                    "size_px": list(pixel_size(fig, args.dpi)),
                    "columns": columns(any(row.gt is not None for row in rows), args.insets), "rows": len(rows)},
         "models": {role: identities[role].to_dict() for role in MODELS},
         "dataset": config.dataset, "class_names": list(config.class_names),
         "device": str(ctx.device), "precision": effective_precision(ctx.device, args.precision),
-        "options": {key: getattr(args, key) for key in OPTIONS},
+        "options": options,
         "images": manifest_in["images"] if manifest_in else names,
         "scores": {**(manifest_in["scores"] if manifest_in else {}), **scores},
         "rows": manifest_rows,
         "boundary": None if boundary is None else {
-            "plot": str(paths["boundary_plot"]), "numbers": str(paths["boundary_numbers"]),
+            "plot": paths["boundary_plot"].name, "numbers": paths["boundary_numbers"].name,
             "images": args.boundary_images, "widths": boundary["widths"]},
     }
     _write_json(paths["manifest"], manifest)
@@ -569,6 +578,29 @@ def run(args: argparse.Namespace, command: str = "") -> FigureResult | None:
 
 
 # --- the steps of run ------------------------------------------------------------------------------------
+
+
+def _relative_options(args: argparse.Namespace, folder: Path) -> tuple[dict, list[str]]:
+    """(the manifest's options + "figure": the figure's path, the keys written relative to `folder`): files below
+    the manifest's folder are named relative to it; others as given."""
+    folder = folder.resolve()
+
+    def below(value) -> str | None:
+        path = Path(value).resolve()
+        return path.relative_to(folder).as_posix() if path.is_relative_to(folder) else None
+
+    options, bundled = {key: getattr(args, key) for key in OPTIONS}, []
+    for key in PATH_OPTIONS:
+        if options[key] and below(options[key]) is not None:
+            options[key] = below(options[key])
+            bundled.append(key)
+    if options["select"][0] == "list" and below(options["select"][1]) is not None:
+        options["select"] = ["list", below(options["select"][1])]
+        bundled.append("select")
+    options["figure"] = below(args.out) or str(args.out)
+    if below(args.out) is not None:
+        bundled.append("figure")
+    return options, bundled
 
 
 def _load_models(args: argparse.Namespace, manifest_in: dict | None) -> tuple[dict, dict]:

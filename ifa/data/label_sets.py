@@ -82,12 +82,19 @@ CITYSCAPES_TO_CAMVID: tuple[tuple[int, str, str | None, str], ...] = (
 
 @dataclass(frozen=True)
 class LabelSet:
-    """One stored label format. `lut[v]` is the train id of stored value v in `classes` (255 = ignored)."""
+    """One stored label format. `lut[v]` is the train id of stored value v in `classes` (255 = ignored);
+    `max_value` is the largest value a file of this format holds (255, "ignore", is legal in every format)."""
 
     name: str
     title: str
     classes: str
     lut: np.ndarray
+    max_value: int
+
+    def admits(self, values: np.ndarray) -> bool:
+        """Whether every stored value (1-D integers) is legal in this format: 0..max_value or 255."""
+        values = np.asarray(values)
+        return bool(((values >= 0) & ((values <= self.max_value) | (values == IGNORE))).all())
 
     def decode(self, raw: np.ndarray) -> np.ndarray:
         """Stored values (any integer dtype, (H, W)) -> uint8 train ids of `classes`; out of range -> 255."""
@@ -118,13 +125,13 @@ def _identity(num_classes: int) -> np.ndarray:
 
 
 LABEL_SETS: dict[str, LabelSet] = {s.name: s for s in (
-    LabelSet("camvid", "CamVid 11 (0-10, 11 = unlabelled)", "camvid", _identity(11)),
+    LabelSet("camvid", "CamVid 11 (0-10, 11 = unlabelled)", "camvid", _identity(11), 11),
     LabelSet("cityscapes_labelids", "Cityscapes labelIds (0-33)", "cityscapes",
-             _lut(CITYSCAPES_LABELID_TO_TRAINID.items())),
-    LabelSet("cityscapes_trainids", "Cityscapes trainIds (0-18, 255 = ignore)", "cityscapes", _identity(19)),
-    LabelSet("ade20k", "ADE20K 150 (1-150, 0 = other)", "ade20k", _shifted(150)),
-    LabelSet("pascal_context", "PASCAL Context 59 (1-59, 0 = background)", "pascal_context", _shifted(59)),
-    LabelSet("pascal_context_60", "PASCAL Context 60 (0-59)", "pascal_context_60", _identity(60)),
+             _lut(CITYSCAPES_LABELID_TO_TRAINID.items()), 33),
+    LabelSet("cityscapes_trainids", "Cityscapes trainIds (0-18, 255 = ignore)", "cityscapes", _identity(19), 18),
+    LabelSet("ade20k", "ADE20K 150 (1-150, 0 = other)", "ade20k", _shifted(150), 150),
+    LabelSet("pascal_context", "PASCAL Context 59 (1-59, 0 = background)", "pascal_context", _shifted(59), 59),
+    LabelSet("pascal_context_60", "PASCAL Context 60 (0-59)", "pascal_context_60", _identity(60), 59),
 )}
 
 # The label set a class set's own files use by default.
@@ -188,6 +195,14 @@ def scoring_lut(label_set: str, classes: str, num_classes: int) -> tuple[np.ndar
         f"label read as {source.title} and mapped to the pair's {target} classes "
         f"(ifa.data.label_sets; ids without a counterpart are ignored)")
     return lut, notice
+
+
+def fitting_label_sets(values: np.ndarray, classes: str) -> list[str]:
+    """The label sets that admit every stored value in `values` (1-D) and can be scored against the class set
+    `classes` (a written mapping exists; for a class set without a name: every label set), in table order."""
+    named = classes in DATASETS
+    return [name for name, s in LABEL_SETS.items()
+            if s.admits(values) and (not named or label_lut(name, classes) is not None)]
 
 
 def convert_label(raw: np.ndarray, label_set: str, classes: str) -> np.ndarray | None:

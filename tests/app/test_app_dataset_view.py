@@ -87,14 +87,30 @@ def test_figure_export_redraws_byte_for_byte_from_its_manifest(pair_registry, fo
     options = (pair_registry[1], ["1.0"], False, "stride4")
     _, _, _, ranking = service.dataset_rank("IFA_SAMPLES_DIR folder", *options)
     files, md = service.export_figure(ranking, *options, 2, "png")
-    figure, manifest_path, samples, rows = files
+    figure, manifest_path, samples, rows, archive = files
     manifest = json.loads(open(manifest_path).read())
     assert [r["name"] for r in manifest["rows"]] == [r["image"] for r in ranking["rows"][:2]]
     assert "--from-manifest" in md and open(rows).read().split() == [r["image"] for r in ranking["rows"][:2]]
     again = tmp_path / "again.png"
     assert figures.main(["--from-manifest", manifest_path, "--out", str(again), "--no-cache", "--no-progress"]) == 0
     assert again.read_bytes() == open(figure, "rb").read()
+    # The zip is the whole bundle: unpacked elsewhere it redraws the same bytes, and it names no server path.
+    import shutil
+    import zipfile
+
+    with zipfile.ZipFile(archive) as bundle:
+        texts = [bundle.read(n).decode() for n in bundle.namelist() if n.endswith((".json", ".txt"))]
+    assert not any(str(service.files_root) in t or str(folder) in t for t in texts)
+    shutil.unpack_archive(archive, tmp_path / "elsewhere")
+    moved = tmp_path / "elsewhere" / "ifa-figure" / "figure.manifest.json"
+    redrawn = tmp_path / "redrawn.png"
+    assert figures.main(["--from-manifest", str(moved), "--out", str(redrawn), "--no-cache", "--no-progress"]) == 0
+    assert redrawn.read_bytes() == open(figure, "rb").read()
     pdf, *_ = service.export_figure(ranking, *options, 1, "pdf")[0]
     assert open(pdf, "rb").read(5) == b"%PDF-"
     with pytest.raises(Exception, match="rank a set of images first"):
         service.export_figure({}, *options, 2, "png")
+    with pytest.raises(Exception, match="not one this app made"):
+        service.export_figure({"rows": [{"img": 1}]}, *options, 2, "png")
+    with pytest.raises(Exception, match="does not offer"):
+        service.export_figure({"rows": [{"image": "../../etc/passwd"}]}, *options, 2, "png")
