@@ -42,6 +42,7 @@ DEFAULTS: dict = {
     "name": "run",
     "model": {},
     "pretrained_backbone": True,
+    "init_from": None,
     "data": {"dataset": "camvid", "root": "../shared/data/camvid", "train_split": "train", "val_split": "val",
              "crop_size": [256, 320], "scale_range": [0.5, 2.0], "base_size": None, "img_scale": None, "flip": True,
              "photometric": False, "workers": 1, "in_memory": "auto",
@@ -347,7 +348,10 @@ def train(cfg: dict, resume: bool = False, device: str | None = None) -> dict:
         raise DatasetError(f"the training split has {len(train_set)} images, fewer than one batch of {batch_size}")
     mcfg = model_config(cfg, train_set.info)
     torch.manual_seed(tcfg["seed"])
-    model = SegmentationModel(mcfg, pretrained_backbone=cfg["pretrained_backbone"]).to(ctx.device)
+    model = SegmentationModel(mcfg, pretrained_backbone=cfg["pretrained_backbone"])
+    if cfg["init_from"] and not (resume and (out_dir / "last.pt").is_file()):
+        initialise_from(model, cfg["init_from"], log)
+    model = model.to(ctx.device)
     if ctx.world_size > 1 and tcfg["sync_bn"]:
         # torch's SyncBatchNorm on GPU, CPUSyncBatchNorm (gloo) on CPU; timm's BN + activation layers kept whole.
         model = convert_sync_batchnorm(model, ctx.device)
@@ -453,6 +457,24 @@ def train(cfg: dict, resume: bool = False, device: str | None = None) -> dict:
         result.update(final=str(final), val=val)
     ctx.close()
     return result
+
+
+def initialise_from(model: SegmentationModel, source: str, log: Logger) -> None:
+    """Fine-tuning: start from the weights of a checkpoint folder or Hub repo (`init_from`). Its model config must
+    equal the recipe's but for the auxiliary head, which an inference checkpoint does not hold (it starts fresh)."""
+    from .hub import load_model
+
+    start = load_model(source)
+    ours = {k: v for k, v in model.config.to_dict().items() if k != "aux_channels"}
+    theirs = {k: v for k, v in start.config.to_dict().items() if k != "aux_channels"}
+    different = sorted(k for k in ours if ours[k] != theirs.get(k))
+    if different:
+        raise ConfigError(f"init_from {source}: its model differs from the recipe's in {', '.join(different)}")
+    missing, unexpected = model.load_state_dict(start.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("aux_head.") for k in missing):
+        raise ConfigError(f"init_from {source}: weights do not fit "
+                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    log.line(f"initialised from {source}" + (" (auxiliary head fresh)" if missing else ""))
 
 
 def _validate(model: SegmentationModel, cfg: dict, mcfg: ModelConfig, ctx: DistributedContext) -> dict:

@@ -1,6 +1,7 @@
 """Fixtures of the app tests: the model pair, CamVid samples, the app launched once per module.
 
-The model pair is the shipped one (checkpoints/camvid-effl0-fpn + -ifa, registry checkpoints/registry.json)
+The model pair is the shipped default (checkpoints/camvid-effl0-fpn + -ifa-lateral-wide, the paper's IFA; registry
+checkpoints/registry.json)
 when its files exist, else two random-init models of the same architecture written to a temp folder with
 a temp registry (IFA_REGISTRY). The terminal summary says which was used.
 
@@ -21,7 +22,7 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
-SHIPPED = ("camvid-effl0-fpn", "camvid-effl0-ifa")
+SHIPPED = ("camvid-effl0-fpn", "camvid-effl0-ifa-lateral-wide")
 CAMVID_VAL = ROOT.parent / "shared" / "data" / "camvid" / "val"
 SAMPLE = "0016E5_07959.png"  # a CamVid val image with its label in valannot/
 _USED: list[str] = []
@@ -63,8 +64,10 @@ def make_random_pair(folder: Path) -> Path:
 def pair_registry(tmp_path_factory) -> tuple[Path, str]:
     """(registry file, default pair id): the shipped pair when present, else random-init temp models."""
     if shipped_pair_present():
-        _USED.append("the shipped pair checkpoints/camvid-effl0-fpn + checkpoints/camvid-effl0-ifa")
-        return ROOT / "checkpoints" / "registry.json", "camvid-effl0"
+        registry = ROOT / "checkpoints" / "registry.json"
+        default = json.loads(registry.read_text())["default"]
+        _USED.append(f"the shipped default pair {default} (checkpoints/registry.json)")
+        return registry, default
     _USED.append("random-init temp models (the shipped pair checkpoints/camvid-effl0-* is not there yet)")
     return make_random_pair(tmp_path_factory.mktemp("pair")), "camvid-effl0"
 

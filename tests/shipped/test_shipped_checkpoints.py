@@ -49,9 +49,10 @@ def test_registry_offers_the_shipped_pair():
     import json
 
     registry = json.loads((ROOT / "checkpoints" / "registry.json").read_text())
-    pair = next(p for p in registry["pairs"] if p["id"] == registry["default"])
-    assert pair["baseline"]["path"] == "checkpoints/camvid-effl0-fpn"
-    assert pair["ifa"]["path"] == "checkpoints/camvid-effl0-ifa"
-    paper = next(p for p in registry["pairs"] if p["id"] == "camvid-effl0-paper-ifa")  # the paper's decoder
+    paper = next(p for p in registry["pairs"] if p["id"] == registry["default"])  # the paper's IFA in front
+    assert paper["id"] == "camvid-effl0-paper-ifa" and registry["pairs"][0] is paper
+    assert paper["baseline"]["path"] == "checkpoints/camvid-effl0-fpn"
     assert paper["ifa"]["path"] == "checkpoints/camvid-effl0-ifa-lateral-wide"
     assert ifa.load_model(ROOT / paper["ifa"]["path"]).config.ifa_features == "lateral"
+    neck = next(p for p in registry["pairs"] if p["id"] == "camvid-effl0")  # the FPN-neck variant, second
+    assert neck["ifa"]["path"] == "checkpoints/camvid-effl0-ifa" and "variant" in neck["title"]
