@@ -85,6 +85,23 @@ def _float(value, name: str, low: float, high: float, default: float) -> float:
     return min(max(number, low), high)
 
 
+def _bool(value, name: str) -> bool:
+    """A boolean from a checkbox or an API client: True / False, 1 / 0, or the strings true / false, yes / no, on /
+    off, 1 / 0 (any case); None or "" is False. Anything else is refused (bool("false") would be True)."""
+    if value is None or value == "":
+        return False
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0"):
+        return False
+    raise UserError(f"{name} must be true or false, got {shorten(value)}")
+
+
 def _table(headers: list[str], rows: list[list]) -> dict:
     return {"headers": list(headers), "data": rows}
 

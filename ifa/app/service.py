@@ -28,7 +28,7 @@ from .ablation import ablation_markdown, ablation_summary
 from .dataset_rank import LabelCache
 from .dataset_view import DatasetView
 from .engine import Options
-from .handlers import PROGRESS, UserError, _float, _jsonable, _path_of, _table, guarded, log, public_message
+from .handlers import PROGRESS, UserError, _bool, _float, _jsonable, _path_of, _table, guarded, log, public_message
 from .images import ImageLoadError, load_image, load_label
 from .legend import legend_html, verdict_legend_html
 from .probe import normalised_point
@@ -50,6 +50,9 @@ from .tempdirs import make_files_root
 SCALE_CHOICES = ("0.5", "0.75", "1.0", "1.25", "1.5", "1.75", "2.0")
 IFA_RESOLUTIONS = (("stride-4 grid + bilinear upsampling (as trained)", "stride4"),
                    ("query IFA at every pixel (full resolution)", "full"))
+# What the full-resolution query costs (tools.resolution_study, CamVid val, single scale, the shipped paper's IFA).
+IFA_RESOLUTION_INFO = ("Every pixel is slower (the head runs 16x the queries) and, for the shipped paper's IFA, worse: "
+                       "70.74 val mIoU against 72.20 on the stride-4 grid, lower in every 1-8 px boundary band too")
 LABEL_SET_CHOICES = [("the pair's class indices", ""), *((ls.title, ls.name) for ls in LABEL_SETS.values())]
 DEFAULT_MIN_AREA = 64
 DEFAULT_OPACITY = 0.55
@@ -257,7 +260,26 @@ class AppService(DatasetView):
         resolution = ifa_resolution or "stride4"
         if resolution not in dict((v, k) for k, v in IFA_RESOLUTIONS):
             raise UserError(f"IFA output resolution must be 'stride4' or 'full', got {shorten(ifa_resolution)}")
-        return Options(tuple(values), bool(flip), resolution), notices
+        return Options(tuple(values), _bool(flip, "flip"), resolution), notices
+
+    def plan(self, result_id, scales, flip, ifa_resolution):
+        """What the options will run as on the shown image (or a 1024 px one), before the run: (scales, markdown).
+        More than MAX_SCALES ticked keeps the first MAX_SCALES (so the page never asks for what is refused); what
+        the work budget would drop is said."""
+        ticked = [s for s in SCALE_CHOICES if s in (scales or [])]
+        note = ""
+        if len(ticked) > MAX_SCALES:
+            note = f" At most {MAX_SCALES} scales: kept {', '.join(ticked[:MAX_SCALES])}."
+            ticked = ticked[:MAX_SCALES]
+        options, _ = self._options(ticked, flip, ifa_resolution)
+        result = self.results.get(result_id)
+        h, w = result.size if result is not None else (768, 1024)
+        fitted, dropped = options.within(h, w, engine.WORK_BUDGET_MPX)
+        where = "the shown image" if result is not None else "a 1024 × 768 image"
+        text = (f"On {where}: {options.work_mpx(h, w):.1f} Mpx of model input (the limit is "
+                f"{engine.WORK_BUDGET_MPX:g} Mpx a request).")
+        text += f" ⚠️ {dropped[0]}" if dropped else f" Runs as chosen: {fitted.describe()}."
+        return ticked, text + note
 
     def _image(self, image, sample, ground_truth, label_set, num_classes: int, dataset: str):
         """(name, uint8 image, gt or None, notices) from an upload (its label in `label_set`, "" = the pair's)
@@ -304,13 +326,28 @@ class AppService(DatasetView):
         name, array, gt, image_notices = self._image(image, sample, ground_truth, label_set, pair.num_classes,
                                                      pair.dataset)
         options, budget_notices = options.within(*array.shape[:2], engine.WORK_BUDGET_MPX)
-        notices = image_notices + notices + budget_notices
-        for notice in notices:
-            gr.Warning(notice)
+        notices = image_notices + notices + budget_notices  # shown once, in the notices above the outputs
         progress(0.1, desc=f"running both models ({options.describe()})")
         result = self._compare(spec, name, array, gt, options, notices)
         progress(0.9, desc="comparing the predictions")
         return self._show(result, previous_result_id, opacity, classes, min_area)
+
+    def segment_in_page(self, image, ground_truth, sample, pair_id, scales, flip, ifa_resolution, opacity, classes,
+                        min_area, label_set="", previous_result_id=None, progress=PROGRESS):
+        """The page's runs (Run, an upload, a sample, a pair switch): /segment, except that a mistake (a bad upload,
+        option or label) while a run is shown keeps that run on screen and says what was wrong in a warning; with
+        nothing shown the error takes the outputs, as /segment's. With no image at all (a pair switch before any
+        run) nothing happens."""
+        if not _path_of(image) and not sample:
+            return tuple(gr.skip() for _ in SEGMENT_OUTPUTS)
+        try:
+            return self.segment(image, ground_truth, sample, pair_id, scales, flip, ifa_resolution, opacity, classes,
+                                min_area, label_set, previous_result_id, progress)
+        except gr.Error as err:
+            if self.results.get(previous_result_id) is None:
+                raise
+            gr.Warning(f"{err.message} (the result shown is unchanged)")
+            return tuple(gr.skip() for _ in SEGMENT_OUTPUTS)
 
     def _compare(self, spec: PairSpec, name: str, array: np.ndarray, gt, options: Options, notices,
                  analyse: bool | None = None) -> Result:
@@ -391,14 +428,13 @@ class AppService(DatasetView):
             w, h = result.image.shape[1], result.image.shape[0]
             try:
                 gt, notices = load_label(path, (w, h), result.num_classes, str(label_set or ""), result.dataset)
-            except ImageLoadError as err:
-                raise UserError(f"ground truth not used: {err}") from None
+            except ImageLoadError as err:  # a side input: the shown run stays as it is
+                gr.Warning(public_message(f"ground truth not used, the shown result is unchanged: {err}"))
+                return tuple(gr.skip() for _ in RENDER_OUTPUTS)
             result.gt, result.ablation = gt, None  # the ablation's verdicts depend on the label
             result.notices = [n for n in result.notices if not n.startswith("ground truth")] + notices
-            gr.Info(f"ground truth attached to {result.name}: scores and verdicts updated")
         else:
             result.gt, result.ablation = None, None
-            gr.Info(f"ground truth removed from {result.name}")
         return self._views(result, opacity, classes, min_area)
 
     def _views(self, result: Result, opacity, classes, min_area) -> tuple:

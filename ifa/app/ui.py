@@ -76,11 +76,13 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
                                           height=230, allow_preview=False, elem_id="gallery")
                 c["sample_info"] = gr.Markdown(label="About the sample", elem_id="sample-info")
                 with gr.Accordion("Options", open=True):
-                    c["scales"] = gr.CheckboxGroup(list(S.SCALE_CHOICES), value=["1.0"], label="Inference scales",
-                                                   elem_id="scales")
+                    c["scales"] = gr.CheckboxGroup(list(S.SCALE_CHOICES), value=["1.0"],
+                                                   label=f"Inference scales (up to {S.MAX_SCALES})", elem_id="scales")
                     c["flip"] = gr.Checkbox(False, label="Also average a left-right flipped copy", elem_id="flip")
                     c["ifa_resolution"] = gr.Radio(list(S.IFA_RESOLUTIONS), value="stride4",
-                                                   label="IFA output resolution", elem_id="ifa-resolution")
+                                                   label="IFA output resolution", elem_id="ifa-resolution",
+                                                   info=S.IFA_RESOLUTION_INFO)
+                    c["options_plan"] = gr.Markdown(elem_id="options-plan")
                     c["opacity"] = gr.Slider(0, 1, S.DEFAULT_OPACITY, step=0.05, label="Overlay opacity",
                                              elem_id="opacity")
                     c["classes"] = gr.CheckboxGroup(class_names, value=class_names, label="Classes to show",
@@ -192,21 +194,30 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
                       "classes", "min_area", "label_set", "result_state"))  # the state: this session's run to replace
         model = {"concurrency_id": "model"}
 
-        def clear_ablation():  # the previous run's offset ablation is not this run's
+        def clear_ablation(result_id):  # the previous run's offset ablation is not this run's
+            result = service.results.get(result_id)
+            if result is not None and result.ablation is not None:  # this run's own (a mistake kept the run)
+                return tuple(gr.skip() for _ in S.ABLATION_OUTPUTS)
             return None, ABLATION_EXPLAINED, None
 
         def run_chain(event, public: bool):
+            """The public chain is the API's /segment + /analyse; the page's own chains keep a shown run when a
+            side input is wrong (service.segment_in_page)."""
             vis = "public" if public else "private"
-            return (event.then(service.segment, seg_in, out(S.SEGMENT_OUTPUTS), preprocess=False, api_visibility=vis,
+            segment = service.segment if public else service.segment_in_page
+            return (event.then(segment, seg_in, out(S.SEGMENT_OUTPUTS), preprocess=False, api_visibility=vis,
                                api_name="segment" if public else None, **model)
-                    .success(clear_ablation, None, out(S.ABLATION_OUTPUTS), api_visibility="private", queue=False)
+                    .success(clear_ablation, c["result_state"], out(S.ABLATION_OUTPUTS), api_visibility="private",
+                             queue=False)
                     .success(service.analyse, c["result_state"], out(S.ANALYSE_OUTPUTS), api_visibility=vis,
                              api_name="analyse" if public else None, **model)
                     .success(service.auto_probe, c["result_state"], out(S.PROBE_OUTPUTS), api_visibility="private",
                              **model))
 
-        # The Run button: /segment, then /analyse (public endpoints).
-        run_chain(run.click(None, None, None, api_visibility="private", queue=False), public=True)
+        # /segment, then /analyse: the public endpoints (a hidden button; the page's Run uses the forgiving chain).
+        api_run = gr.Button("segment", visible=False)
+        run_chain(api_run.click(None, None, None, api_visibility="private", queue=False), public=True)
+        run_chain(run.click(None, None, None, api_visibility="private", queue=False), public=False)
         # A new input clears the other input and the label attached to the previous upload.
         run_chain(c["gallery"].select(service.pick_gallery, c["pair"],
                                       out(("sample", "image", "ground_truth", "sample_info")),
@@ -229,10 +240,17 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
 
         # preprocess=False also here and for /dataset_rank: the handlers check the values themselves and answer
         # a bad one with a shortened echo (Gradio's own choice check repeats the whole value)
-        c["pair"].input(service.load_pair, c["pair"], out(S.PAIR_OUTPUTS), api_name="load_pair", preprocess=False,
-                        **model)
+        # Switching the pair re-runs the shown image on the new pair (nothing happens before a first image).
+        run_chain(c["pair"].input(service.load_pair, c["pair"], out(S.PAIR_OUTPUTS), api_name="load_pair",
+                                  preprocess=False, **model), public=False)
         hub_load.click(service.load_hub_pair, [hub_b, hub_b_rev, hub_i, hub_i_rev], out(S.HUB_OUTPUTS),
                        api_name="load_hub_pair", **model)
+
+        # What the options will run as, before the run (and never more scales than the server takes).
+        plan_in = out(("result_state", "scales", "flip", "ifa_resolution"))
+        for option in (c["scales"], c["flip"], c["ifa_resolution"]):
+            option.input(service.plan, plan_in, out(("scales", "options_plan")), api_visibility="private",
+                         queue=False, show_progress="hidden")
 
         render_in = out(("result_state", "opacity", "classes", "min_area"))
         # preprocess=False: the raw values, so that classes=None ("all", as documented) reaches the handler

@@ -125,11 +125,15 @@ def _save(path, img):
     return path
 
 
-def test_load_label_maps_unknown_values_to_ignore_and_checks_size(tmp_path):
-    raw = np.array([[0, 3, 11], [12, 255, 10]], dtype=np.uint8).repeat(16, 0).repeat(16, 1)
+def test_load_label_checks_values_against_the_format_and_checks_size(tmp_path):
+    raw = np.array([[0, 3, 11], [11, 255, 10]], dtype=np.uint8).repeat(16, 0).repeat(16, 1)
     path = _save(tmp_path / "l.png", Image.fromarray(raw))
-    label, notes = load_label(path, (48, 32), 11)
+    label, notes = load_label(path, (48, 32), 11)  # 11 (unlabelled) and 255 are legal and not scored
     assert set(np.unique(label)) == {0, 3, 10, 255} and not notes
+    # A value the format does not hold is never scored silently: it fits several formats here, so it is refused.
+    bad = _save(tmp_path / "bad.png", Image.fromarray(np.where(raw == 11, 12, raw).astype(np.uint8)))
+    with pytest.raises(ImageLoadError, match=r"outside the pair's class indices \(0-10.*\(12: 33.3% .*they fit"):
+        load_label(bad, (48, 32), 11)
     label, notes = load_label(path, (96, 64), 11)  # same aspect: resized with a notice
     assert label.shape == (64, 96) and notes
     with pytest.raises(ImageLoadError, match="is 48 x 32 px but the image"):
