@@ -21,7 +21,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .models.checkpoint import CARD_NAME, atomic_write
+from .io import CARD_NAME, atomic_write
 
 PAPER = "https://arxiv.org/abs/2206.08655"
 PAPER_TITLE = ("Hu et al., *Learning Implicit Feature Alignment Function for Semantic Segmentation*, "

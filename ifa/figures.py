@@ -120,7 +120,7 @@ def build_figure(rows: Sequence[PanelRow], class_names: Sequence[str], palette, 
 def render_to_file(rows_or_figure: Sequence[PanelRow] | Figure, path: str | Path, class_names=None, palette=None,
                    dpi: float = 300, **layout) -> Path:
     """Write the figure (built from rows, or given) to path (.pdf, .png or .svg), atomically."""
-    from .models.checkpoint import atomic_write
+    from .io import atomic_write
 
     fig = (rows_or_figure if isinstance(rows_or_figure, Figure)
            else build_figure(rows_or_figure, class_names, palette, **layout))
@@ -725,7 +725,7 @@ def _json_safe(value):
 
 
 def _write_json(path: Path, data: dict) -> None:
-    from .models.checkpoint import atomic_write
+    from .io import atomic_write
 
     text = json.dumps(_json_safe(data), indent=2) + "\n"
     atomic_write(path, lambda p: Path(p).write_text(text))

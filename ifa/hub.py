@@ -40,14 +40,8 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import validate_repo_id
 
-from .models.checkpoint import (
-    CARD_NAME,
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    CheckpointError,
-    load_checkpoint_folder,
-    read_config,
-)
+from .io import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
+from .models.checkpoint import CheckpointError, load_checkpoint_folder, read_config
 from .models.config import ConfigError
 from .models.segmentor import SegmentationModel
 

@@ -36,7 +36,8 @@ import torch
 from tqdm import tqdm
 
 from .inference import autocast_dtype, class_argmax
-from .models.checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, atomic_write, read_config
+from .io import CONFIG_NAME, WEIGHTS_NAME, atomic_write
+from .models.checkpoint import CheckpointError, read_config
 
 ENTRY_NAME = "entry.json"
 

@@ -32,9 +32,10 @@ from .data.transforms import TrainAugment
 from .distributed import DistributedContext, all_reduce_mean, convert_sync_batchnorm
 from .evaluate import evaluate
 from .inference import Predictor, cpu_supports_bf16
+from .io import atomic_write
 from .losses import ohem_cross_entropy
 from .metrics import summarize
-from .models.checkpoint import atomic_write, save_pretrained
+from .models.checkpoint import save_pretrained
 from .models.config import ConfigError, ModelConfig
 from .models.segmentor import SegmentationModel
 

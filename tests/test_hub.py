@@ -24,7 +24,7 @@ from huggingface_hub import constants
 import ifa
 from ifa import CheckpointError, HubError, create_model, load_model, push_to_hub, save_pretrained
 from ifa.hub import resolve_checkpoint
-from ifa.models.checkpoint import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
+from ifa.io import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
 
 sys.path.insert(0, str(Path(__file__).parent))
 from hub_server import FakeHub, point_hf_at  # noqa: E402

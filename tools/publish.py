@@ -29,7 +29,7 @@ from huggingface_hub.errors import HfHubHTTPError
 
 from ifa.app.registry import app_home, read_registry, registry_path
 from ifa.hub import HubError, push_to_hub
-from ifa.models.checkpoint import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
+from ifa.io import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
 
 # What the Space needs of the project (relative to the app's home); tests, tools, configs and runs stay behind.
 SPACE_FILES = ("app.py", "requirements.txt", "LICENSE", "README.md")

@@ -7,39 +7,20 @@ rebuilds the model from config.json alone and loads the weights strictly.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..cards import model_card
+from ..io import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, atomic_write
 from .config import ConfigError, ModelConfig
 from .segmentor import SegmentationModel
-
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
-CARD_NAME = "README.md"
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded: missing or broken files, wrong keys or shapes."""
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path), then move tmp_path over `path`: readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; checkpoints are meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def save_pretrained(model: SegmentationModel, folder: str | Path, card=None,
@@ -61,8 +42,6 @@ def save_pretrained(model: SegmentationModel, folder: str | Path, card=None,
 
 def default_card(config: ModelConfig, name: str):
     """A minimal card (ifa.cards) for a checkpoint saved without one."""
-    from ..cards import model_card
-
     kind = "FPN + IFA" if config.architecture == "ifa" else "Semantic FPN"
     return model_card(name, config.architecture, config.dataset,
                       f"{kind}, backbone `{config.backbone}`, {config.num_classes} classes.")

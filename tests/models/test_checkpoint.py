@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from ifa.io import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, atomic_write
 from ifa.models import CheckpointError, create_model, load_checkpoint_folder, save_pretrained
-from ifa.models.checkpoint import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, atomic_write
 
 TINY = {
     "ifa": dict(architecture="ifa", backbone="efficientnet_lite0", num_classes=3, neck_channels=8,
