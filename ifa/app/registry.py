@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from ..cards import offset_ablation
+from ..domain import DomainReference, domain_reference
 from ..hub import HubError, load_hub_model, load_model, resolve_checkpoint
 from ..models.checkpoint import CheckpointError
 from ..models.config import ConfigError
@@ -138,6 +139,8 @@ class LoadedPair:
     # The IFA model's offset ablation as its model card records it ({"as_trained", "offsets_zeroed",
     # "changed_percent"}), or None.
     ifa_offset_ablation: dict[str, float] | None = None
+    # Each model's in-domain calibration as its card records it (ifa.domain), by role; None where absent.
+    domain: dict[str, DomainReference | None] = field(default_factory=dict)
 
     @property
     def class_names(self) -> list[str]:
@@ -329,13 +332,27 @@ def _load_one(source: ModelSource, role: str) -> SegmentationModel:
                         f"{str(err).splitlines()[0] if str(err) else ''}") from None
 
 
-def _recorded_offset_ablation(source: ModelSource) -> dict[str, float] | None:
-    """The offset ablation in the model card of an already loaded model (its folder or cached snapshot)."""
+def _card_folder(source: ModelSource) -> Path | None:
+    """The folder (or cached Hub snapshot) of an already loaded model, where its card lies."""
     try:
-        folder = (resolve_checkpoint(source.location, revision=source.revision) if source.source == "hub"
-                  else Path(source.location))
-        return offset_ablation(folder)
+        return (resolve_checkpoint(source.location, revision=source.revision) if source.source == "hub"
+                else Path(source.location))
     except (HubError, OSError, ValueError):
+        return None
+
+
+def _recorded_offset_ablation(source: ModelSource) -> dict[str, float] | None:
+    """The offset ablation in the model card of an already loaded model."""
+    folder = _card_folder(source)
+    return offset_ablation(folder) if folder is not None else None
+
+
+def _recorded_domain(source: ModelSource) -> DomainReference | None:
+    """The in-domain calibration in the model card of an already loaded model (ifa.domain)."""
+    folder = _card_folder(source)
+    try:
+        return domain_reference(folder) if folder is not None else None
+    except (OSError, ValueError):
         return None
 
 
@@ -388,7 +405,8 @@ class PairCache:
             # inference only: BatchNorm folded into the convolutions (0.7x the fp32 time of the shipped models)
             baseline, ifa = (m.to(self.device).fold_batchnorm() for m in (baseline, ifa))
             pair = LoadedPair(spec, baseline, ifa, self.device,
-                              time.perf_counter() - start, notes, _recorded_offset_ablation(spec.ifa))
+                              time.perf_counter() - start, notes, _recorded_offset_ablation(spec.ifa),
+                              {"baseline": _recorded_domain(spec.baseline), "ifa": _recorded_domain(spec.ifa)})
             self._pairs[spec.id] = pair
             while len(self._pairs) > self.capacity:
                 self._pairs.popitem(last=False)
