@@ -97,8 +97,8 @@ class DatasetView:
             status += (f" {pending} images were left for the next request (each request computes for at most "
                        f"{RANK_SECONDS:g} s): press *Rank* again to continue.")
         status += " Click a row or a thumbnail to open that image in the comparison."
-        gallery = [(r["thumbnail"], f"{r['image']} · Δ {r['gain']:+.1f}" if r["gain"] is not None else
-                    f"{r['image']} · differ {r['disagreement']:.1f}%") for r in rows]
+        gallery = [(r["thumbnail"], f"{r['image'].split(' (')[0]} · Δ {r['gain']:+.1f}" if r["gain"] is not None else
+                    f"{r['image'].split(' (')[0]} · differ {r['disagreement']:.1f}%") for r in rows]
         summary = {"source": source, "pair": spec.summary(), "options": {"scales": list(options.scales),
                    "flip": options.flip, "ifa_resolution": options.ifa_resolution}, "images": len(samples),
                    "ranked": len(rows), "pending": pending, "computed": computed, "seconds": round(seconds, 2),
