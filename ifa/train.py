@@ -7,17 +7,23 @@ Iteration-based: SGD or AdamW with warmup + poly decay, OHEM cross-entropy, auxi
 Data order and augmentation depend only on (seed, iteration), so `--resume` continues exactly
 where the last checkpoint (written atomically every `train.ckpt_interval` iterations) stopped.
 Only rank 0 writes: out_dir/last.pt, out_dir/metrics.jsonl, out_dir/train.log, out_dir/final/.
+
+The recipe is an ifa.recipe.Recipe (typed, validated; `load_recipe`, or `load_config` for its plain dict).
+`train` = `setup` (data, model, optimiser, resumed state, batches) + `train_step` per iteration + `log_progress`,
+`save_checkpoint(checkpoint_state(...))`, `evaluate_during_training` at their intervals + `finish` (final
+evaluation and export).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,70 +44,26 @@ from .metrics import summarize
 from .models.checkpoint import save_pretrained
 from .models.config import ConfigError, ModelConfig
 from .models.segmentor import SegmentationModel
+from .recipe import (
+    DEFAULTS,
+    DataRecipe,
+    LossRecipe,
+    OptimRecipe,
+    Recipe,
+    ScheduleRecipe,
+    TrainRecipe,
+    as_recipe,
+    load_config,
+    load_recipe,
+)
 
-DEFAULTS: dict = {
-    "name": "run",
-    "model": {},
-    "pretrained_backbone": True,
-    "init_from": None,
-    "data": {"dataset": "camvid", "root": "../shared/data/camvid", "train_split": "train", "val_split": "val",
-             "crop_size": [256, 320], "scale_range": [0.5, 2.0], "base_size": None, "img_scale": None, "flip": True,
-             "photometric": False, "workers": 1, "in_memory": "auto",
-             "crop_jitter": 0},
-    "optim": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "head_lr_mult": 1.0,
-              "ifa_head_lr_mult": None, "decay_norm_bias": True},
-    "schedule": {"iters": 1000, "warmup_iters": 0, "power": 0.9, "min_lr": 0.0},
-    "loss": {"ohem": True, "ohem_thresh": 0.7, "ohem_min_kept": 100000, "aux_weight": 0.4,
-             "grid_weight": 1.0, "point_samples": 0, "point_weight": 1.0},
-    "train": {"batch_size": 8, "seed": 0, "amp": True, "cpu_bf16": False, "channels_last": False, "sync_bn": True,
-              "log_interval": 20, "ckpt_interval": 100,
-              "eval_interval": 0, "eval_limit": None, "out_dir": None},
-    "eval": {"scales": [1.0], "flip": False, "mode": "whole", "window": [512, 512], "stride": None},
-}
+__all__ = ["DEFAULTS", "Recipe", "load_config", "load_recipe", "main", "train"]
 
-
-# --- configuration ---------------------------------------------------------------------------------
-def _merge(base: dict, update: dict, path: str = "") -> dict:
-    out = copy.deepcopy(base)
-    for key, value in update.items():
-        if key not in base:
-            raise ConfigError(f"unknown config key {path + key!r}; valid here: {sorted(base)}")
-        if isinstance(base[key], dict) and key != "model":
-            if not isinstance(value, dict):
-                raise ConfigError(f"config key {path + key!r} must be a mapping")
-            out[key] = _merge(base[key], value, f"{path}{key}.")
-        else:
-            out[key] = value
-    return out
-
-
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> dict:
-    """DEFAULTS updated by the YAML file, then by `key.sub=value` overrides (values parsed as YAML)."""
-    cfg = copy.deepcopy(DEFAULTS)
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        cfg = _merge(cfg, yaml.safe_load(path.read_text()) or {})
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key.sub=value")
-        key, raw = item.split("=", 1)
-        update: dict = {}
-        node = update
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(raw)
-        cfg = _merge(cfg, update)
-    if cfg["train"]["out_dir"] is None:
-        cfg["train"]["out_dir"] = f"runs/{cfg['name']}"
-    return cfg
-
-
-def model_config(cfg: dict, info) -> ModelConfig:
+# --- configuration: the typed recipe (ifa.recipe) ---------------------------------------------------
+def model_config(cfg: Recipe | dict, info) -> ModelConfig:
+    """The recipe's `model` keys with the dataset's classes (`info`: ifa.data.classes.DatasetInfo)."""
     data = {"num_classes": info.num_classes, "class_names": list(info.class_names),
-            "palette": [list(c) for c in info.palette], "dataset": info.name, **cfg["model"]}
+            "palette": [list(c) for c in info.palette], "dataset": info.name, **Recipe.from_dict(cfg).model}
     return ModelConfig.from_dict(data)
 
 
@@ -159,13 +121,12 @@ def batch_stream(samples, n: int, batch_size: int, seed: int, start_iter: int, c
         epoch, skip = epoch + 1, 0
 
 
-def training_set(dcfg: dict, log: Logger):
+def training_set(data: DataRecipe | dict, log: Logger):
     """The training split, decoded once into memory when `data.in_memory` says so ("auto": when the
     decoded arrays would take at most a quarter of the memory available now)."""
-    dataset = build_dataset(dcfg["dataset"], dcfg["root"], dcfg["train_split"])
-    mode = dcfg["in_memory"]
-    if mode not in ("auto", True, False):
-        raise ConfigError(f"data.in_memory must be auto, true or false, got {mode!r}")
+    data = DataRecipe.from_dict(data)
+    dataset = build_dataset(data.dataset, data.root, data.train_split)
+    mode = data.in_memory
     if mode == "auto":
         try:
             available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -185,12 +146,13 @@ def training_set(dcfg: dict, log: Logger):
     return cached
 
 
-def autocast_dtype(tcfg: dict, device: torch.device) -> torch.dtype | None:
+def autocast_dtype(settings: TrainRecipe | dict, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of training: fp16 on CUDA with `train.amp`, bf16 on the CPU with `train.cpu_bf16`
     (fp32 master weights in both), else None (fp32)."""
+    settings = TrainRecipe.from_dict(settings)
     if device.type == "cuda":
-        return torch.float16 if tcfg["amp"] else None
-    if not tcfg["cpu_bf16"]:
+        return torch.float16 if settings.amp else None
+    if not settings.cpu_bf16:
         return None
     if device.type != "cpu" or not cpu_supports_bf16():
         raise ConfigError(f"train.cpu_bf16: this {device.type} has no native bf16 support "
@@ -199,14 +161,15 @@ def autocast_dtype(tcfg: dict, device: torch.device) -> torch.dtype | None:
 
 
 # --- optimisation ---------------------------------------------------------------------------------
-def build_optimizer(model: SegmentationModel, optim: dict) -> torch.optim.Optimizer:
+def build_optimizer(model: SegmentationModel, optim: OptimRecipe | dict) -> torch.optim.Optimizer:
     """Backbone at lr, everything else at lr * head_lr_mult, except an IFA head (its encodings and MLP,
     `decoder.head.*`) at lr * ifa_head_lr_mult when that is set; 1-D params undecayed unless decay_norm_bias."""
-    ifa_mult = optim["ifa_head_lr_mult"]
+    optim = OptimRecipe.from_dict(optim)
+    ifa_mult = optim.ifa_head_lr_mult
     if ifa_mult is not None and not model.is_ifa:
         raise ConfigError("optim.ifa_head_lr_mult is for IFA models; this model has no IFA head")
     # Sorted by name, the groups keep the order backbone, head, ifa_head (checkpoints resume unchanged).
-    lr_mults = {"backbone": 1.0, "head": optim["head_lr_mult"], "ifa_head": ifa_mult}
+    lr_mults = {"backbone": 1.0, "head": optim.head_lr_mult, "ifa_head": ifa_mult}
     groups: dict[tuple[str, bool], list] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
@@ -215,22 +178,21 @@ def build_optimizer(model: SegmentationModel, optim: dict) -> torch.optim.Optimi
             role = "backbone"
         else:
             role = "ifa_head" if ifa_mult is not None and name.startswith("decoder.head.") else "head"
-        decay = optim["decay_norm_bias"] or param.ndim > 1
+        decay = optim.decay_norm_bias or param.ndim > 1
         groups.setdefault((role, decay), []).append(param)
     param_groups = [{"params": params, "lr_mult": float(lr_mults[role]),
-                     "weight_decay": optim["weight_decay"] if decay else 0.0}
+                     "weight_decay": optim.weight_decay if decay else 0.0}
                     for (role, decay), params in sorted(groups.items())]
-    if optim["name"] == "sgd":
-        return torch.optim.SGD(param_groups, lr=optim["lr"], momentum=optim["momentum"])
-    if optim["name"] == "adamw":
-        return torch.optim.AdamW(param_groups, lr=optim["lr"])
-    raise ConfigError(f"unknown optimizer {optim['name']!r}; valid: sgd, adamw")
+    if optim.name == "sgd":
+        return torch.optim.SGD(param_groups, lr=optim.lr, momentum=optim.momentum)
+    return torch.optim.AdamW(param_groups, lr=optim.lr)  # the recipe allows sgd and adamw only
 
 
-def learning_rate(base_lr: float, it: int, schedule: dict) -> float:
+def learning_rate(base_lr: float, it: int, schedule: ScheduleRecipe | dict) -> float:
     """Linear warmup then poly decay: base_lr * (1 - it / iters) ** power, floored at min_lr."""
-    total, warmup = schedule["iters"], schedule["warmup_iters"]
-    lr = (base_lr - schedule["min_lr"]) * (1 - it / total) ** schedule["power"] + schedule["min_lr"]
+    schedule = ScheduleRecipe.from_dict(schedule)
+    total, warmup = schedule.iters, schedule.warmup_iters
+    lr = (base_lr - schedule.min_lr) * (1 - it / total) ** schedule.power + schedule.min_lr
     if it < warmup:
         lr *= (it + 1) / warmup
     return lr
@@ -246,7 +208,8 @@ def pad_batch(images: torch.Tensor, labels: torch.Tensor, divisor: int) -> tuple
             torch.nn.functional.pad(labels, (0, pad_w, 0, pad_h), value=255))
 
 
-def compute_loss(model, images, labels, loss_cfg: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+def compute_loss(model, images, labels, loss_cfg: LossRecipe | dict,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
     """`model` returns (logits, aux logits or None, point logits or None): an _AuxForward, possibly inside DDP.
 
     grid_weight x the loss of the logits (stride-4 grid upsampled to the labels), + aux_weight x the auxiliary
@@ -254,18 +217,18 @@ def compute_loss(model, images, labels, loss_cfg: dict, generator: torch.Generat
     random continuous points per image, each labelled with the pixel that contains it (as LIIF trains its
     implicit function); `generator` draws the points.
     """
+    cfg = LossRecipe.from_dict(loss_cfg)
     coords = None
-    if loss_cfg["point_samples"] > 0:
-        b, n = labels.shape[0], loss_cfg["point_samples"]
+    if cfg.point_samples > 0:
+        b, n = labels.shape[0], cfg.point_samples
         coords = torch.rand(b, n, 2, generator=generator).mul_(2).sub_(1).to(images.device)
     logits, aux, points = model(images, coords)
-    loss = loss_cfg["grid_weight"] * _segmentation_loss(logits, labels, loss_cfg) if loss_cfg["grid_weight"] else 0.0
-    if aux is not None and loss_cfg["aux_weight"] > 0:
+    loss = cfg.grid_weight * _segmentation_loss(logits, labels, cfg) if cfg.grid_weight else 0.0
+    if aux is not None and cfg.aux_weight > 0:
         aux = torch.nn.functional.interpolate(aux, size=labels.shape[-2:], mode="bilinear", align_corners=False)
-        loss = loss + loss_cfg["aux_weight"] * _segmentation_loss(aux, labels, loss_cfg)
+        loss = loss + cfg.aux_weight * _segmentation_loss(aux, labels, cfg)
     if points is not None:
-        loss = loss + loss_cfg["point_weight"] * _segmentation_loss(points[..., None], point_labels(labels, coords),
-                                                                    loss_cfg)
+        loss = loss + cfg.point_weight * _segmentation_loss(points[..., None], point_labels(labels, coords), cfg)
     return loss
 
 
@@ -278,9 +241,9 @@ def point_labels(labels: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     return flat[..., None]
 
 
-def _segmentation_loss(logits, labels, loss_cfg):
-    if loss_cfg["ohem"]:
-        return ohem_cross_entropy(logits.float(), labels, loss_cfg["ohem_thresh"], loss_cfg["ohem_min_kept"])
+def _segmentation_loss(logits, labels, cfg: LossRecipe):
+    if cfg.ohem:
+        return ohem_cross_entropy(logits.float(), labels, cfg.ohem_thresh, cfg.ohem_min_kept)
     return torch.nn.functional.cross_entropy(logits.float(), labels, ignore_index=255)
 
 
@@ -334,130 +297,227 @@ class Logger:
                 f.write(json.dumps(record) + "\n")
 
 
-def train(cfg: dict, resume: bool = False, device: str | None = None) -> dict:
-    """Runs the recipe; returns {"out_dir", "final", "val", "model"}: final folder and val metrics on rank 0
-    (None elsewhere), and this process's trained model (its BatchNorm layers synchronised in multi-process runs)."""
+@dataclass
+class TrainingRun:
+    """What `setup` builds for one process of a run, and the step, evaluation and checkpoint functions share."""
+
+    recipe: Recipe
+    ctx: DistributedContext
+    log: Logger
+    model_config: ModelConfig
+    model: SegmentationModel  # the model itself (its BatchNorm layers synchronised in multi-process runs)
+    forward: torch.nn.Module  # model.forward_train behind _AuxForward, inside DDP in multi-process runs
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    memory_format: torch.memory_format
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None
+    start_iter: int = 0  # iterations done before this process started (a resumed run)
+    elapsed: float = 0.0  # training seconds so far, counted at each log line
+    trained_on: str = ""
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.recipe.train.out_dir)
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / "last.pt"
+
+
+def train(cfg: Recipe | dict, resume: bool = False, device: str | None = None) -> dict:
+    """Runs the recipe (a Recipe, or its dict as load_config returns); returns {"out_dir", "final", "val",
+    "model"}: final folder and val metrics on rank 0 (None elsewhere), and this process's trained model (its
+    BatchNorm layers synchronised in multi-process runs)."""
+    run = setup(as_recipe(cfg), resume, device)
+    recipe, ctx = run.recipe, run.ctx
+    total, every = recipe.schedule.iters, recipe.train
+    bar = tqdm(total=total, initial=run.start_iter, desc=recipe.name, disable=not ctx.is_main, dynamic_ncols=True)
+    window = LossWindow(time.time())
+    for it in range(run.start_iter, total):
+        lr, loss = train_step(run, it)
+        window.add(loss)
+        bar.update(1)
+        done = it + 1
+        if done % every.log_interval == 0 or done == total:
+            log_progress(run, window, done, lr, bar)
+        if ctx.is_main and (done % every.ckpt_interval == 0 or done == total):
+            save_checkpoint(run.checkpoint_path, checkpoint_state(run, done))
+        if every.eval_interval and done % every.eval_interval == 0 and done != total:
+            evaluate_during_training(run, done)
+    bar.close()
+    return finish(run)
+
+
+# --- setup ----------------------------------------------------------------------------------------
+def setup(recipe: Recipe, resume: bool = False, device: str | None = None) -> TrainingRun:
+    """Everything a run needs, in the order that fixes its random state: data, the seeded model (fine-tuned
+    from `init_from`), optimiser, AMP scaler, the checkpoint's state when resuming, the batch stream."""
     ctx = DistributedContext.from_env(device)
-    tcfg, out_dir = cfg["train"], Path(cfg["train"]["out_dir"])
-    log = Logger(out_dir, ctx.is_main)
-    dcfg = cfg["data"]
-    train_set = training_set(dcfg, log)
-    batch_size = tcfg["batch_size"]
+    log = Logger(Path(recipe.train.out_dir), ctx.is_main)
+    train_set = training_set(recipe.data, log)
+    batch_size = recipe.train.batch_size
     if batch_size % ctx.world_size:
         raise ConfigError(f"train.batch_size {batch_size} must be divisible by the {ctx.world_size} processes")
     if len(train_set) < batch_size:
         raise DatasetError(f"the training split has {len(train_set)} images, fewer than one batch of {batch_size}")
-    mcfg = model_config(cfg, train_set.info)
-    torch.manual_seed(tcfg["seed"])
-    model = SegmentationModel(mcfg, pretrained_backbone=cfg["pretrained_backbone"])
-    if cfg["init_from"] and not (resume and (out_dir / "last.pt").is_file()):
-        initialise_from(model, cfg["init_from"], log)
-    model = model.to(ctx.device)
-    if ctx.world_size > 1 and tcfg["sync_bn"]:
-        # torch's SyncBatchNorm on GPU, CPUSyncBatchNorm (gloo) on CPU; timm's BN + activation layers kept whole.
-        model = convert_sync_batchnorm(model, ctx.device)
-    memory_format = torch.channels_last if tcfg["channels_last"] else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    optimizer = build_optimizer(model, cfg["optim"])
-    jitter = dcfg["crop_jitter"]
-    if not isinstance(jitter, int) or jitter < 0 or jitter >= min(dcfg["crop_size"]):
-        raise ConfigError(f"data.crop_jitter must be an integer in [0, {min(dcfg['crop_size'])}), got {jitter!r}")
-    lcfg = cfg["loss"]
-    if lcfg["point_samples"] > 0 and not model.is_ifa:
+    mcfg = model_config(recipe, train_set.info)
+    model, memory_format = build_model(recipe, mcfg, ctx, log, resume)
+    optimizer = build_optimizer(model, recipe.optim)
+    if recipe.loss.point_samples > 0 and not model.is_ifa:
         raise ConfigError("loss.point_samples needs an IFA model: Semantic FPN cannot be queried at points")
-    if not lcfg["grid_weight"] and lcfg["point_samples"] <= 0:
-        raise ConfigError("loss.grid_weight is 0 and loss.point_samples is 0: nothing would be supervised")
-    amp_dtype = autocast_dtype(tcfg, ctx.device)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    start_iter, elapsed, trained_on = 0, 0.0, hardware()
-    ckpt_path = out_dir / "last.pt"
-    if resume and ckpt_path.is_file():
-        state = load_checkpoint(ckpt_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"])
-        if ctx.device.type == "cuda" and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"])
-        start_iter, elapsed = state["iter"], state["elapsed"]
-        trained_on = state.get("hardware", trained_on)
-        log.line(f"resumed from {ckpt_path} at iteration {start_iter}")
-    elif resume:
-        log.line(f"--resume: no checkpoint at {ckpt_path}, starting from scratch")
+    amp_dtype = autocast_dtype(recipe.train, ctx.device)
+    run = TrainingRun(recipe, ctx, log, mcfg, model, _AuxForward(model), optimizer,
+                      torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16), amp_dtype, memory_format,
+                      trained_on=hardware())
+    if resume:
+        restore_checkpoint(run)
     if ctx.is_main:
-        atomic_write(out_dir / "config.yaml", lambda p: Path(p).write_text(yaml.safe_dump(cfg, sort_keys=False)))
-    wrapped = _AuxForward(model)
+        atomic_write(run.out_dir / "config.yaml",
+                     lambda p: Path(p).write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False)))
     if ctx.world_size > 1:
         # An auxiliary head whose loss weight is 0 gets no gradient: DDP must be told.
-        unused = model.aux_head is not None and cfg["loss"]["aux_weight"] <= 0
-        wrapped = DistributedDataParallel(wrapped, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-                                          find_unused_parameters=unused)
-    augment = TrainAugment(crop_size=tuple(dcfg["crop_size"]), scale_range=tuple(dcfg["scale_range"]),
-                           base_size=tuple(dcfg["base_size"]) if dcfg["base_size"] else None,
-                           img_scale=tuple(dcfg["img_scale"]) if dcfg["img_scale"] else None, flip=dcfg["flip"],
-                           photometric=dcfg["photometric"], mean=tuple(mcfg.mean), std=tuple(mcfg.std))
+        unused = model.aux_head is not None and recipe.loss.aux_weight <= 0
+        run.forward = DistributedDataParallel(run.forward, find_unused_parameters=unused,
+                                              device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     log.line(f"{ctx.world_size} process(es) on {ctx.device}, {batch_size // ctx.world_size} images each per iteration"
-             + (", BatchNorm synchronised" if ctx.world_size > 1 and tcfg["sync_bn"] else "")
+             + (", BatchNorm synchronised" if ctx.world_size > 1 and recipe.train.sync_bn else "")
              + (f", {str(amp_dtype).removeprefix('torch.')} autocast" if amp_dtype is not None else ", fp32"))
-    stream = batch_stream(AugmentedSamples(train_set, augment), len(train_set), batch_size, tcfg["seed"],
-                          start_iter, ctx, dcfg["workers"], tuple(dcfg["crop_size"]), dcfg["crop_jitter"])
-    total = cfg["schedule"]["iters"]
+    run.batches = training_batches(recipe, train_set, mcfg, run.start_iter, ctx)
     model.train()
-    bar = tqdm(total=total, initial=start_iter, desc=cfg["name"], disable=not ctx.is_main, dynamic_ncols=True)
-    t_last, window_loss, window_n = time.time(), 0.0, 0
-    for it in range(start_iter, total):
-        lr = learning_rate(cfg["optim"]["lr"], it, cfg["schedule"])
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group["lr_mult"]
-        images, labels = next(stream)
-        images, labels = images.to(ctx.device, non_blocking=True), labels.to(ctx.device, non_blocking=True)
-        images, labels = pad_batch(images, labels, model.size_divisor)
-        images = images.contiguous(memory_format=memory_format)
-        with torch.autocast(ctx.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            points = torch.Generator().manual_seed(tcfg["seed"] * 1_000_003 + it)  # resumable: (seed, iteration)
-            loss = compute_loss(wrapped, images, labels, cfg["loss"], points)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at iteration {it}; lower optim.lr?")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        window_loss, window_n = window_loss + loss.item(), window_n + 1
-        bar.update(1)
-        done = it + 1
-        if done % tcfg["log_interval"] == 0 or done == total:
-            window_loss = all_reduce_mean(window_loss, ctx)  # every rank logs here: the loss of the global batch
-            now = time.time()
-            sec_per_iter = (now - t_last) / window_n
-            elapsed += now - t_last
-            t_last = now
-            record = {"iter": done, "loss": window_loss / window_n, "lr": lr, "sec_per_iter": sec_per_iter,
-                      "eta_min": sec_per_iter * (total - done) / 60}
-            log.metrics(record)
-            log.line(f"iter {done}/{total} loss {record['loss']:.4f} lr {lr:.2e} "
-                     f"{sec_per_iter:.2f} s/it eta {record['eta_min']:.1f} min")
-            bar.set_postfix(loss=f"{record['loss']:.3f}")
-            window_loss, window_n = 0.0, 0
-        if ctx.is_main and (done % tcfg["ckpt_interval"] == 0 or done == total):
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                     "rng": torch.get_rng_state(), "iter": done, "elapsed": elapsed, "hardware": trained_on,
-                     "cuda_rng": torch.cuda.get_rng_state() if ctx.device.type == "cuda" else None}
-            save_checkpoint(ckpt_path, state)
-        if tcfg["eval_interval"] and done % tcfg["eval_interval"] == 0 and done != total:
-            result = _validate(model, cfg, mcfg, ctx)
-            log.metrics({"iter": done, "val_mIoU": result["mIoU"], "val_aAcc": result["aAcc"]})
-            log.line(f"iter {done}: val mIoU {result['mIoU']:.2f}")
-            model.train()
-    bar.close()
-    result = {"out_dir": str(out_dir), "final": None, "val": None, "model": model}
-    val = _validate(model, cfg, mcfg, ctx)
+    return run
+
+
+def build_model(recipe: Recipe, mcfg: ModelConfig, ctx: DistributedContext, log: Logger,
+                resume: bool) -> tuple[SegmentationModel, torch.memory_format]:
+    """The model seeded with train.seed (or the weights of `init_from`, unless a checkpoint will be resumed), on the
+    device, SyncBN in multi-process runs, in the recipe's memory format."""
+    torch.manual_seed(recipe.train.seed)
+    model = SegmentationModel(mcfg, pretrained_backbone=recipe.pretrained_backbone)
+    if recipe.init_from and not (resume and (Path(recipe.train.out_dir) / "last.pt").is_file()):
+        initialise_from(model, recipe.init_from, log)
+    model = model.to(ctx.device)
+    if ctx.world_size > 1 and recipe.train.sync_bn:
+        # torch's SyncBatchNorm on GPU, CPUSyncBatchNorm (gloo) on CPU; timm's BN + activation layers kept whole.
+        model = convert_sync_batchnorm(model, ctx.device)
+    memory_format = torch.channels_last if recipe.train.channels_last else torch.contiguous_format
+    return model.to(memory_format=memory_format), memory_format
+
+
+def training_batches(recipe: Recipe, train_set, mcfg: ModelConfig, start_iter: int, ctx: DistributedContext):
+    """The augmented (images, labels) batches of iterations start_iter, start_iter + 1, ... (ifa.data.transforms)."""
+    data = recipe.data
+    augment = TrainAugment(crop_size=tuple(data.crop_size), scale_range=tuple(data.scale_range),
+                           base_size=tuple(data.base_size) if data.base_size else None,
+                           img_scale=tuple(data.img_scale) if data.img_scale else None, flip=data.flip,
+                           photometric=data.photometric, mean=tuple(mcfg.mean), std=tuple(mcfg.std))
+    return batch_stream(AugmentedSamples(train_set, augment), len(train_set), recipe.train.batch_size,
+                        recipe.train.seed, start_iter, ctx, data.workers, tuple(data.crop_size), data.crop_jitter)
+
+
+# --- one iteration --------------------------------------------------------------------------------
+def train_step(run: TrainingRun, it: int) -> tuple[float, float]:
+    """Iteration `it`: set the learning rate, take the next batch, forward under autocast, backward, step.
+    Returns (learning rate, loss)."""
+    recipe, device = run.recipe, run.ctx.device
+    lr = learning_rate(recipe.optim.lr, it, recipe.schedule)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr * group["lr_mult"]
+    images, labels = next(run.batches)
+    images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+    images, labels = pad_batch(images, labels, run.model.size_divisor)
+    images = images.contiguous(memory_format=run.memory_format)
+    with torch.autocast(device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
+        points = torch.Generator().manual_seed(recipe.train.seed * 1_000_003 + it)  # resumable: (seed, iteration)
+        loss = compute_loss(run.forward, images, labels, recipe.loss, points)
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss is {loss.item()} at iteration {it}; lower optim.lr?")
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    return lr, loss.item()
+
+
+class LossWindow:
+    """The losses since the last log line and when that line was written."""
+
+    def __init__(self, start: float):
+        self.since, self.total, self.count = start, 0.0, 0
+
+    def add(self, loss: float) -> None:
+        self.total, self.count = self.total + loss, self.count + 1
+
+    def reset(self, now: float) -> None:
+        self.since, self.total, self.count = now, 0.0, 0
+
+
+def log_progress(run: TrainingRun, window: LossWindow, done: int, lr: float, bar) -> None:
+    """The log line and metrics record of the iterations since the last one; every rank calls it (the loss is
+    averaged over ranks: the global batch's). Adds the window's time to run.elapsed and starts a new window."""
+    total = run.recipe.schedule.iters
+    window.total = all_reduce_mean(window.total, run.ctx)
+    now = time.time()
+    sec_per_iter = (now - window.since) / window.count
+    run.elapsed += now - window.since
+    record = {"iter": done, "loss": window.total / window.count, "lr": lr, "sec_per_iter": sec_per_iter,
+              "eta_min": sec_per_iter * (total - done) / 60}
+    run.log.metrics(record)
+    run.log.line(f"iter {done}/{total} loss {record['loss']:.4f} lr {lr:.2e} "
+                 f"{sec_per_iter:.2f} s/it eta {record['eta_min']:.1f} min")
+    bar.set_postfix(loss=f"{record['loss']:.3f}")
+    window.reset(now)
+
+
+# --- evaluation -----------------------------------------------------------------------------------
+def evaluate_during_training(run: TrainingRun, done: int) -> dict:
+    """Val scores at iteration `done` (train.eval_interval), logged; the model goes back to training mode."""
+    result = validate(run.model, run.recipe, run.model_config, run.ctx)
+    run.log.metrics({"iter": done, "val_mIoU": result["mIoU"], "val_aAcc": result["aAcc"]})
+    run.log.line(f"iter {done}: val mIoU {result['mIoU']:.2f}")
+    run.model.train()
+    return result
+
+
+def finish(run: TrainingRun) -> dict:
+    """The final val scores and, on rank 0, the exported inference checkpoint out_dir/final; closes the context."""
+    recipe, ctx, total = run.recipe, run.ctx, run.recipe.schedule.iters
+    result = {"out_dir": str(run.out_dir), "final": None, "val": None, "model": run.model}
+    val = validate(run.model, recipe, run.model_config, ctx)
     if ctx.is_main:
-        log.metrics({"iter": total, "val_mIoU": val["mIoU"], "val_aAcc": val["aAcc"]})
-        log.line(f"final: val mIoU {val['mIoU']:.2f} (single scale), training time {elapsed / 60:.1f} min")
-        final = export(model, cfg, val, elapsed, out_dir / "final", trained_on)
+        run.log.metrics({"iter": total, "val_mIoU": val["mIoU"], "val_aAcc": val["aAcc"]})
+        run.log.line(f"final: val mIoU {val['mIoU']:.2f} (single scale), training time {run.elapsed / 60:.1f} min")
+        final = export(run.model, recipe, val, run.elapsed, run.out_dir / "final", run.trained_on)
         result.update(final=str(final), val=val)
     ctx.close()
     return result
+
+
+# --- checkpointing --------------------------------------------------------------------------------
+def checkpoint_state(run: TrainingRun, done: int) -> dict:
+    """What out_dir/last.pt holds after `done` iterations (the layout above)."""
+    return {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+            "scaler": run.scaler.state_dict(), "rng": torch.get_rng_state(), "iter": done, "elapsed": run.elapsed,
+            "hardware": run.trained_on,
+            "cuda_rng": torch.cuda.get_rng_state() if run.ctx.device.type == "cuda" else None}
+
+
+def restore_checkpoint(run: TrainingRun) -> None:
+    """`--resume`: model, optimiser, scaler, RNG states, iterations and time from out_dir/last.pt when it exists."""
+    path = run.checkpoint_path
+    if not path.is_file():
+        run.log.line(f"--resume: no checkpoint at {path}, starting from scratch")
+        return
+    state = load_checkpoint(path)
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["rng"])
+    if run.ctx.device.type == "cuda" and state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(state["cuda_rng"])
+    run.start_iter, run.elapsed = state["iter"], state["elapsed"]
+    run.trained_on = state.get("hardware", run.trained_on)
+    run.log.line(f"resumed from {path} at iteration {run.start_iter}")
 
 
 def initialise_from(model: SegmentationModel, source: str, log: Logger) -> None:
@@ -478,17 +538,19 @@ def initialise_from(model: SegmentationModel, source: str, log: Logger) -> None:
     log.line(f"initialised from {source}" + (" (auxiliary head fresh)" if missing else ""))
 
 
-def _validate(model: SegmentationModel, cfg: dict, mcfg: ModelConfig, ctx: DistributedContext) -> dict:
-    dcfg, ecfg = cfg["data"], cfg["eval"]
-    val_set = build_dataset(dcfg["dataset"], dcfg["root"], dcfg["val_split"])
-    predictor = Predictor(model, device=ctx.device, scales=tuple(ecfg["scales"]), flip=ecfg["flip"],
-                          mode=ecfg["mode"], window=tuple(ecfg["window"]),
-                          stride=tuple(ecfg["stride"]) if ecfg["stride"] else None)
-    cm = evaluate(predictor, val_set, limit=cfg["train"]["eval_limit"], ctx=ctx, progress=False)
+def validate(model: SegmentationModel, recipe: Recipe, mcfg: ModelConfig, ctx: DistributedContext) -> dict:
+    """ifa.metrics.summarize of `model` on the val split (at most train.eval_limit images) with the eval section's
+    protocol; the work is shared between ranks."""
+    data, protocol = recipe.data, recipe.eval
+    val_set = build_dataset(data.dataset, data.root, data.val_split)
+    predictor = Predictor(model, device=ctx.device, scales=tuple(protocol.scales), flip=protocol.flip,
+                          mode=protocol.mode, window=tuple(protocol.window),
+                          stride=tuple(protocol.stride) if protocol.stride else None)
+    cm = evaluate(predictor, val_set, limit=recipe.train.eval_limit, ctx=ctx, progress=False)
     return summarize(cm, list(mcfg.class_names))
 
 
-def export(model: SegmentationModel, cfg: dict, val: dict, seconds: float, folder: Path,
+def export(model: SegmentationModel, cfg: Recipe | dict, val: dict, seconds: float, folder: Path,
            trained_on: str | None = None) -> Path:
     """The inference checkpoint (auxiliary head dropped) with a model card recording the recipe and
     `trained_on` (default: this machine)."""
@@ -500,20 +562,21 @@ def export(model: SegmentationModel, cfg: dict, val: dict, seconds: float, folde
                                                                       trained_on or hardware()))
 
 
-def export_last(cfg: dict, device: str | None = None) -> Path:
+def export_last(cfg: Recipe | dict, device: str | None = None) -> Path:
     """Evaluate the run's last.pt on the val split and export it to out_dir/final."""
-    out_dir = Path(cfg["train"]["out_dir"])
+    recipe = as_recipe(cfg)
+    out_dir = Path(recipe.train.out_dir)
     if not (out_dir / "last.pt").is_file():
         raise ConfigError(f"{out_dir / 'last.pt'} does not exist: nothing to export")
     state = load_checkpoint(out_dir / "last.pt")
     ctx = DistributedContext.single(device)
-    info = build_dataset(cfg["data"]["dataset"], cfg["data"]["root"], cfg["data"]["train_split"]).info
-    mcfg = model_config(cfg, info)
+    info = build_dataset(recipe.data.dataset, recipe.data.root, recipe.data.train_split).info
+    mcfg = model_config(recipe, info)
     model = SegmentationModel(mcfg)
     model.load_state_dict(state["model"])
-    val = _validate(model.to(ctx.device), cfg, mcfg, ctx)
+    val = validate(model.to(ctx.device), recipe, mcfg, ctx)
     print(f"iteration {state['iter']}: val mIoU {val['mIoU']:.2f}")
-    return export(model.cpu(), cfg, val, state["elapsed"], out_dir / "final", state.get("hardware"))
+    return export(model.cpu(), recipe, val, state["elapsed"], out_dir / "final", state.get("hardware"))
 
 
 def hardware() -> str:
@@ -522,17 +585,19 @@ def hardware() -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def model_card(cfg: dict, config: ModelConfig, val: dict, seconds: float, trained_on: str):
+def model_card(cfg: Recipe | dict, config: ModelConfig, val: dict, seconds: float, trained_on: str):
     """The run's card (ifa.cards): architecture, data, hardware, val scores per class, the recipe."""
     from .cards import model_card as card
 
+    run = as_recipe(cfg)
     name = "FPN + IFA" if config.architecture == "ifa" else "Semantic FPN"
     rows = "\n".join(f"| {k} | {'-' if v is None else f'{v:.2f}'} |" for k, v in val["per_class"].items())
-    recipe = yaml.safe_dump({k: cfg[k] for k in ("data", "optim", "schedule", "loss", "train")}, sort_keys=False)
+    recorded = run.to_dict()
+    recipe = yaml.safe_dump({k: recorded[k] for k in ("data", "optim", "schedule", "loss", "train")}, sort_keys=False)
     body = f"""{name}, backbone {config.backbone}, trained on {config.dataset}.
 
 - Architecture: {name} ({config.architecture}), backbone {config.backbone}, neck {config.neck_channels} channels
-- Data: {config.dataset}, trained on `{cfg['data']['train_split']}`, evaluated on `{cfg['data']['val_split']}`
+- Data: {config.dataset}, trained on `{run.data.train_split}`, evaluated on `{run.data.val_split}`
 - Hardware: {trained_on}; training time {seconds / 60:.1f} min
 - Validation (single scale): mIoU {val['mIoU']:.2f}, mAcc {val['mAcc']:.2f}, aAcc {val['aAcc']:.2f}
 
@@ -543,8 +608,8 @@ def model_card(cfg: dict, config: ModelConfig, val: dict, seconds: float, traine
 ## Recipe
 ```yaml
 {recipe}```"""
-    return card(cfg["name"], config.architecture, config.dataset, body,
-                results={"val mIoU single scale": val["mIoU"]}, split=cfg["data"]["val_split"])
+    return card(run.name, config.architecture, config.dataset, body,
+                results={"val mIoU single scale": val["mIoU"]}, split=run.data.val_split)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -561,11 +626,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        cfg = load_config(args.config, args.overrides)
+        recipe = load_recipe(args.config, args.overrides)
         if args.export_only:
-            export_last(cfg, device=args.device)
+            export_last(recipe, device=args.device)
         else:
-            train(cfg, resume=args.resume, device=args.device)
+            train(recipe, resume=args.resume, device=args.device)
     except (ConfigError, DatasetError, FloatingPointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
