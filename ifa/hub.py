@@ -1,7 +1,9 @@
 """Resolve a checkpoint: a local folder, or a Hub repo id (+ pinned revision) through huggingface_hub.
 
-A local folder is used as it is. A Hub repo id is downloaded file by file (config.json,
-model.safetensors, and README.md when the repo has one) into the normal Hugging Face cache
+Which one a string names follows one written rule (`resolve_checkpoint`): paths are written as paths ("./x",
+"/x", "~/x", "a/b/c") or are existing folders holding config.json; "org/name" is otherwise always a repo id,
+whatever folders the working directory holds. A local folder is used as it is. A Hub repo id is downloaded
+file by file (config.json, model.safetensors, and README.md when the repo has one) into the normal Hugging Face cache
 (HF_HUB_CACHE / HF_HOME) at `revision`: a branch, a tag or a full 40-character commit sha
 (default "main"). The endpoint, cache and offline switch are huggingface_hub.constants, which huggingface_hub
 sets from HF_ENDPOINT, HF_HUB_CACHE / HF_HOME and HF_HUB_OFFLINE when it is imported: set those variables before
@@ -10,7 +12,7 @@ the first import (tests patch the constants instead). Then:
 - a full commit sha that is already cached loads without any request;
 - otherwise the Hub is asked once for the revision (one request, no retries) before any download,
   so an unreachable Hub falls back to the cache at once (with a warning) instead of retrying for
-  ~20 s; "main" and other names need their refs/ entry in the cache, which a first online load writes;
+  several seconds; "main" and other names need their refs/ entry in the cache, which a first online load writes;
 - with HF_HUB_OFFLINE=1 only the cache is used.
 
 Every failure is one exception with a one-line message naming the repo, revision and file:
@@ -63,9 +65,16 @@ class HubUnreachableError(HubError):
 def resolve_checkpoint(path_or_repo_id: str | Path, revision: str | None = None) -> Path:
     """A local checkpoint folder for `path_or_repo_id` (downloaded into the HF cache when a repo id).
 
-    A `Path`, an existing path, or a string that looks like a path (starts with ".", "/" or "~", or
-    has more than the one "/" of "org/name", or whose first part exists here) is a local folder;
-    anything else is a Hub repo id. `revision` applies to repo ids only.
+    Local path or Hub repo id, the rule:
+
+    - a `pathlib.Path` (any os.PathLike) is a local path;
+    - so is a string written as a path: it starts with ".", "/" or "~" ("./org/name", "../x", "~/ckpt"), is
+      absolute, contains the system's own separator ("\\" on Windows), or has more than one "/" ("runs/a/final");
+    - a string shaped like a repo id, "org/name" or "name", is a local path only when that folder exists AND
+      holds config.json (a checkpoint folder); otherwise it is a Hub repo id, even when a folder "org/" or an
+      "org/name" without config.json exists in the working directory. Write "./org/name" to mean the folder.
+
+    `revision` applies to repo ids only.
     """
     return _resolve(path_or_repo_id, revision)[0]
 
@@ -173,21 +182,17 @@ def _resolve(path_or_repo_id: str | Path, revision: str | None) -> tuple[Path, s
 
 
 def _as_local_path(path_or_repo_id: str | Path) -> Path | None:
-    """The path `path_or_repo_id` names when it is (or looks like) a local path, else None (a repo id)."""
+    """The local path `path_or_repo_id` names, or None when it is a Hub repo id (the rule: `resolve_checkpoint`)."""
     if isinstance(path_or_repo_id, os.PathLike):
         return Path(path_or_repo_id).expanduser()
     text = str(path_or_repo_id)
     path = Path(text).expanduser()
     separators = [sep for sep in (os.sep, os.altsep) if sep and sep != "/"]
-    looks_local = (
-        path.exists()
-        or text.startswith((".", "~", "/"))
-        or os.path.isabs(text)
-        or any(sep in text for sep in separators)
-        or text.count("/") > 1
-        or ("/" in text and Path(text.split("/")[0]).exists())
-    )
-    return path if looks_local else None
+    written_as_path = (text.startswith((".", "~", "/")) or os.path.isabs(text)
+                       or any(sep in text for sep in separators) or text.count("/") > 1)
+    if written_as_path or (path / CONFIG_NAME).is_file():
+        return path
+    return None
 
 
 def _check_repo_id(repo_id: str) -> None:
@@ -217,8 +222,9 @@ def _download(repo_id: str, revision: str, where: str, max_weights_bytes: int | 
         raise HubError(f"{where} is gated: accept its conditions on the Hub, then log in with `hf auth login` "
                        f"or set HF_TOKEN") from err
     except RepositoryNotFoundError as err:
-        raise HubError(f"Hub repo '{repo_id}' not found at {constants.ENDPOINT} (nor a local folder of that name); "
-                       f"if it is private, log in with `hf auth login` or set HF_TOKEN") from err
+        raise HubError(f"Hub repo '{repo_id}' not found at {constants.ENDPOINT} (nor a local checkpoint folder of "
+                       f"that name, which holds {CONFIG_NAME}); if it is private, log in with `hf auth login` or set "
+                       f"HF_TOKEN; for a local folder write ./{repo_id}") from err
     except RevisionNotFoundError as err:
         raise HubError(f"revision '{revision}' not found in Hub repo '{repo_id}': give a branch, a tag or "
                        f"a full commit sha of that repo") from err

@@ -292,7 +292,7 @@ def test_num_classes_is_checked_for_hub_checkpoints(hub):
 
 
 @pytest.mark.parametrize("name", ["./missing", "../missing/ckpt", "/definitely/not/here", "~/no-such-ckpt-dir",
-                                  "a/b/c", "tests/no-such-checkpoint"])
+                                  "a/b/c", "./tests/no-such-checkpoint"])
 def test_path_that_looks_local_but_does_not_exist(hub, name, monkeypatch):
     monkeypatch.chdir(Path(__file__).parent.parent)  # so that "tests/" exists: a partly existing path
     with pytest.raises(CheckpointError, match="checkpoint folder not found"):
@@ -300,10 +300,28 @@ def test_path_that_looks_local_but_does_not_exist(hub, name, monkeypatch):
     assert hub.requests == []
 
 
+def test_a_repo_id_never_becomes_a_local_path_because_of_the_working_directory(hub, sources, tmp_path, monkeypatch):
+    """The rule (ifa.hub.resolve_checkpoint): "org/name" is local only when that folder holds config.json."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "org").mkdir()  # a folder named like the org
+    assert_same_weights(load_model(REPO), sources["v2"])  # org/tiny: still the Hub repo
+    (tmp_path / "org" / "tiny").mkdir()  # even a folder named like the repo, when it is no checkpoint
+    (tmp_path / "org" / "tiny" / "notes.txt").write_text("not a checkpoint")
+    assert_same_weights(load_model(REPO), sources["v2"])
+    with pytest.raises(HubError, match=r"Hub repo 'org/missing' not found .*for a local folder write ./org/missing"):
+        load_model("org/missing")  # the folder org/ exists, the repo does not: a Hub error, not a path error
+    with pytest.raises(CheckpointError, match=rf"{CONFIG_NAME} is missing"):
+        load_model("./org/tiny")  # written as a path: the folder, whatever the Hub holds
+    shutil.copytree(sources["v1"]["folder"], tmp_path / "org" / "tiny", dirs_exist_ok=True)
+    requests = len(hub.requests)
+    assert_same_weights(load_model(REPO), sources["v1"])  # now a checkpoint folder: local, no request
+    assert len(hub.requests) == requests
+
+
 def test_local_folder_is_used_as_is(hub, sources, tmp_path, monkeypatch):
     shutil.copytree(sources["v1"]["folder"], tmp_path / "org" / "tiny")
     monkeypatch.chdir(tmp_path)
-    assert_same_weights(load_model("org/tiny"), sources["v1"])  # an existing folder wins over the repo id
+    assert_same_weights(load_model("org/tiny"), sources["v1"])  # an existing checkpoint folder wins over the repo id
     assert resolve_checkpoint(tmp_path / "org" / "tiny") == tmp_path / "org" / "tiny"
     assert resolve_checkpoint(Path("org/tiny")) == Path("org/tiny")
     assert hub.requests == []
