@@ -2,6 +2,7 @@
 inference, metrics and visualisation."""
 
 from .hub import HubError, load_model, push_to_hub
+from .inference import Prediction, Predictor
 from .models import (
     BACKBONES,
     POSITION_ENCODINGS,
@@ -14,6 +15,6 @@ from .models import (
 )
 
 __all__ = [
-    "BACKBONES", "POSITION_ENCODINGS", "CheckpointError", "ConfigError", "HubError", "ModelConfig",
-    "SegmentationModel", "create_model", "load_model", "push_to_hub", "save_pretrained",
+    "BACKBONES", "POSITION_ENCODINGS", "CheckpointError", "ConfigError", "HubError", "ModelConfig", "Prediction",
+    "Predictor", "SegmentationModel", "create_model", "load_model", "push_to_hub", "save_pretrained",
 ]

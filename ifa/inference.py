@@ -58,7 +58,8 @@ class Prediction:
 def _placed(model: torch.nn.Module, device: torch.device, channels_last: bool) -> torch.nn.Module:
     """The model on `device` (4-D weights in channels_last when asked), moved only when it is not there yet: a model
     kept resident (the app's) is not walked again by `.to` for every prediction. `.to` moves every parameter
-    together, so the first parameter and the first 4-D one tell (checking all of them took 1.6 ms a model)."""
+    together, so the first parameter and the first 4-D one tell (checking all of them would cost every prediction
+    a walk over the model)."""
     first = next(model.parameters(), None)
     if first is None:
         return model
@@ -74,11 +75,8 @@ class Predictor:
     """Runs a SegmentationModel on images of any size.
 
     precision: "auto" = fp16 autocast on CUDA, fp32 on CPU; "bf16" runs bf16 autocast on CUDA and on CPUs with
-    native bf16 (opt-in there: 0.67-0.69x the fp32 + NHWC time of the shipped FPN + IFA at 360x480 on 2 threads
-    of an AMD EPYC and 0.58x on 1, 0.61-0.64x on 2 threads of an Intel Xeon with AMX, BatchNorm folded and
-    activations fused as the app runs it, labels as fp32's on 99.89% of the
-    pixels; against fp32 NCHW 0.48-0.61x / 0.53-0.78x for FPN / FPN + IFA on
-    one thread, labels as fp32's on 99.72% / 99.80% of the pixels of 21 CamVid val images; BENCHMARKS.md).
+    native bf16 (opt-in there: faster than fp32 on the CPUs measured, with labels as fp32's on all but a fraction
+    of a percent of the pixels; the measurements are in BENCHMARKS.md).
 
     mode "slide" uses `window` crops with
     `stride` (default 2/3 of the window). scales multiply the image size; flip adds left-right
@@ -95,9 +93,13 @@ class Predictor:
     ifa_resolution "full" queries the IFA head at every pixel instead of upsampling the stride-4 grid
     (IFA models only).
 
-    The model stays resident on the device. channels_last (default on CUDA, and on CPUs where PyTorch has
-    oneDNN: the shipped models ran 0.77-0.88x the NCHW time at 360x480 in most runs, labels identical,
-    probabilities within 1e-6) runs the convolutions in NHWC;
+    The model is used in place, not copied: the Predictor moves the caller's `model` to `device`, converts its 4-D
+    weights to channels_last when that is on, and puts it in eval mode (`self.model is model`), so a model kept
+    resident (the app's) is moved once, and the caller's model is changed. To keep the original as it was, pass
+    a copy: `Predictor(copy.deepcopy(model), ...)`.
+
+    channels_last (default on CUDA, and on CPUs where PyTorch has oneDNN, where it was faster for the shipped
+    models with identical labels, BENCHMARKS.md) runs the convolutions in NHWC;
     cuDNN autotunes for the fixed sizes it sees (`cudnn.benchmark`, set on
     CUDA), and everything runs under inference_mode. compile=True wraps the model's forward in
     torch.compile (a string names the backend, e.g. "eager" to check the capture cheaply); the
@@ -124,7 +126,7 @@ class Predictor:
         self.channels_last = channels_last
         self.amp_dtype = autocast_dtype(self.device, precision)
         self.model = _placed(model, self.device, channels_last)
-        if self.model.training:  # eval() walks every module: 2 ms a model, for every predictor the app makes
+        if self.model.training:  # eval() walks every module, for every predictor the app makes
             self.model.eval()
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
@@ -244,7 +246,7 @@ class Predictor:
                 probs = logits.softmax(dim=1)
                 total = probs if total is None else total + probs
         views = len(self.scales) * (2 if self.flip else 1)
-        return total / views if views > 1 else total  # one view: no pass over (B, K, H, W) (4 ms at 360x480)
+        return total / views if views > 1 else total  # one view: no extra pass over (B, K, H, W)
 
     def predict(self, image) -> Prediction:
         """Label map and probabilities for one uint8 RGB image at its own size."""
@@ -254,7 +256,7 @@ class Predictor:
 
 def class_argmax(scores: torch.Tensor, dim: int) -> torch.Tensor:
     """The argmax of class scores along `dim` (the first of ties, as torch.argmax): by `max(dim).indices`, which
-    took 4 ms where `argmax(0)` took 12.7 ms on (11, 360, 480) CPU probabilities."""
+    was faster than `argmax(dim)` on CPU probabilities of the app's size (BENCHMARKS.md)."""
     return scores.max(dim).indices
 
 

@@ -1,9 +1,8 @@
 """The matrix products of the IFA head's inference path on the CPU: which library runs them, and running them.
 
 Two paths: oneDNN's fused linear (+ReLU) (`torch.ops.mkldnn._linear_pointwise`) and torch.addmm (MKL's sgemm on
-x86 CPUs). Which one is faster depends on the CPU and the thread count: oneDNN ran the head's fp32 products at up
-to 2x MKL's rate on an AMD EPYC (AVX-512), while on an Intel Xeon with AMX both reached 124-134 GFLOP/s and the
-whole head ran 1.03-1.13x faster through addmm (BENCHMARKS.md). So in fp32 the choice is measured, once per
+x86 CPUs). Which one is faster depends on the CPU and the thread count: oneDNN was the faster on an AMD EPYC
+(AVX-512), addmm on an Intel Xeon with AMX (the rates are in BENCHMARKS.md). So in fp32 the choice is measured, once per
 process for each (thread count, layer shape): both paths run a few interleaved times on a chunk-sized product and
 the faster one is kept. bf16 always takes oneDNN (MKL has no bf16 GEMM). IFA_CPU_GEMM=onednn or =matmul forces
 one path (to compare them).
@@ -57,8 +56,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rel
 @functools.cache
 def fastest_fp32_backend(threads: int, in_features: int, out_features: int) -> str:
     """The faster fp32 path for (4096, in) @ (in, out) + bias + ReLU at `threads` intra-op threads, by median
-    time over 3 interleaved rounds after a warm-up. Once per process and shape: 100 ms for the four shapes of the
-    shipped CamVid head, 440 ms for the paper's widths, on the Xeon of BENCHMARKS.md while it ran slowly."""
+    time over 3 interleaved rounds after a warm-up. Once per process and shape: the first fp32 CPU forward of an
+    IFA head pays it (BENCHMARKS.md has what it cost)."""
     if not _ONEDNN:
         return "matmul"
     g = torch.Generator().manual_seed(0)
