@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_contract import randomise_norms
 from torch import nn
 
 from ifa.inference import cpu_supports_bf16
@@ -12,19 +13,6 @@ from ifa.models.fold import ConvAct2d, conv_bn_pairs, fold_batchnorm, fuse_activ
 
 TINY = {"backbone": "efficientnet_lite0", "num_classes": 5, "neck_channels": 8, "head_channels": 6,
         "mlp_channels": [16, 8], "pos_dim": 8}
-
-
-def randomise_norms(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Running statistics and affine parameters far from the identity, so that a wrong fold shows."""
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.randn(n, generator=g) * 0.5)
-            m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.25)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(n, generator=g) * 0.2)
-    return model.eval()
 
 
 def count_norms(module: nn.Module) -> int:

@@ -34,14 +34,7 @@ def image(h: int, w: int, batch: int = 1, seed: int = 0) -> torch.Tensor:
     return torch.randn(batch, 3, h, w, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("architecture", ["fpn", "ifa"])
-@pytest.mark.parametrize("size,align_corners", [(ODD, False), ((64, 96), False), ((33, 47), False), (ODD, True)])
-def test_logits_at_input_size(architecture, size, align_corners):
-    model = tiny_model(architecture, align_corners=align_corners)
-    with torch.no_grad():
-        logits = model(image(*size, batch=2))
-    assert logits.shape == (2, K, *size)
-    assert torch.isfinite(logits).all()
+# Logits at odd sizes, batch 1 and 2, with and without align_corners: the shared contract (test_model_contract.py).
 
 
 @pytest.mark.parametrize("architecture", ["fpn", "ifa"])
