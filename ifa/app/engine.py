@@ -13,6 +13,7 @@ nothing on the GPU (models are loaded when the app is built, by `load_pair`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..domain import confidence
 from ..inference import Predictor, autocast_dtype, class_argmax
 from .probe import softmax
 from .registry import LoadedPair, PairCache, PairSpec
@@ -151,11 +153,40 @@ class ModelOutput:
     head_inputs: list[np.ndarray] | None = None
     inside: HeadInside | None = None
     logits: bool = False
+    confidence: float | None = None  # ifa.domain.confidence: mean over pixels of the top class probability
 
     def probs_at(self, y: int, x: int) -> np.ndarray:
-        """(K,) float32 class probabilities at pixel (x, y) (a single pass: the softmax of its logits there)."""
+        """(K,) float32 class probabilities at pixel (x, y) (a single pass: the softmax of its logits there; a
+        compacted output: its uint8 probabilities / 255, renormalised)."""
         values = self.scores[:, y, x].astype(np.float32)
+        if self.scores.dtype == np.uint8:
+            return values / max(float(values.sum()), 1e-6)
         return softmax(values) if self.logits else values
+
+    def compacted(self, levels_fp16: bool = False) -> ModelOutput:
+        """This output as a stored run keeps it: the scores as uint8 class probabilities (x 255, computed in row
+        chunks; half the bytes of float16), and with `levels_fp16` the head inputs in float16 (`compact_levels`)."""
+        if self.scores.dtype == np.uint8:
+            return dataclasses.replace(self, head_inputs=compact_levels(self.head_inputs)) if levels_fp16 else self
+        probs = np.empty(self.scores.shape, np.uint8)
+        for top in range(0, self.scores.shape[1], 128):
+            rows = self.scores[:, top:top + 128].astype(np.float32)
+            if self.logits:
+                rows = np.exp(rows - rows.max(0, keepdims=True))
+                rows /= rows.sum(0, keepdims=True)
+            probs[:, top:top + 128] = np.rint(np.clip(rows, 0, 1) * 255)
+        return dataclasses.replace(self, scores=probs, logits=False,
+                                   head_inputs=compact_levels(self.head_inputs) if levels_fp16 else self.head_inputs)
+
+
+def compact_levels(levels: list[np.ndarray] | None) -> list[np.ndarray] | None:
+    """Head inputs (C, h_l, w_l) as a stored run keeps them: float16 (half the bytes; read back as float32)."""
+    return None if levels is None else [lv.astype(np.float16, copy=False) for lv in levels]
+
+
+def _levels_tensor(level: np.ndarray) -> torch.Tensor:
+    """A stored head input (C, h, w), float16 or float32, as a float32 (1, C, h, w) batch on DEVICE."""
+    return torch.from_numpy(level)[None].to(DEVICE).float()
 
 
 @dataclass
@@ -207,7 +238,8 @@ def _predict(model, image: np.ndarray, options: Options, ifa_resolution: str, in
     labels = _labels(scores)
     _sync()
     seconds = time.perf_counter() - start
-    return ModelOutput(labels, scores.half().numpy(), seconds, head_inputs, inside, logits=single)
+    return ModelOutput(labels, scores.half().numpy(), seconds, head_inputs, inside, logits=single,
+                       confidence=confidence(scores, logits=single))
 
 
 def _model_input(predictor: Predictor, image: np.ndarray, model) -> torch.Tensor:
@@ -265,7 +297,7 @@ def _inside(model, output: ModelOutput | None, image: np.ndarray, size: tuple[in
     kept = output.head_inputs if output is not None else None
     if kept is not None and output.inside is not None and size is None:
         return output.inside, kept
-    levels = ([torch.from_numpy(lv)[None].to(DEVICE) for lv in kept] if kept is not None
+    levels = ([_levels_tensor(lv) for lv in kept] if kept is not None
               else model.levels(_model_input(Predictor(model, device=DEVICE), image, model)))
     inside = HeadInside.of(model.inspect(levels, size if model.is_ifa else None))
     return inside, [lv[0].float().cpu().numpy() for lv in levels]
@@ -311,7 +343,7 @@ def offset_ablation(spec: PairSpec, levels: list[np.ndarray], size: tuple[int, i
     "level l" (only level l's, l = 1..L). Only the head runs: no backbone pass."""
     model = PAIRS.get(spec).ifa
     with torch.inference_mode(), _autocast():
-        feats = [torch.from_numpy(lv)[None].to(DEVICE) for lv in levels]
+        feats = [_levels_tensor(lv) for lv in levels]
 
         def labels() -> np.ndarray:
             return _labels(model.upsample_logits(model.head_logits(feats).float(), size)[0].cpu())
@@ -330,7 +362,7 @@ def query_point(spec: PairSpec, levels: list[np.ndarray], coords: np.ndarray) ->
     CPU (the pair's fp32 CPU copy of the IFA head), so a probe never waits for a GPU slot."""
     head = PAIRS.get(spec).cpu_ifa_head
     with torch.inference_mode():
-        feats = [torch.from_numpy(lv)[None] for lv in levels]
+        feats = [torch.from_numpy(lv)[None].float() for lv in levels]
         q = torch.from_numpy(np.asarray(coords, dtype=np.float32))[None]
         logits = head.query_points(feats, q)[0].float()  # (K, N)
     return logits.softmax(0).T.numpy()
