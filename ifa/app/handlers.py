@@ -3,11 +3,19 @@ one-line gr.Error, and the parsing / packing of raw Gradio values."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import contextlib
 import functools
 import logging
 import math
 import os
 import re
+import shutil
+import urllib.parse
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -71,6 +79,58 @@ def _path_of(payload: Any) -> str | None:
     if isinstance(payload, dict):
         return payload.get("path") or None
     return getattr(payload, "path", None)
+
+
+MAX_DATA_URL_MB = 64  # a data: URL larger than this (decoded) is refused before it is decoded
+_DATA_URL = re.compile(r"data:(?P<type>[\w.+-]+/[\w.+-]+)?(?P<params>(?:;[\w.+-]+=[\w.+-]+)*)(?P<b64>;base64)?,",
+                       re.IGNORECASE)
+_EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/webp": ".webp", "image/gif": ".gif",
+               "image/bmp": ".bmp", "image/tiff": ".tif"}
+
+
+def _data_url_of(payload: Any) -> str | None:
+    """The data: URL a payload carries (a string, or a file payload whose path or url is one), else None."""
+    if isinstance(payload, str):
+        return payload if payload[:5].lower() == "data:" else None
+    for key in ("path", "url"):
+        value = payload.get(key) if isinstance(payload, dict) else getattr(payload, key, None)
+        if isinstance(value, str) and value[:5].lower() == "data:":
+            return value
+    return None
+
+
+@contextlib.contextmanager
+def received_file(payload: Any, folder: Path) -> Iterator[str | None]:
+    """The path of a received file: a Gradio file payload's own file (Gradio has already fetched an http(s) URL,
+    over MCP too, into its cache), or a data: URL's bytes written unchanged to a temp file under `folder` (removed
+    afterwards), so that every entry point decodes the same bytes with ifa.app.images; None for no file. A URL that
+    is not a data: URL and was not fetched, or a malformed or oversized data: URL, is a one-line UserError."""
+    url = _data_url_of(payload)
+    if url is None:
+        path = _path_of(payload)
+        if path and re.match(r"[a-z][a-z0-9+.-]*://", path, re.IGNORECASE):
+            raise UserError(f"give the image as a file or a data: URL (got the URL {shorten(path)})")
+        yield path
+        return
+    match = _DATA_URL.match(url)
+    if match is None:
+        raise UserError(f"not a data: URL this app reads (data:[type][;base64],...): {shorten(url)}")
+    body = url[match.end():]
+    if len(body) * 3 // 4 > MAX_DATA_URL_MB * 2 ** 20:
+        raise UserError(f"the data: URL holds more than {MAX_DATA_URL_MB} MB: send the image as a file")
+    try:
+        data = (base64.b64decode(re.sub(r"\s+", "", body), validate=True) if match.group("b64")
+                else urllib.parse.unquote_to_bytes(body))
+    except (binascii.Error, ValueError):
+        raise UserError("the data: URL's base64 is malformed") from None
+    target = Path(folder) / "received" / uuid.uuid4().hex[:12]
+    target.mkdir(parents=True)
+    path = target / ("image" + _EXTENSIONS.get((match.group("type") or "").lower(), ""))
+    try:
+        path.write_bytes(data)
+        yield str(path)
+    finally:
+        shutil.rmtree(target, ignore_errors=True)
 
 
 def _float(value, name: str, low: float, high: float, default: float) -> float:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import math
 import os
 import threading
 import time
@@ -21,14 +22,27 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
-from ..compare import VERDICTS
+from ..compare import MODELS, VERDICTS
 from ..data.label_sets import LABEL_SETS
+from ..domain import in_domain
 from . import engine, views
 from .ablation import ablation_markdown, ablation_summary
 from .dataset_rank import LabelCache
 from .dataset_view import DatasetView
 from .engine import Options
-from .handlers import PROGRESS, UserError, _bool, _float, _jsonable, _path_of, _table, guarded, log, public_message
+from .handlers import (
+    PROGRESS,
+    UserError,
+    _bool,
+    _float,
+    _jsonable,
+    _path_of,
+    _table,
+    guarded,
+    log,
+    public_message,
+    received_file,
+)
 from .images import ImageLoadError, load_image, load_label
 from .legend import legend_html, verdict_legend_html
 from .probe import normalised_point
@@ -43,7 +57,7 @@ from .registry import (
     registry_path,
     shorten,
 )
-from .results import Result, ResultStore
+from .results import Result, ResultStore, array_ids, client_of
 from .samples import Sample, list_samples, thumbnail
 from .tempdirs import make_files_root
 
@@ -58,6 +72,10 @@ DEFAULT_MIN_AREA = 64
 DEFAULT_OPACITY = 0.55
 TOP_REGIONS = 12
 MAX_SCALES = 4
+# The stored runs' byte budget (IFA_APP_RUN_MB): with the shipped pair the CPU app holds about 1 GB of models,
+# Gradio and libraries; 1024 MB of runs (about 16 compacted 1024 x 1024 runs, 60+ of CamVid size) and the dataset
+# view's quarter keep it under about 3 GB with a run being computed.
+DEFAULT_RUN_MB = 1024
 
 VIEW_OUTPUTS = ("notices", "input_view", "gt_view", "baseline_view", "ifa_view", "baseline_time", "ifa_time", "legend",
                 "slider",
@@ -82,8 +100,8 @@ LEVELS_EXPLAINED = (
     "**Semantic FPN:** its head sums four per-level branches (conv + upsampling) at stride 4 before a linear "
     "classifier, so the heatmap of level l is ‖branchₗ‖₂ over the sum of the four. Note that FPN's top-down "
     "pathway has already mixed coarser levels into each finer one before the head (so it has in an IFA model "
-    "that reads the FPN neck's outputs, `ifa_features: fpn`, as the default CamVid pair's does; the paper's decoder, "
-    "the second pair's, reads per-level 1x1 maps without that pathway). "
+    "that reads the FPN neck's outputs, `ifa_features: fpn`, as the FPN-neck variant pair's does; the paper's IFA, "
+    "the default pair's, reads per-level 1x1 maps without that pathway). "
     "Both are norms of additive terms, not gradients: a large share means a large term, not necessarily "
     "agreement with the final class.")
 PCA_EXPLAINED = (
@@ -94,10 +112,54 @@ PCA_EXPLAINED = (
     "does; IFA's are queried at every pixel when 'full resolution' is chosen.")
 
 
+def _domain(pair, baseline, ifa) -> tuple[bool | None, dict[str, float | None]]:
+    """(in domain: every calibrated model at least as confident as its threshold, None without calibration;
+    {model name: confidence}) of one run (ifa.domain)."""
+    confidences = {"baseline": baseline.confidence, "ifa": ifa.confidence}
+    verdict = None if None in confidences.values() else in_domain(confidences, pair.domain)
+    return verdict, {MODELS[role]: None if c is None else round(c, 4) for role, c in confidences.items()}
+
+
+def _outside_notice(pair, baseline, ifa) -> str:
+    parts = [f"{MODELS[role]} {output.confidence:.2f} (its threshold {pair.domain[role].threshold:.2f})"
+             for role, output in (("baseline", baseline), ("ifa", ifa)) if pair.domain.get(role)]
+    return (f"⚠️ This picture looks unlike the pair's training data ({pair.dataset or 'its dataset'}): the models are "
+            f"less sure of their classes than on 98% of their val images (mean top-class probability "
+            f"{', '.join(parts)}). If it is not a street scene, its labels are the pair's classes painted on "
+            f"something else; if it is (another city or camera), expect lower accuracy than on the pair's val split.")
+
+
+def _classes(value, names: list[str]) -> tuple[list[str] | None, str]:
+    """(the class names to colour, None = all; a notice naming the unknown ones and the valid ones, or "") from the
+    `classes` value: None (all), one name, or a list of names."""
+    if value is None:
+        return None, ""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise UserError(f"classes must be a list of class names (or None for all), got {shorten(value)}")
+    unknown = [v for v in value if v not in names]
+    if not unknown:
+        return list(value), ""
+    shown = ", ".join(shorten(v) for v in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+    return [v for v in value if v in names], (f"unknown class name(s) ignored: {shown}; this pair's classes are "
+                                              f"{', '.join(names)}")
+
+
+def _positive(text, default: float) -> float:
+    """A positive number from a setting's text, else `default`."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return default
+    return value if math.isfinite(value) and value > 0 else default
+
+
 class AppService(DatasetView):
     """State shared by all sessions: registry, samples, loaded pairs (engine.PAIRS), results, files."""
 
-    def __init__(self, registry_file: str | os.PathLike | None = None, results_capacity: int | None = None):
+    def __init__(self, registry_file: str | os.PathLike | None = None, results_capacity: int | None = None,
+                 results_mb: float | None = None):
         self.registry_error = None
         try:
             self.registry = read_registry(registry_file)
@@ -108,10 +170,13 @@ class AppService(DatasetView):
         self._samples_by_name = {s.name: s for s in self.samples}
         capacity = results_capacity or int(os.environ.get("IFA_APP_MAX_SESSIONS", "32") or 32)
         ttl = 60 * float(os.environ.get("IFA_APP_RESULT_MINUTES", "60") or 60)
+        # IFA_APP_RUN_MB: the bytes every session's stored runs may hold together (ResultStore; README, "Other
+        # settings"); the dataset view's cache of label maps gets a quarter of it on top.
+        self.run_bytes = int((results_mb or _positive(os.environ.get("IFA_APP_RUN_MB"), DEFAULT_RUN_MB)) * 2 ** 20)
         self.files_root = make_files_root()  # removed at exit and on SIGTERM / SIGINT (ifa.app.tempdirs)
-        self.results = ResultStore(capacity, self.files_root, ttl)
+        self.results = ResultStore(capacity, self.files_root, ttl, budget=self.run_bytes)
         self._identities: dict[str, tuple] = {}
-        self.labels = LabelCache()
+        self.labels = LabelCache(self.run_bytes // 4)
         self._first_lock = threading.Lock()
         self._first: tuple[Sample, Result] | None = None
 
@@ -163,8 +228,8 @@ class AppService(DatasetView):
             elif ok:
                 note = " · labelled"
             else:
-                note = " · its label is not scored by this pair"
-            items.append((thumb, sample.name + note))
+                note = " · label not scored"
+            items.append((thumb, sample.name.split(" (")[0] + note))  # the description is in the sample's info
         return items
 
     def sample_info(self, name: str | None) -> str:
@@ -245,6 +310,8 @@ class AppService(DatasetView):
         notices = []
         if isinstance(scales, (str, int, float)):
             scales = [scales]
+        if scales is not None and not isinstance(scales, (list, tuple)):
+            raise UserError(f"scales must be a list of numbers, e.g. [\"1.0\"], got {shorten(scales)}")
         values = []
         for s in scales or []:
             v = _float(s, "a scale", 0.0, 1e9, 1.0)
@@ -258,7 +325,7 @@ class AppService(DatasetView):
         if len(values) > MAX_SCALES:
             raise UserError(f"choose at most {MAX_SCALES} scales (got {len(values)}): each one runs both models again")
         resolution = ifa_resolution or "stride4"
-        if resolution not in dict((v, k) for k, v in IFA_RESOLUTIONS):
+        if not isinstance(resolution, str) or resolution not in dict((v, k) for k, v in IFA_RESOLUTIONS):
             raise UserError(f"IFA output resolution must be 'stride4' or 'full', got {shorten(ifa_resolution)}")
         return Options(tuple(values), _bool(flip, "flip"), resolution), notices
 
@@ -284,7 +351,10 @@ class AppService(DatasetView):
     def _image(self, image, sample, ground_truth, label_set, num_classes: int, dataset: str):
         """(name, uint8 image, gt or None, notices) from an upload (its label in `label_set`, "" = the pair's)
         or a sample name (its label in the sample's declared set)."""
-        path = _path_of(image)
+        with received_file(image, self.files_root) as path:
+            return self._image_from(path, image, sample, ground_truth, label_set, num_classes, dataset)
+
+    def _image_from(self, path, image, sample, ground_truth, label_set, num_classes: int, dataset: str):
         notices: list[str] = []
         label_path = None
         if path:
@@ -292,7 +362,8 @@ class AppService(DatasetView):
             if isinstance(image, dict) and image.get("orig_name"):
                 name = str(image["orig_name"])
             loaded = load_image(path)
-            label_path = _path_of(ground_truth)
+            with received_file(ground_truth, self.files_root) as label_file:
+                return self._with_label(name, loaded, label_file, label_set, num_classes, dataset, notices)
         elif sample:
             if sample not in self._samples_by_name:
                 raise UserError(f"unknown sample {shorten(sample)}; {len(self.samples)} samples are listed "
@@ -301,9 +372,17 @@ class AppService(DatasetView):
             name = s.name
             loaded = load_image(s.image)
             label_path, label_set = s.label, s.label_set
+            if _path_of(ground_truth):  # a sample brings its own label (or none): one sent with it is not used
+                notices.append(f"the label sent with the sample is ignored: a sample is scored with its own "
+                               f"{'label' if s.label else 'label, and ' + s.name + ' has none'}; upload the image "
+                               f"to score it with another label")
         else:
             raise UserError("no image: upload one or pick a sample")
-        notices += loaded.notices
+        return self._with_label(name, loaded, label_path, label_set, num_classes, dataset, notices)
+
+    @staticmethod
+    def _with_label(name, loaded, label_path, label_set, num_classes: int, dataset: str, notices: list[str]):
+        notices = notices + loaded.notices
         gt = None
         if label_path:
             try:
@@ -317,9 +396,10 @@ class AppService(DatasetView):
     # --- the main run ---------------------------------------------------------------------------
     @guarded("segmenting the image")
     def segment(self, image, ground_truth, sample, pair_id, scales, flip, ifa_resolution, opacity, classes,
-                min_area, label_set="", previous_result_id=None, progress=PROGRESS):
+                min_area, label_set="", previous_result_id=None, progress=PROGRESS, request: gr.Request = None):
         """The main run; `label_set` is the uploaded label's format (ifa.data.label_sets, "" = the pair's);
-        `previous_result_id` (the session's state) is the run it replaces in the store."""
+        `previous_result_id` (the session's state) is the run it replaces in the store; `request` (Gradio's) says
+        which client ran it (ifa.app.results.client_of), for the store's fairness."""
         spec = self._spec(pair_id)
         options, notices = self._options(scales, flip, ifa_resolution)
         pair = engine.load_pair(spec)
@@ -330,10 +410,11 @@ class AppService(DatasetView):
         progress(0.1, desc=f"running both models ({options.describe()})")
         result = self._compare(spec, name, array, gt, options, notices)
         progress(0.9, desc="comparing the predictions")
-        return self._show(result, previous_result_id, opacity, classes, min_area)
+        return self._show(result, previous_result_id, opacity, classes, min_area, client_of(request))
 
     def segment_in_page(self, image, ground_truth, sample, pair_id, scales, flip, ifa_resolution, opacity, classes,
-                        min_area, label_set="", previous_result_id=None, progress=PROGRESS):
+                        min_area, label_set="", previous_result_id=None, progress=PROGRESS,
+                        request: gr.Request = None):
         """The page's runs (Run, an upload, a sample, a pair switch): /segment, except that a mistake (a bad upload,
         option or label) while a run is shown keeps that run on screen and says what was wrong in a warning; with
         nothing shown the error takes the outputs, as /segment's. With no image at all (a pair switch before any
@@ -342,7 +423,7 @@ class AppService(DatasetView):
             return tuple(gr.skip() for _ in SEGMENT_OUTPUTS)
         try:
             return self.segment(image, ground_truth, sample, pair_id, scales, flip, ifa_resolution, opacity, classes,
-                                min_area, label_set, previous_result_id, progress)
+                                min_area, label_set, previous_result_id, progress, request)
         except gr.Error as err:
             if self.results.get(previous_result_id) is None:
                 raise
@@ -354,14 +435,16 @@ class AppService(DatasetView):
         """Both models on one image -> a Result (not yet stored); `analyse` as engine.compare's."""
         pair = engine.load_pair(spec)
         baseline, ifa, analysis = engine.compare(spec, array, options, analyse)
+        if _domain(pair, baseline, ifa)[0] is False:
+            notices = [*notices, _outside_notice(pair, baseline, ifa)]
         return Result(name=name, image=array, gt=gt, spec=spec, class_names=pair.class_names, palette=pair.palette,
                       baseline_align_corners=bool(pair.baseline.config.align_corners), options=options,
                       baseline=baseline, ifa=ifa, notices=notices, device=engine.device_description(),
                       dataset=pair.dataset, analysis=analysis)
 
-    def _show(self, result: Result, previous_result_id, opacity, classes, min_area) -> tuple:
-        """Store a session's new run (replacing its previous one), write its files -> SEGMENT_OUTPUTS."""
-        self.results.add(result, replaces=previous_result_id)
+    def _show(self, result: Result, previous_result_id, opacity, classes, min_area, client: str = "") -> tuple:
+        """Store a session's new run (compacted, replacing its previous one), write its files -> SEGMENT_OUTPUTS."""
+        self.results.add(result.compact(), replaces=previous_result_id, client=client)
         result.files = views.write_label_maps(result, self.results.folder(result))
         outputs = self._views(result, opacity, classes, min_area)
         return (result.id, *outputs, result.image, result.files)
@@ -381,10 +464,12 @@ class AppService(DatasetView):
                 options, more = Options((1.0,), False, "stride4").within(*array.shape[:2], engine.WORK_BUDGET_MPX)
                 result = self._compare(spec, name, array, gt, options, notices + more)
                 self._feature_views(result)
+                result.compact()
+                result.shared = array_ids(result)  # the sessions' copies share these arrays: not counted
                 self._first = (sample, result)
         return self._first[1] if self._first else None
 
-    def welcome(self, previous_result_id=None):
+    def welcome(self, previous_result_id=None, request: gr.Request = None):
         """Page load: a copy of `first_paint` for this session -> (sample, sample info, *SEGMENT_OUTPUTS)."""
         try:
             template = self.first_paint()
@@ -396,22 +481,23 @@ class AppService(DatasetView):
         sample = self._first[0]
         result = dataclasses.replace(template, id=uuid.uuid4().hex[:12], notices=list(template.notices), files=[])
         return (sample.name, sample.describe(),
-                *self._show(result, previous_result_id, DEFAULT_OPACITY, None, DEFAULT_MIN_AREA))
+                *self._show(result, previous_result_id, DEFAULT_OPACITY, None, DEFAULT_MIN_AREA, client_of(request)))
 
     def _result(self, result_id) -> Result:
+        """The session's stored run, else a one-line UserError: evicted (memory), expired, or none yet."""
         result = self.results.get(result_id)
-        if result is None and result_id:
-            minutes = self.results.ttl / 60
-            raise UserError(f"this run has expired (runs are kept {minutes:g} min after their last use, for the "
-                            f"{self.results.capacity} most recent sessions): run the segmentation again")
-        if result is None:
-            raise UserError("no result to show yet: run a segmentation first")
-        return result
+        if result is not None:
+            return result
+        gone = self.results.why_gone(result_id)
+        if gone:
+            raise UserError(gone)
+        if result_id:
+            raise UserError(f"this run is no longer kept (runs are kept {self.results.ttl / 60:g} min after their "
+                            f"last use): press Run to compute it again")
+        raise UserError("no result to show yet: run a segmentation first (API: segment; on the page: Run)")
 
     @guarded("redrawing the results")
     def render(self, result_id, opacity, classes, min_area):
-        if self.results.get(result_id) is None:
-            return tuple(gr.skip() for _ in RENDER_OUTPUTS)
         return self._views(self._result(result_id), opacity, classes, min_area)
 
     @guarded("attaching the ground truth")
@@ -421,7 +507,10 @@ class AppService(DatasetView):
         result = self.results.get(result_id)
         path = _path_of(ground_truth)
         if result is None:
-            if path:
+            gone = self.results.why_gone(result_id)
+            if gone:
+                gr.Warning(gone)
+            elif path:
                 gr.Info("upload or pick the image first, then attach its label: a new image clears the label")
             return tuple(gr.skip() for _ in RENDER_OUTPUTS)
         if path:
@@ -435,14 +524,14 @@ class AppService(DatasetView):
             result.notices = [n for n in result.notices if not n.startswith("ground truth")] + notices
         else:
             result.gt, result.ablation = None, None
+        self.results.update(result)
         return self._views(result, opacity, classes, min_area)
 
     def _views(self, result: Result, opacity, classes, min_area) -> tuple:
         opacity = _float(opacity, "opacity", 0.0, 1.0, 0.5)
         min_area = int(_float(min_area, "the smallest region size", 1, 10 ** 7, DEFAULT_MIN_AREA))
-        if isinstance(classes, str):
-            classes = [classes]
-        visible = views.visible_mask(result.class_names, None if classes is None else list(classes))
+        classes, class_notice = _classes(classes, result.class_names)
+        visible = views.visible_mask(result.class_names, classes)
         comparison = views.compare(result, min_area)
         top = comparison.regions[:TOP_REGIONS]
         gt_view, base_plain, ifa_plain = views.overlays(result, opacity, visible)
@@ -460,7 +549,7 @@ class AppService(DatasetView):
                    f"{summary['differing_percent']:.2f}% of the pixels ({len(comparison.regions)} regions of "
                    f"≥ {min_area} px)"
                    + ("" if result.gt is not None else " · no ground truth: scores and verdicts need a label map")]
-        notices += [f"- {n}" for n in result.notices]
+        notices += [f"- {n}" for n in result.notices] + ([f"- {class_notice}"] if class_notice else [])
         notices += [f"- {n}" for n in views.false_positive_notes(summary_scores)] if summary_scores else []
         return (
             "\n".join(notices),
@@ -503,6 +592,8 @@ class AppService(DatasetView):
             "region_count": len(comparison.regions),
             "scores": views.scores(result), "boundary_accuracy": views.boundary_curves(result),
             "class_names": result.class_names, "palette": result.palette,
+            **dict(zip(("in_domain", "confidence"), _domain(engine.load_pair(result.spec), result.baseline,
+                                                           result.ifa))),
         }
 
     # --- the stateless tool (API /compare_models and the MCP server) ---------------------------------
@@ -548,11 +639,15 @@ class AppService(DatasetView):
             engine.load_pair(result.spec)  # loaded outside the GPU function (a no-op when cached)
             result.analysis = engine.analyse(result.spec, result.image, result.options.ifa_resolution,
                                              result.baseline, result.ifa)
+            self.results.update(result)
         return result
 
     @guarded("analysing the features")
     def analyse(self, result_id, progress=PROGRESS):
-        return self._feature_views(self._result(result_id), progress)
+        result = self._result(result_id)
+        views_ = self._feature_views(result, progress)
+        self.results.update(result.compact())  # the heads' inside and features are shown: freed
+        return views_
 
     def _feature_views(self, result: Result, progress=PROGRESS) -> tuple:
         """ANALYSE_OUTPUTS of a run, computed once and kept with it."""
@@ -587,6 +682,7 @@ class AppService(DatasetView):
             strides = [round(a.padded_size[1] / w) for _, w in a.ifa_level_sizes]
             labels = engine.offset_ablation(result.spec, a.ifa_levels, result.size)
             result.ablation = ablation_summary(result, labels, strides, DEFAULT_MIN_AREA, TOP_REGIONS)
+            self.results.update(result)
         image, summary = result.ablation
         return image, ablation_markdown(summary), _jsonable({"image": result.name, **summary})
 

@@ -25,6 +25,10 @@ INTRO = (
 CSS = """
 .ifa-legend span { font-size: 0.9em; }
 #run-button { min-height: 44px; }
+#gallery .caption-label, #rank-gallery .caption-label {
+  white-space: normal; overflow: visible; text-overflow: clip; line-height: 1.2; font-size: 0.8em;
+  max-width: calc(100% - 8px); }
+#rank-table table, #scores table, #regions table { table-layout: auto; }
 """
 
 
@@ -72,8 +76,8 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
                                                       "where one exists (Cityscapes → CamVid)", elem_id="label-set")
                 c["sample"] = gr.Dropdown(service.sample_names(), value=None, label="…or pick a sample",
                                           elem_id="sample")
-                c["gallery"] = gr.Gallery(service.gallery(), label="Samples (click one to run)", columns=4,
-                                          height=230, allow_preview=False, elem_id="gallery")
+                c["gallery"] = gr.Gallery(service.gallery(), label="Samples (click one to run)", columns=2,
+                                          height=300, allow_preview=False, elem_id="gallery")
                 c["sample_info"] = gr.Markdown(label="About the sample", elem_id="sample-info")
                 with gr.Accordion("Options", open=True):
                     c["scales"] = gr.CheckboxGroup(list(S.SCALE_CHOICES), value=["1.0"],
@@ -124,41 +128,46 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
                         c["boundary_plot"] = gr.Plot(label="Accuracy vs distance to ground-truth boundaries",
                                                      elem_id="boundary-plot", format="png", show_label=False)
                     with gr.Tab("Feature alignment", id="align"):
-                        with gr.Row():
-                            with gr.Column(scale=2):
-                                c["click_view"] = FastImage(label="Click a pixel to probe it", interactive=False,
-                                                            format="jpeg", elem_id="click-view")
+                        with gr.Tabs(elem_id="align-tabs"):  # the probe, the level maps, the ablation: one screen each
+                            with gr.Tab("Probe a pixel", id="align-probe"):
                                 with gr.Row():
-                                    c["probe_x"] = gr.Number(label="x (column)", precision=0, elem_id="probe-x")
-                                    c["probe_y"] = gr.Number(label="y (row)", precision=0, elem_id="probe-y")
-                                    probe_btn = gr.Button("Probe pixel", elem_id="probe-button")
-                            with gr.Column(scale=3):
-                                c["probe_view"] = _image("What each model reads at this pixel", "probe-view",
-                                                         fmt="png", show_label=False)
-                        with gr.Row():
-                            c["baseline_probs"] = gr.Label(label="Semantic FPN: class probabilities here",
-                                                           num_top_classes=5, elem_id="baseline-probs")
-                            c["ifa_probs"] = gr.Label(label="FPN + IFA: class probabilities here",
-                                                      num_top_classes=5, elem_id="ifa-probs")
-                        c["probe_md"] = gr.Markdown(label="Probe", elem_id="probe-md")
-                        c["probe_table"] = gr.Dataframe(headers=S.views.PROBE_HEADERS, interactive=False,
-                                                        label="Cells read", elem_id="probe-table")
-                        c["features_md"] = gr.Markdown(S.LEVELS_EXPLAINED, label="About the feature views",
-                                                       elem_id="features-md")
-                        with gr.Row():
-                            c["ifa_levels"] = _image("FPN + IFA: level contributions", "ifa-levels",
-                                                     show_label=False)
-                            c["fpn_levels"] = _image("Semantic FPN: level contributions", "fpn-levels",
-                                                     show_label=False)
-                        with gr.Row():
-                            c["ifa_pca"] = _image("FPN + IFA: final features, PCA → RGB", "ifa-pca")
-                            c["fpn_pca"] = _image("Semantic FPN: final features, PCA → RGB", "fpn-pca")
-                        with gr.Accordion("What the alignment changes here: the offsets zeroed", open=True):
-                            ablate_btn = gr.Button("Zero the IFA offsets on this image", elem_id="ablate-button")
-                            c["ablation_md"] = gr.Markdown(ABLATION_EXPLAINED, elem_id="ablation-md")
-                            c["ablation_view"] = _image("Labels that change with the offsets zeroed, by who is "
-                                                        "right", "ablation-view", fmt="png")
-                            c["ablation_summary"] = gr.JSON(label="Offset ablation (JSON)", elem_id="ablation-summary")
+                                    with gr.Column(scale=2):
+                                        c["click_view"] = FastImage(label="Click a pixel to probe it",
+                                                                    interactive=False, format="jpeg",
+                                                                    elem_id="click-view")
+                                        with gr.Row():
+                                            c["probe_x"] = gr.Number(label="x (column)", precision=0,
+                                                                     elem_id="probe-x")
+                                            c["probe_y"] = gr.Number(label="y (row)", precision=0, elem_id="probe-y")
+                                            probe_btn = gr.Button("Probe pixel", elem_id="probe-button")
+                                    with gr.Column(scale=3):
+                                        c["probe_view"] = _image("What each model reads at this pixel",
+                                                                 "probe-view", fmt="png", show_label=False)
+                                with gr.Row():
+                                    c["baseline_probs"] = gr.Label(label="Semantic FPN: class probabilities here",
+                                                                   num_top_classes=5, elem_id="baseline-probs")
+                                    c["ifa_probs"] = gr.Label(label="FPN + IFA: class probabilities here",
+                                                              num_top_classes=5, elem_id="ifa-probs")
+                                c["probe_md"] = gr.Markdown(label="Probe", elem_id="probe-md")
+                                c["probe_table"] = gr.Dataframe(headers=S.views.PROBE_HEADERS, interactive=False,
+                                                                label="Cells read", elem_id="probe-table", wrap=True)
+                            with gr.Tab("Level maps and features", id="align-levels"):
+                                c["features_md"] = gr.Markdown(S.LEVELS_EXPLAINED, label="About the feature views",
+                                                               elem_id="features-md")
+                                c["ifa_levels"] = _image("FPN + IFA: level contributions", "ifa-levels",
+                                                         show_label=False)
+                                c["fpn_levels"] = _image("Semantic FPN: level contributions", "fpn-levels",
+                                                         show_label=False)
+                                with gr.Row():
+                                    c["ifa_pca"] = _image("FPN + IFA: final features, PCA → RGB", "ifa-pca")
+                                    c["fpn_pca"] = _image("Semantic FPN: final features, PCA → RGB", "fpn-pca")
+                            with gr.Tab("Offsets zeroed", id="align-ablation"):
+                                ablate_btn = gr.Button("Zero the IFA offsets on this image", elem_id="ablate-button")
+                                c["ablation_md"] = gr.Markdown(ABLATION_EXPLAINED, elem_id="ablation-md")
+                                c["ablation_view"] = _image("Labels that change with the offsets zeroed, by who is "
+                                                            "right", "ablation-view", fmt="png")
+                                c["ablation_summary"] = gr.JSON(label="Offset ablation (JSON)",
+                                                                elem_id="ablation-summary")
                     with gr.Tab("Dataset view", id="dataset"):
                         gr.Markdown("Both models on every image of a folder this server offers, ranked by how much "
                                     "FPN + IFA gains over Semantic FPN (per-image mIoU over the ground truth's classes;"
@@ -170,7 +179,8 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
                             rank_btn = gr.Button("Rank", variant="secondary", elem_id="rank-button")
                         c["rank_status"] = gr.Markdown(elem_id="rank-status")
                         c["rank_table"] = gr.Dataframe(headers=RANK_HEADERS, interactive=False, elem_id="rank-table",
-                                                       label="Per image (click a header to sort, a row to open it)")
+                                                       label="Per image (click a header to sort, a row to open it)",
+                                                       wrap=True, column_widths=["24%"] + ["9.5%"] * 8)
                         c["rank_gallery"] = gr.Gallery(label="The same images, best gain first (click to open)",
                                                        columns=6, height=260, allow_preview=False,
                                                        elem_id="rank-gallery")
@@ -183,7 +193,8 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
                         c["figure_md"] = gr.Markdown(elem_id="figure-md")
                         c["figure_files"] = gr.File(label="Figure, its manifest, the samples and the rows",
                                                     file_count="multiple", interactive=False, elem_id="figure-files")
-                        c["rank_summary"] = gr.JSON(label="Ranking (JSON)", elem_id="rank-summary")
+                        with gr.Accordion("The ranking's numbers (JSON)", open=False):
+                            c["rank_summary"] = gr.JSON(label="Ranking (JSON)", elem_id="rank-summary")
                 with gr.Accordion("All numbers of this run (JSON)", open=False):
                     c["summary"] = gr.JSON(label="Summary", elem_id="summary")
 
@@ -262,7 +273,7 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
         c["click_view"].select(service.probe_select, c["result_state"], out(S.PROBE_OUTPUTS),
                                api_visibility="private", **model)
         probe_btn.click(service.probe, out(("result_state", "probe_x", "probe_y")), out(S.PROBE_OUTPUTS),
-                        api_name="probe", **model)
+                        api_name="probe", **model, **raw)  # raw: x="abc" gets the handler's one-line message
         rank_btn.click(service.dataset_rank, out(("rank_source", "pair", "scales", "flip", "ifa_resolution")),
                        out(S.RANK_OUTPUTS), api_name="dataset_rank", preprocess=False, **model)
         figure_btn.click(service.export_figure, out(("rank_summary", "pair", "scales", "flip", "ifa_resolution",
@@ -283,7 +294,10 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
                        gr.Textbox(label="label_set")]
             tool_out = gr.Textbox(label="result")  # one JSON document: MCP answers it as text
             tool_run = gr.Button("compare", visible=False)
-        tool_run.click(service.compare_models, tool_in, tool_out, api_name="compare_models", **model)
+        # preprocess=False: the handler gets the file as sent (an upload, a data: URL, or what Gradio fetched of an
+        # http(s) URL over MCP) and decodes it with ifa.app.images like /segment: no RGB conversion, no re-encoding,
+        # the pixel limit read from the header before any decode; every other value is parsed by the handler.
+        tool_run.click(service.compare_models, tool_in, tool_out, api_name="compare_models", **model, **raw)
     demo.queue(default_concurrency_limit=1, max_size=int(os.environ.get("IFA_APP_QUEUE", "32")))
     return demo
 
