@@ -522,12 +522,14 @@ def restore_checkpoint(run: TrainingRun) -> None:
 
 def initialise_from(model: SegmentationModel, source: str, log: Logger) -> None:
     """Fine-tuning: start from the weights of a checkpoint folder or Hub repo (`init_from`). Its model config must
-    equal the recipe's but for the auxiliary head, which an inference checkpoint does not hold (it starts fresh)."""
+    equal the recipe's but for the auxiliary head, which an inference checkpoint does not hold (it starts fresh),
+    and the IFA read (`ifa_read`: the same weights read the levels another way)."""
     from .hub import load_model
 
     start = load_model(source)
-    ours = {k: v for k, v in model.config.to_dict().items() if k != "aux_channels"}
-    theirs = {k: v for k, v in start.config.to_dict().items() if k != "aux_channels"}
+    free = ("aux_channels", "ifa_read")  # the weights fit whichever way the head reads its levels
+    ours = {k: v for k, v in model.config.to_dict().items() if k not in free}
+    theirs = {k: v for k, v in start.config.to_dict().items() if k not in free}
     different = sorted(k for k in ours if ours[k] != theirs.get(k))
     if different:
         raise ConfigError(f"init_from {source}: its model differs from the recipe's in {', '.join(different)}")

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from .backbones import BACKBONES
-from .ifa import POSITION_ENCODINGS
+from .ifa import IFA_READS, POSITION_ENCODINGS
 
 ARCHITECTURES = ("fpn", "ifa")
 IFA_FEATURES = ("lateral", "fpn")
@@ -27,6 +27,8 @@ class ModelConfig:
     hidden widths `mlp_channels` and a `pos_encoding` of width `pos_dim`. `ifa_features` "fpn" feeds
     the IFA head the FPN neck's outputs instead (a variant: top-down pathway and 3x3 convs kept).
     `ifa_dropout` > 0 adds channel dropout before the IFA classifier (a variant; the paper has none).
+    `ifa_read` "nearest" (the paper) reads each level's cell containing the query; "ensemble" (a named variant,
+    LIIF's local ensemble) reads the four nearest cells weighted by area, so a dense query is continuous.
     `aux_channels` > 0 adds the training-only auxiliary head on the stride-16 map.
     `align_corners` applies to the final bilinear upsampling (the reference code uses True).
     """
@@ -47,6 +49,7 @@ class ModelConfig:
     pos_dim: int = 24
     ifa_features: str = "lateral"
     ifa_dropout: float = 0.0
+    ifa_read: str = "nearest"
     aux_channels: int = 0
     align_corners: bool = False
 
@@ -67,6 +70,8 @@ class ModelConfig:
             raise ConfigError(f"num_classes is {self.num_classes} but the palette has {len(self.palette)} colours")
         if self.ifa_features not in IFA_FEATURES:
             raise ConfigError(f"unknown ifa_features {self.ifa_features!r}; valid: {', '.join(IFA_FEATURES)}")
+        if self.ifa_read not in IFA_READS:
+            raise ConfigError(f"unknown ifa_read {self.ifa_read!r}; valid: {', '.join(IFA_READS)}")
         if not 0.0 <= self.ifa_dropout < 1.0:
             raise ConfigError(f"ifa_dropout must be in [0, 1), got {self.ifa_dropout!r}")
         if self.pos_encoding not in POSITION_ENCODINGS:

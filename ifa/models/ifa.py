@@ -36,6 +36,9 @@ from .cpu_gemm import gemm_backend, linear
 from .intermediates import HeadIntermediates
 
 POSITION_ENCODINGS = ("none", "coord", "sine", "cosine", "fixed", "learned")
+# How the head reads a level at a query: "nearest" (the paper: the cell containing it) or "ensemble" (a named
+# variant, LIIF's local ensemble: the four nearest cells, each with its own offset, weighted by area).
+IFA_READS = ("nearest", "ensemble")
 # Inference sums all levels' encoding terms (and the first bias) into one table over the common
 # period of their offsets when it has at most this many (row, column) entries (e.g. 8 x 8 on the
 # stride-4 grid, 32 x 32 at full resolution); otherwise each level's term is added per chunk.
@@ -141,6 +144,30 @@ def grid_cells(n_query: int, n_level: int, device=None) -> tuple[torch.Tensor, t
     return torch.from_numpy(k).to(device), torch.from_numpy(r).to(device)
 
 
+def ensemble_cells(q, n):
+    """LIIF's local ensemble along one axis: the two cells whose centres bracket q on an axis of n cells.
+
+    Returns ((k0, k1) cell indices, (w0, w1) weights, (r0, r1) offsets), each of q's shape: u = (q + 1) n / 2 - 0.5
+    is q in cell units (centres at integers), k0 = floor(u), k1 = k0 + 1, both clamped to [0, n - 1]; the weights
+    are the linear (area) weights 1 - t and t, t = u - k0 (clamped to [0, 1] at the borders); the offsets are
+    (q - centre) * n of the cell actually read, so they lie in [-2, 2]. At a cell centre the cell itself has
+    weight 1. q: a tensor or a float64 numpy array (host-side grid geometry); results of q's kind.
+    """
+    lib = np if isinstance(q, np.ndarray) else torch
+    u = (q + 1) * (n / 2) - 0.5
+    k0 = lib.floor(u)
+    t = u - k0
+    if lib is np:
+        k0 = k0.astype(np.int64)
+        t = np.clip(np.where(u < 0, 0.0, np.where(u > n - 1, 1.0, t)), 0.0, 1.0)
+        k0c, k1c = np.clip(k0, 0, n - 1), np.clip(k0 + 1, 0, n - 1)
+    else:
+        k0 = k0.long()
+        t = torch.where(u < 0, torch.zeros_like(t), torch.where(u > n - 1, torch.ones_like(t), t)).clamp(0, 1)
+        k0c, k1c = k0.clamp(0, n - 1), (k0 + 1).clamp(0, n - 1)
+    return (k0c, k1c), (1 - t, t), (2 * (u - k0c), 2 * (u - k1c))
+
+
 @torch.compiler.disable
 def offset_classes(offsets: list[torch.Tensor], n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Group the rows (or columns) of a query grid that share every given level's offset, hence every encoding.
@@ -206,14 +233,20 @@ class IFAHead(nn.Module):
     512, 256, 256). `dropout` > 0 adds channel dropout (Dropout2d, as Semantic FPN's head) before
     the classifier; the paper has none. Inputs are level maps (B, C_l, h_l, w_l); outputs are logits. Inference
     evaluates queries in chunks of about `chunk_size` (None: 4096 on the CPU, 2^18 on a GPU).
+    `read` "ensemble" (a variant, never the paper's) reads each level with LIIF's local ensemble: the level's
+    first-layer term is averaged over the four nearest cells, each with its own offset, by area weights
+    (`ensemble_cells`), so the head is continuous in the query; it runs the generic chunked path, not the fast one.
     """
 
     def __init__(self, in_channels: list[int], num_classes: int, hidden: tuple[int, ...] = (512, 256, 256),
                  pos_encoding: str = "learned", pos_dim: int = 24, chunk_size: int | None = None,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, read: str = "nearest"):
         super().__init__()
         if not hidden:
             raise ValueError("the IFA MLP needs at least one hidden layer")
+        if read not in IFA_READS:
+            raise ValueError(f"unknown read {read!r}; valid: {', '.join(IFA_READS)}")
+        self.read = read
         self.in_channels = list(in_channels)
         self.pos = nn.ModuleList(PositionEncoding(pos_encoding, pos_dim) for _ in in_channels)
         self.chunk_size = chunk_size
@@ -277,6 +310,8 @@ class IFAHead(nn.Module):
 
     def _level_term(self, level: int, projection: torch.Tensor, size: tuple[int, int],
                     rows: slice | None) -> torch.Tensor:
+        if self.read == "ensemble":
+            return self._ensemble_term(level, projection, size, rows)
         h, w = size
         h_l, w_l = projection.shape[-2:]
         device = projection.device
@@ -301,6 +336,34 @@ class IFAHead(nn.Module):
             term = term + table.to(term.dtype)[None]
         return term
 
+    def _ensemble_term(self, level: int, projection: torch.Tensor, size: tuple[int, int],
+                       rows: slice | None) -> torch.Tensor:
+        """`_level_term` of the local-ensemble read: sum over the four nearest cells (a, b) of w_a(y) w_b(x) times
+        (W_z z of cell (a, b) + W_pe PE(r_a, r_b)). (B, D, n_rows, w)."""
+        h, w = size
+        h_l, w_l = projection.shape[-2:]
+        device = projection.device
+        start, stop, _ = (rows or slice(None)).indices(h)
+        ys = (2 * np.arange(h, dtype=np.float64) + 1) / h - 1
+        xs = (2 * np.arange(w, dtype=np.float64) + 1) / w - 1
+        (ky, wy, ry), (kx, wx, rx) = ensemble_cells(ys[start:stop], h_l), ensemble_cells(xs, w_l)
+        term = None
+        for a in range(2):
+            for b in range(2):
+                part = projection.index_select(2, torch.from_numpy(ky[a]).to(device)).index_select(
+                    3, torch.from_numpy(kx[b]).to(device))
+                if self.pos[level].out_dim:
+                    row_ry, col_rx = torch.from_numpy(ry[a]), torch.from_numpy(rx[b])
+                    (row_ids, row_reps), (col_ids, col_reps) = (offset_classes([row_ry], len(row_ry)),
+                                                                offset_classes([col_rx], len(col_rx)))
+                    table = self._encoding_table(level, row_ry[row_reps].to(device), col_rx[col_reps].to(device))
+                    table = table.index_select(1, row_ids.to(device)).index_select(2, col_ids.to(device))
+                    part = part + table.to(part.dtype)[None]
+                weight = torch.from_numpy(np.outer(wy[a], wx[b])).to(device, part.dtype)
+                part = part * weight
+                term = part if term is None else term + part
+        return term
+
     def level_term_norms(self, feats: list[torch.Tensor], size: tuple[int, int], budget: int = 2 ** 22
                          ) -> torch.Tensor:
         """(B, L, h, w) float32: the L2 norm over channels of each level's first-layer term (as
@@ -313,6 +376,10 @@ class IFAHead(nn.Module):
         relative one (a share map does not see it). Chunks of about `budget` values bound the memory.
         """
         h, w = size
+        if self.read == "ensemble":  # the terms themselves (no closed form per cell); the app's sizes fit
+            with torch.autocast(feats[0].device.type, enabled=False):
+                terms = self.first_layer_terms([f.float() for f in feats], size)
+            return torch.stack([t.float().norm(dim=1) for t in terms], dim=1)
         norms = []
         with torch.autocast(feats[0].device.type, enabled=False):
             self._check(feats)
@@ -419,21 +486,32 @@ class IFAHead(nn.Module):
             q = coords[:, start:start + step]
             pre = self.hidden[0].bias[None, :, None]
             for level, (proj, (w_pe, _)) in enumerate(zip(projections, blocks)):
-                size = torch.tensor(proj.shape[-2:], device=q.device)
-                cell = cell_index(q, size)
-                r = (q - (-1 + (2 * cell + 1) / size.to(q.dtype))) * size.to(q.dtype)
-                flat = cell[..., 0] * proj.shape[-1] + cell[..., 1]  # (B, n)
-                gathered = proj.flatten(2).gather(2, flat[:, None, :].expand(-1, proj.shape[1], -1))
-                pre = pre + gathered
-                if self.pos[level].out_dim:
-                    pre = pre + (self.pos[level](r) @ w_pe.t().to(r.dtype)).transpose(1, 2)
+                for cell, r, weight in self._point_reads(q, proj.shape[-2:]):
+                    flat = cell[..., 0] * proj.shape[-1] + cell[..., 1]  # (B, n)
+                    term = proj.flatten(2).gather(2, flat[:, None, :].expand(-1, proj.shape[1], -1))
+                    if self.pos[level].out_dim:
+                        term = term + (self.pos[level](r) @ w_pe.t().to(r.dtype)).transpose(1, 2)
+                    pre = pre + (term if weight is None else term * weight[:, None, :].to(term.dtype))
             outputs.append(self.classifier(self.dropout(self.hidden[1:](pre[..., None])))[..., 0])
         return torch.cat(outputs, dim=2)
 
+    def _point_reads(self, q: torch.Tensor, shape) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+        """The cells a level of size `shape` (h_l, w_l) is read at for points q (B, n, 2): [(cell (B, n, 2) long,
+        offset r (B, n, 2), weight (B, n) or None)]: the nearest cell (`cell_index`), or the local ensemble's
+        four (`ensemble_cells`)."""
+        size = torch.tensor(tuple(shape), device=q.device)
+        if self.read == "nearest":
+            cell = cell_index(q, size)
+            return [(cell, (q - (-1 + (2 * cell + 1) / size.to(q.dtype))) * size.to(q.dtype), None)]
+        (ky, wy, ry), (kx, wx, rx) = ensemble_cells(q[..., 0], shape[0]), ensemble_cells(q[..., 1], shape[1])
+        return [(torch.stack([ky[a], kx[b]], -1), torch.stack([ry[a], rx[b]], -1).to(q.dtype), wy[a] * wx[b])
+                for a in range(2) for b in range(2)]
+
     # --- inference: eval mode, no autograd --------------------------------------------------------
     def _inference(self) -> bool:
-        """Whether forward / decode_features take the inference path (eval mode, autograd off)."""
-        return not self.training and not torch.is_grad_enabled()
+        """Whether forward / decode_features take the fast inference path (eval mode, autograd off, nearest
+        read; the ensemble read evaluates the generic chunked path)."""
+        return not self.training and not torch.is_grad_enabled() and self.read == "nearest"
 
     def _chunk_queries(self, device: torch.device) -> int:
         """Queries per inference chunk: `chunk_size`, or when None a size chosen for the device."""
@@ -546,10 +624,14 @@ class IFAHead(nn.Module):
 
     # --- the formula, written out ---------------------------------------------------------------
     def forward_reference(self, feats: list[torch.Tensor], size: tuple[int, int] | None = None) -> torch.Tensor:
-        """The straightforward formula: gather, encode, concatenate 4(C + P) channels, run the MLP."""
+        """The straightforward formula: gather, encode, concatenate 4(C + P) channels, run the MLP. With the
+        ensemble read: per level and per each of its four cells the [PE(r), z] vector times the level's block of the
+        first layer, weighted by area and summed, then the rest of the MLP."""
         self._check(feats)
         h, w = size if size is not None else feats[0].shape[-2:]
         device = feats[0].device
+        if self.read == "ensemble":
+            return self._ensemble_reference(feats, (h, w))
         q32 = grid_coords(h, w, device)
         ys = -1 + (2 * torch.arange(h, device=device, dtype=torch.float64) + 1) / h
         xs = -1 + (2 * torch.arange(w, device=device, dtype=torch.float64) + 1) / w
@@ -564,6 +646,27 @@ class IFAHead(nn.Module):
             parts += [pe(r).t()[None].expand(f.shape[0], -1, -1), z]
         x = torch.cat(parts, dim=1)[..., None]  # (B, 4(C + P), N, 1)
         return self.classifier(self.dropout(self.hidden(x))).view(x.shape[0], -1, h, w)
+
+    def _ensemble_reference(self, feats: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        h, w = size
+        device, batch = feats[0].device, feats[0].shape[0]
+        ys = -1 + (2 * torch.arange(h, device=device, dtype=torch.float64) + 1) / h
+        xs = -1 + (2 * torch.arange(w, device=device, dtype=torch.float64) + 1) / w
+        q = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(-1, 2)  # (N, 2) exact centres
+        first = self.hidden[0]
+        weight, pre, col = first.weight[:, :, 0, 0], first.bias[None, :, None], 0
+        for f, pe in zip(feats, self.pos):
+            width = pe.out_dim + f.shape[1]
+            block = weight[:, col:col + width]  # (D, P + C): the level's part of the first layer
+            col += width
+            (ky, wy, ry), (kx, wx, rx) = ensemble_cells(q[:, 0], f.shape[-2]), ensemble_cells(q[:, 1], f.shape[-1])
+            for a in range(2):
+                for b in range(2):
+                    r = torch.stack([ry[a], rx[b]], -1).to(f.dtype)
+                    x = torch.cat([pe(r).t()[None].expand(batch, -1, -1), f[:, :, ky[a], kx[b]]], dim=1)
+                    pre = pre + (wy[a] * wx[b]).to(f.dtype) * (block @ x)
+        out = self.hidden[1:](pre[..., None])
+        return self.classifier(self.dropout(out)).view(batch, -1, h, w)
 
     def _check(self, feats: list[torch.Tensor]) -> None:
         channels = [f.shape[1] for f in feats]

@@ -38,7 +38,7 @@ class IFADecoder(nn.Module):
             self.reduce = nn.ModuleList(conv_bn_relu(c, config.neck_channels, 1) for c in in_channels)
         self.head = IFAHead([config.neck_channels] * len(in_channels), config.num_classes,
                             tuple(config.mlp_channels), config.pos_encoding, config.pos_dim,
-                            dropout=config.ifa_dropout)
+                            dropout=config.ifa_dropout, read=config.ifa_read)
 
     def levels(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         """The head's inputs: list of (B, C, h_l, w_l)."""

@@ -1,0 +1,88 @@
+"""The local-ensemble read (ifa_read: ensemble, a named variant of the IFA head; never the paper's default).
+
+Each level's first-layer term is averaged over the four nearest cells, each with its own offset, by area weights
+(ifa.models.ifa.ensemble_cells). Held here: the chunked path equals the formula written out (forward_reference),
+query_points equals the grid, a level read at its own cell centres equals the nearest read, and a query is
+continuous across cell borders (where the nearest read jumps). Tolerances: 1e-5 absolute on unit-scale random logits (float32), 1e-4 for float32 point coordinates.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ifa.models.config import ConfigError, ModelConfig
+from ifa.models.ifa import IFAHead, ensemble_cells, grid_coords
+from ifa.models.segmentor import SegmentationModel
+
+LEVELS = ((23, 31), (12, 16), (6, 8), (3, 4))
+
+
+def _head(read: str = "ensemble", seed: int = 0) -> tuple[IFAHead, list[torch.Tensor]]:
+    torch.manual_seed(seed)
+    head = IFAHead([8] * 4, 5, (16, 12), "learned", 8, read=read).eval()
+    return head, [torch.randn(2, 8, h, w) for h, w in LEVELS]
+
+
+def test_ensemble_cells_by_hand():
+    q = np.array([-1.0, -0.75, -0.5, 0.0, 0.5, 1.0])  # an axis of 4 cells: centres -0.75, -0.25, 0.25, 0.75
+    (k0, k1), (w0, w1), (r0, r1) = ensemble_cells(q, 4)
+    assert k0.tolist() == [0, 0, 0, 1, 2, 3] and k1.tolist() == [0, 1, 1, 2, 3, 3]
+    np.testing.assert_allclose(w1, [0, 0, 0.5, 0.5, 0.5, 1])
+    np.testing.assert_allclose(w0 + w1, 1)
+    np.testing.assert_allclose(r0, [-1, 0, 1, 1, 1, 1])  # (q - centre of the cell read) * n
+    torch_out = ensemble_cells(torch.from_numpy(q), 4)
+    for ours, theirs in zip((k0, w1, r1), (torch_out[0][0], torch_out[1][1], torch_out[2][1])):
+        np.testing.assert_allclose(theirs.numpy(), ours)
+
+
+@pytest.mark.parametrize("size", [(23, 31), (90, 124), (37, 41), (360 // 4, 480 // 4)])
+def test_ensemble_paths_equal_the_formula(size):
+    head, feats = _head()
+    with torch.no_grad():
+        grid = head(feats, size)
+        reference = head.forward_reference(feats, size)
+        points = head.query_points(feats, grid_coords(*size)[None].expand(2, -1, -1)).view(2, 5, *size)
+    torch.testing.assert_close(grid, reference, atol=1e-5, rtol=0)
+    torch.testing.assert_close(points, reference, atol=1e-4, rtol=0)
+    head.train()  # the training path (BatchNorm in batch mode) is the same sum
+    assert torch.isfinite(head(feats, size)).all()
+
+
+def test_a_level_read_at_its_own_cell_centres_is_the_nearest_read():
+    ensemble, feats = _head("ensemble")
+    nearest, _ = _head("nearest")
+    nearest.load_state_dict(ensemble.state_dict())
+    one_level = [IFAHead([8], 5, (16,), "learned", 8, read=r).eval() for r in ("ensemble", "nearest")]
+    one_level[1].load_state_dict(one_level[0].state_dict())
+    with torch.no_grad():
+        a, b = (h(feats[:1]) for h in one_level)
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+def test_a_dense_query_is_continuous_across_cell_borders():
+    """Points just either side of a border between two cells of level 2 (12 rows): the nearest read jumps (another
+    cell's feature and an offset of the other sign), the ensemble read moves by about the step's size."""
+    border = -1 + 2 * 5 / 12  # between rows 4 and 5 of the 12-row level
+    xs = torch.linspace(-0.9, 0.9, 64, dtype=torch.float64)
+    pts = [torch.stack([torch.full_like(xs, border + d), xs], -1).float()[None].expand(2, -1, -1)
+           for d in (-2e-6, 2e-6)]
+    jumps = {}
+    for read in ("ensemble", "nearest"):
+        head, feats = _head(read)
+        with torch.no_grad():
+            below, above = (head.query_points(feats, p) for p in pts)
+        jumps[read] = float((above - below).abs().max())
+    assert jumps["nearest"] > 1e-2 and jumps["ensemble"] < 1e-3, jumps
+
+
+def test_the_read_is_part_of_the_config():
+    config = ModelConfig(architecture="ifa", backbone="efficientnet_lite0", num_classes=3, ifa_read="ensemble",
+                         neck_channels=8, mlp_channels=[16, 8])
+    model = SegmentationModel(config)
+    assert model.decoder.head.read == "ensemble"
+    assert ModelConfig.from_dict(config.to_dict()).ifa_read == "ensemble"
+    assert ModelConfig.from_dict({k: v for k, v in config.to_dict().items() if k != "ifa_read"}).ifa_read == "nearest"
+    with pytest.raises(ConfigError, match="ifa_read"):
+        ModelConfig(architecture="ifa", backbone="efficientnet_lite0", num_classes=3, ifa_read="bilinear")
