@@ -8,72 +8,50 @@ so each component of r_l lies in [-1, 1]. When q lies on the edge between two ce
 one the reference code's grid_sample picks in float32 (`cell_index`): every path here uses that rule.
 The MLP input is [PE(r_1), z_1, ..., PE(r_4), z_4].
 
-Two evaluations of the same function:
-- fast (`forward`, `query_points`): the first MLP layer is linear, so it is split per level; the
-  feature part is projected at each level's own resolution and gathered, and the encoding part is
-  computed once per distinct offset (a grid repeats its offsets with a small period).
-  In eval mode without autograd (inference) `forward` / `decode_features` run a leaner version of
-  the same: BatchNorm folded into the 1x1 layers, one combined table of all levels' encoding terms
-  (+ bias), channels-last row chunks through matrix products into reused buffers, per-chunk
-  classification; no host-device synchronisation (see `_inference_rows`).
-- reference (`forward_reference`): the formula written out, concatenation and all. Tests hold the
-  two equal.
+Query geometry (cell choice, offsets, grid centres) lives in `ifa.models.geometry`. Ways to evaluate the function:
+- generic (training, `query_points`, the ensemble read): the first MLP layer is linear, so it is split per level;
+  the feature part is projected at each level's own resolution and gathered, and the encoding part is computed
+  once per distinct offset (a grid repeats its offsets with a small period).
+- fast (`forward` / `decode_features` in eval mode without autograd, nearest read): the same sums laid out for
+  matrix products, BatchNorm folded (`ifa.models.ifa_fast`).
+- reference (`forward_reference`): the formula written out, concatenation and all. Tests hold the three equal.
+
+The offset ablation (every or some levels' offsets fed as 0) is a per-call argument, `zeroed=`, of `forward`,
+`decode_features`, `inspect`, `query_points` and `forward_reference`, or `offsets_zeroed()` for a block of calls
+from one thread; the module itself never changes, so threads may share a head.
 """
 
 from __future__ import annotations
 
-import math
+import functools
+import threading
 from collections.abc import Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cpu_gemm import gemm_backend, linear
+from .cpu_gemm import linear
+from .geometry import cell_index, ensemble_cells, grid_cells, grid_coords, offset_classes, query_centres
+from .ifa_fast import folded_layers, inference_rows
 from .intermediates import HeadIntermediates
+
+__all__ = ["IFA_READS", "POSITION_ENCODINGS", "IFAHead", "PositionEncoding", "cell_index", "ensemble_cells",
+           "grid_cells", "grid_coords", "offset_classes", "query_centres"]
 
 POSITION_ENCODINGS = ("none", "coord", "sine", "cosine", "fixed", "learned")
 # How the head reads a level at a query: "nearest" (the paper: the cell containing it) or "ensemble" (a named
 # variant, LIIF's local ensemble: the four nearest cells, each with its own offset, weighted by area).
 IFA_READS = ("nearest", "ensemble")
-# Inference sums all levels' encoding terms (and the first bias) into one table over the common
-# period of their offsets when it has at most this many (row, column) entries (e.g. 8 x 8 on the
-# stride-4 grid, 32 x 32 at full resolution); otherwise each level's term is added per chunk.
-_COMBINED_TABLE_MAX = 4096
 # Queries per inference chunk when `chunk_size` is None. CPU: a chunk's buffers (4096 x 1024 floats,
 # 16 MB) are reused while warm in cache; 2^11-2^12 were the fastest of 2^10..2^17, about 1.25x faster
 # than 2^17 on 1024x2048 inputs (BENCHMARKS.md). GPUs want large chunks (few kernel launches).
 _AUTO_CHUNK = {"cpu": 2 ** 12}
+# The levels whose offsets are zeroed, per thread and head ({id(head): frozenset}): see IFAHead.offsets_zeroed.
+_ZEROED = threading.local()
 _AUTO_CHUNK_ACCELERATOR = 2 ** 18
-
-
-def query_centres(n: int) -> np.ndarray:
-    """Centres of an n-cell axis in normalised coordinates, float32 (n,): -1 + (2i + 1) / n, evaluated as
-    the reference code builds its query grid (LIIF's make_coord: (-1 + 1/n) + (2/n) i in float32), so that
-    `cell_index` sees the very values the reference rounds. Host-side numpy (grid geometry never syncs)."""
-    half = 1 / n
-    return (-1 + half) + (2 * half) * np.arange(n, dtype=np.float32)
-
-
-def cell_index(q, n):
-    """The cell the reference code reads at normalised coordinates q on an axis of n cells (int64, q's shape).
-
-    The reference reads every level with grid_sample(mode="nearest", align_corners=False) in float32:
-    index = round-half-to-even((q + 1) * (n / 2) - 0.5), each step rounded to float32 (torch's CPU kernel).
-    Inside a cell this is the cell containing q; when q lies on an edge between two cells (a query centre
-    on a coarser cell's edge), float rounding picks one of them, the lower one about half the time.
-    q is a tensor (n: an int or a tensor broadcastable to q, e.g. (2,) sizes for (y, x) points) or, for
-    host-side grid geometry, a float32 numpy array (n: an int); the result has q's kind.
-    """
-    if isinstance(q, np.ndarray):
-        scaled = (q.astype(np.float32) + np.float32(1)) * np.float32(n / 2) - np.float32(0.5)
-        return np.clip(np.rint(scaled), 0, n - 1).astype(np.int64)
-    n = torch.as_tensor(n, device=q.device)
-    scaled = (q.float() + 1) * (n.float() / 2) - 0.5
-    return torch.round(scaled).long().clamp(min=0).minimum(n - 1)
 
 
 class PositionEncoding(nn.Module):
@@ -124,75 +102,6 @@ class PositionEncoding(nn.Module):
             return torch.cat(parts, dim=-1).to(r.dtype)
 
 
-def grid_coords(h: int, w: int, device=None) -> torch.Tensor:
-    """The centres of an (h, w) query grid as `forward` reads them: (h * w, 2) float32 (y, x), row-major."""
-    ys, xs = (torch.from_numpy(query_centres(n)).to(device) for n in (h, w))
-    return torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(-1, 2)
-
-
-@torch.compiler.disable  # host-side numpy geometry: eager under torch.compile
-def grid_cells(n_query: int, n_level: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Along one axis: the level cell read at each query centre, and the offset to its centre.
-
-    Query i of an n_query grid has centre (2i + 1) / (2 n_query) in [0, 1] units; its cell k is
-    `cell_index` at `query_centres` (the reference's rule: the containing cell, ties on an edge broken by
-    float32 rounding) and the offset is exact, r = (2i + 1) n_level / n_query - (2k + 1), in [-1, 1].
-    Returns (k long (n_query,), r float64 (n_query,)); computed on the host, then moved to `device`.
-    """
-    k = cell_index(query_centres(n_query), n_level)
-    r = (2 * np.arange(n_query) + 1) * n_level / n_query - (2 * k + 1)
-    return torch.from_numpy(k).to(device), torch.from_numpy(r).to(device)
-
-
-def ensemble_cells(q, n):
-    """LIIF's local ensemble along one axis: the two cells whose centres bracket q on an axis of n cells.
-
-    Returns ((k0, k1) cell indices, (w0, w1) weights, (r0, r1) offsets), each of q's shape: u = (q + 1) n / 2 - 0.5
-    is q in cell units (centres at integers), k0 = floor(u), k1 = k0 + 1, both clamped to [0, n - 1]; the weights
-    are the linear (area) weights 1 - t and t, t = u - k0 (clamped to [0, 1] at the borders); the offsets are
-    (q - centre) * n of the cell actually read, so they lie in [-2, 2]. At a cell centre the cell itself has
-    weight 1. q: a tensor or a float64 numpy array (host-side grid geometry); results of q's kind.
-    """
-    lib = np if isinstance(q, np.ndarray) else torch
-    u = (q + 1) * (n / 2) - 0.5
-    k0 = lib.floor(u)
-    t = u - k0
-    if lib is np:
-        k0 = k0.astype(np.int64)
-        t = np.clip(np.where(u < 0, 0.0, np.where(u > n - 1, 1.0, t)), 0.0, 1.0)
-        k0c, k1c = np.clip(k0, 0, n - 1), np.clip(k0 + 1, 0, n - 1)
-    else:
-        k0 = k0.long()
-        t = torch.where(u < 0, torch.zeros_like(t), torch.where(u > n - 1, torch.ones_like(t), t)).clamp(0, 1)
-        k0c, k1c = k0.clamp(0, n - 1), (k0 + 1).clamp(0, n - 1)
-    return (k0c, k1c), (1 - t, t), (2 * (u - k0c), 2 * (u - k1c))
-
-
-@torch.compiler.disable
-def offset_classes(offsets: list[torch.Tensor], n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Group the rows (or columns) of a query grid that share every given level's offset, hence every encoding.
-
-    offsets: per level (n,) offsets along one axis (none: one class). Returns (class of each row (n,) long,
-    one representative row of each class (u,) long), on the CPU (host-side numpy: no device sync). Without
-    ties the classes are the offsets' period.
-    """
-    if not offsets:
-        return torch.zeros(n, dtype=torch.long), torch.zeros(1, dtype=torch.long)
-    _, ids = np.unique(np.stack([r.cpu().numpy() for r in offsets], axis=1), axis=0, return_inverse=True)
-    ids = ids.reshape(-1)
-    reps = np.zeros(ids.max() + 1, dtype=np.int64)
-    reps[ids] = np.arange(n)
-    return torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(reps)
-
-
-def _rows(f: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-    """Rows start:stop of a level map (B, C, h, w) as (B, (stop - start) w, C): a view when the map is
-    contiguous in NCHW or in NHWC (channels_last)."""
-    if not f.is_contiguous() and f.is_contiguous(memory_format=torch.channels_last):
-        return f.permute(0, 2, 3, 1)[:, start:stop].reshape(f.shape[0], -1, f.shape[1])
-    return f[:, :, start:stop].flatten(2).transpose(1, 2)
-
-
 class _AtCellCentre(nn.Module):
     """A position encoding evaluated at r = 0 whatever the offset: (..., 2) -> (..., out_dim)."""
 
@@ -205,25 +114,13 @@ class _AtCellCentre(nn.Module):
         return self.encoding(torch.zeros_like(r))
 
 
-@dataclass
-class _GridLevel:
-    """One level as the inference path reads it on a query grid (h, w): its map, first-layer blocks and geometry."""
-
-    f: torch.Tensor  # (B, C, h_l, w_l) the level's map
-    w_z: torch.Tensor  # (D, C) the first layer's block for the level's features
-    w_pe: torch.Tensor  # (D, P) its block for the level's encoding
-    pe: nn.Module  # the level's position encoding
-    w_l: int  # the level's width
-    ry: torch.Tensor  # (h,) float64 offsets of the query rows, on the CPU
-    rx: torch.Tensor  # (w,) float64 offsets of the query columns, on the CPU
-    ky: torch.Tensor  # (h,) long cell row of each query row, on the device
-    kx: torch.Tensor  # (w,) long cell column of each query column
-    on_grid: bool  # the level is the query grid itself
-    int_rows: bool  # h is a multiple of h_l (then no ties: a broadcast)
-    int_cols: bool  # w is a multiple of w_l
-    py: int  # h // h_l
-    px: int  # w // w_l
-    proj: torch.Tensor | None  # (B, h_l, w_l, D) W_z,l z at the level's resolution, channels last; None on the grid
+def _accepts_zeroed(method):
+    """Give a head method a keyword `zeroed` (levels, 0-based, whose offsets are fed as 0 during this call)."""
+    @functools.wraps(method)
+    def call(self, *args, zeroed: Sequence[int] = (), **kwargs):
+        with self._zeroing(zeroed):
+            return method(self, *args, **kwargs)
+    return call
 
 
 class IFAHead(nn.Module):
@@ -258,21 +155,36 @@ class IFAHead(nn.Module):
         self.dropout = nn.Dropout2d(dropout)  # identity in eval mode, so inference never applies it
         self.classifier = nn.Conv2d(widths[-1], num_classes, 1)
 
+    # --- the offset ablation: per call, per thread; the module is never changed --------------------------------
     @contextmanager
     def offsets_zeroed(self, levels: Sequence[int] | None = None):
-        """Within the block every level's offset r (or only those of `levels`, 0-based) is fed to its position
-        encoding as 0 (such a level contributes its cell's feature and the constant PE(0): a coarse level then
-        acts as nearest-cell upsampling, its implicit alignment is off); every path (fast, reference, points) sees
-        it. Restored on exit."""
-        original = self.pos
-        chosen = set(range(len(original)) if levels is None else levels)
-        if not chosen <= set(range(len(original))):
-            raise ValueError(f"levels must lie in 0..{len(original) - 1}, got {sorted(chosen)}")
-        self.pos = nn.ModuleList(_AtCellCentre(pe) if i in chosen else pe for i, pe in enumerate(original))
+        """Within the block, calls from this thread feed every level's offset r (or only those of `levels`,
+        0-based) to its position encoding as 0 (such a level contributes its cell's feature and the constant PE(0):
+        a coarse level then acts as nearest-cell upsampling, its implicit alignment is off); every path (fast,
+        reference, points) sees it. Other threads using the same head are not affected; nothing on the module
+        changes. The methods' `zeroed=` argument does the same for one call."""
+        chosen = frozenset(range(len(self.pos)) if levels is None else levels)
+        if not chosen <= set(range(len(self.pos))):
+            raise ValueError(f"levels must lie in 0..{len(self.pos) - 1}, got {sorted(chosen)}")
+        table = _ZEROED.__dict__.setdefault("levels", {})
+        previous = table.get(id(self))
+        table[id(self)] = chosen
         try:
             yield self
         finally:
-            self.pos = original
+            if previous is None:
+                table.pop(id(self), None)
+            else:
+                table[id(self)] = previous
+
+    def _zeroing(self, zeroed: Sequence[int]):
+        """offsets_zeroed(zeroed) for one call's `zeroed=` argument; nothing when it is empty."""
+        return self.offsets_zeroed(zeroed) if zeroed else nullcontext()
+
+    def _encodings(self) -> list[nn.Module]:
+        """Each level's position encoding as this thread's calls see it (PE(0) for a zeroed level)."""
+        zeroed = getattr(_ZEROED, "levels", {}).get(id(self), frozenset())
+        return [_AtCellCentre(pe) if i in zeroed else pe for i, pe in enumerate(self.pos)]
 
     # --- the first layer, split per level -------------------------------------------------------
     def _split_first_layer(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -291,7 +203,7 @@ class IFAHead(nn.Module):
 
     def _encoding_table(self, level: int, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor | None:
         """W_pe,l PE(r) for offsets rows (a,) x cols (b,) -> (D, a, b); None when P = 0."""
-        pe = self.pos[level]
+        pe = self._encodings()[level]
         if pe.out_dim == 0:
             return None
         w_pe = self._split_first_layer()[level][0]
@@ -425,6 +337,7 @@ class IFAHead(nn.Module):
                            for i in range(0, len(ky), step)], dim=1)
         return cross.transpose(1, 2) if transposed else cross
 
+    @_accepts_zeroed
     def inspect(self, feats: list[torch.Tensor], size: tuple[int, int] | None = None) -> HeadIntermediates:
         """On a size-(h, w) query grid (default: the finest level's): each level's first-layer term norm
         (`level_term_norms`), the last hidden features and the logits."""
@@ -433,6 +346,7 @@ class IFAHead(nn.Module):
         return HeadIntermediates(self.level_term_norms(feats, size), features, self.classifier(self.dropout(features)))
 
     # --- fast evaluation ------------------------------------------------------------------------
+    @_accepts_zeroed
     def decode_features(self, feats: list[torch.Tensor], size: tuple[int, int] | None = None) -> torch.Tensor:
         """Last hidden features on a size-(h, w) query grid (default: the finest level's): (B, D_last, h, w).
 
@@ -457,6 +371,7 @@ class IFAHead(nn.Module):
             chunks.append(self.hidden[1:](pre))
         return torch.cat(chunks, dim=2) if len(chunks) > 1 else chunks[0]
 
+    @_accepts_zeroed
     def forward(self, feats: list[torch.Tensor], size: tuple[int, int] | None = None) -> torch.Tensor:
         """Logits on a size-(h, w) query grid (default: the finest level's grid): (B, K, h, w)."""
         if not self._inference():
@@ -471,6 +386,7 @@ class IFAHead(nn.Module):
             out[:, :, start:stop] = logits.view(*x.shape[:3], -1).permute(0, 3, 1, 2)
         return out
 
+    @_accepts_zeroed
     def query_points(self, feats: list[torch.Tensor], coords: torch.Tensor) -> torch.Tensor:
         """Logits at arbitrary points: coords (B, N, 2) normalised (y, x) in [-1, 1] -> (B, K, N).
 
@@ -479,7 +395,7 @@ class IFAHead(nn.Module):
         the other side of a tied edge.
         """
         projections = self.level_projections(feats)
-        blocks = self._split_first_layer()
+        blocks, encodings = self._split_first_layer(), self._encodings()
         outputs = []
         step = coords.shape[1] if self.training else self._chunk_queries(coords.device)  # BN needs the whole batch
         for start in range(0, coords.shape[1], step):
@@ -489,8 +405,8 @@ class IFAHead(nn.Module):
                 for cell, r, weight in self._point_reads(q, proj.shape[-2:]):
                     flat = cell[..., 0] * proj.shape[-1] + cell[..., 1]  # (B, n)
                     term = proj.flatten(2).gather(2, flat[:, None, :].expand(-1, proj.shape[1], -1))
-                    if self.pos[level].out_dim:
-                        term = term + (self.pos[level](r) @ w_pe.t().to(r.dtype)).transpose(1, 2)
+                    if encodings[level].out_dim:
+                        term = term + (encodings[level](r) @ w_pe.t().to(r.dtype)).transpose(1, 2)
                     pre = pre + (term if weight is None else term * weight[:, None, :].to(term.dtype))
             outputs.append(self.classifier(self.dropout(self.hidden[1:](pre[..., None])))[..., 0])
         return torch.cat(outputs, dim=2)
@@ -519,110 +435,14 @@ class IFAHead(nn.Module):
             return self.chunk_size
         return _AUTO_CHUNK.get(device.type, _AUTO_CHUNK_ACCELERATOR)
 
-    def _folded_layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Eval: each hidden 1x1 conv with its BatchNorm folded in, as (W (out, in), b (out,))."""
-        layers = []
-        for i in range(0, len(self.hidden), 3):
-            conv, bn = self.hidden[i], self.hidden[i + 1]
-            scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-            layers.append((conv.weight[:, :, 0, 0] * scale[:, None], (conv.bias - bn.running_mean) * scale + bn.bias))
-        return layers
-
     def _inference_rows(self, feats: list[torch.Tensor], size: tuple[int, int]):
-        """Last hidden features on a size-(h, w) grid, chunk by chunk of rows: yields (start, stop,
-        x (B, stop - start, w, D_last)); x lives in a buffer that the next chunk overwrites.
-
-        The same function as `decode_features` in eval mode, laid out for matrix products: queries are
-        rows of (queries, channels) matrices. The first layer's pre-activation starts from one table
-        of the summed encoding terms of all levels and the bias (periodic over the grid), then each
-        level's projection is added: computed straight into the buffer for a level on the query grid
-        itself, broadcast for integer size ratios, gathered otherwise. Under autocast everything runs
-        in the autocast dtype. Only Python integers steer it: no host-device synchronisation.
-        """
+        """ifa.models.ifa_fast.inference_rows with this head's folded layers and (possibly zeroed) encodings."""
         self._check(feats)
-        h, w = size
-        device = feats[0].device
-        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else feats[0].dtype
-        with torch.autocast(device.type, enabled=False):
-            layers = [(weight.to(dtype), bias.to(dtype)) for weight, bias in self._folded_layers()]
-            (w0, b0), rest = layers[0], layers[1:]
-            b, d = feats[0].shape[0], w0.shape[0]
-            levels, col = [], 0
-            for f, pe in zip(feats, self.pos):
-                f = f.to(dtype)
-                w_pe, w_z = w0[:, col:col + pe.out_dim], w0[:, col + pe.out_dim:col + pe.out_dim + f.shape[1]]
-                col += pe.out_dim + f.shape[1]
-                h_l, w_l = f.shape[-2:]
-                ky, ry = grid_cells(h, h_l)
-                kx, rx = grid_cells(w, w_l)
-                on_grid = (h_l, w_l) == (h, w)
-                levels.append(_GridLevel(
-                    f=f, w_z=w_z.contiguous(), w_pe=w_pe, pe=pe, w_l=w_l, ry=ry, rx=rx, ky=ky.to(device),
-                    kx=kx.to(device), on_grid=on_grid, int_rows=h % h_l == 0, int_cols=w % w_l == 0,
-                    py=h // h_l, px=w // w_l,
-                    proj=None if on_grid else (_rows(f, 0, h_l) @ w_z.t()).view(b, h_l, w_l, d)))
-
-            def encoding(level, rows, cols):  # W_pe,l PE(r) for offsets rows (a,) x cols (c,): (a, c, D)
-                r = torch.stack(torch.broadcast_tensors(rows[:, None], cols[None, :]), dim=-1)
-                r = r.to(device, torch.promote_types(dtype, torch.float32))  # offsets and phases: >= fp32
-                return level.pe(r).to(dtype) @ level.w_pe.t()
-
-            # Rows (columns) sharing every level's offset share the summed encoding terms: one table over
-            # those classes (+ the bias), gathered per chunk; per-level terms when the table would be large.
-            encoded = [lv for lv in levels if lv.pe.out_dim]
-            row_ids, row_reps = offset_classes([lv.ry for lv in encoded], h)
-            col_ids, col_reps = offset_classes([lv.rx for lv in encoded], w)
-            table = None
-            if len(row_reps) * len(col_reps) <= _COMBINED_TABLE_MAX:
-                table = b0.expand(len(row_reps), len(col_reps), d).clone()
-                for lv in encoded:
-                    table.add_(encoding(lv, lv.ry[row_reps], lv.rx[col_reps]))
-                row_ids, col_ids = row_ids.to(device), col_ids.to(device)
-            # Chunks of whole periods of the broadcast levels' rows (when chunks are that tall).
-            align = math.lcm(1, *(lv.py for lv in levels if lv.int_rows and lv.int_cols))
-            step = max(1, self._chunk_queries(device) // max(w, 1))
-            step = step - step % align if step >= align else step
-            widest = max((weight.shape[0] for weight, _ in rest), default=0)
-            m_max = b * min(step, h) * w
-            work = torch.empty(m_max * (d + 2 * widest), device=device, dtype=dtype)
-            for start in range(0, h, step):
-                stop = min(h, start + step)
-                n, m = stop - start, b * (stop - start) * w
-                pre = work[:m * d].view(b, n, w, d)
-                if table is not None:
-                    torch.index_select(table.index_select(0, row_ids[start:stop]), 1, col_ids, out=pre[0])
-                else:
-                    pre[0].copy_(b0.expand(n, w, d))
-                    for lv in encoded:
-                        pre[0].add_(encoding(lv, lv.ry[start:stop], lv.rx))
-                pre[1:].copy_(pre[:1].expand(b - 1, n, w, d))
-                for lv in levels:
-                    py, px, w_l = lv.py, lv.px, lv.w_l
-                    if lv.on_grid:
-                        z = _rows(lv.f, start, stop)
-                        # oneDNN reads rows contiguous (NHWC maps); NCHW rows are a transposed view that MKL
-                        # packs directly and oneDNN would copy first (40% of the product's time, measured).
-                        if z[0].is_contiguous() and gemm_backend(z[0], lv.w_z) == "onednn":
-                            for i in range(b):
-                                pre[i].view(n * w, d).add_(linear(z[i], lv.w_z, None, relu=False, backend="onednn"))
-                        else:
-                            pre.view(b, n * w, d).baddbmm_(z, lv.w_z.t().expand(b, -1, -1))
-                    elif lv.int_rows and lv.int_cols and start % py == 0 and n % py == 0:
-                        # Cell (i, j) covers query rows i*py.. and columns j*px..: a broadcast add.
-                        pre.view(b, n // py, py, w_l, px, d).add_(lv.proj[:, start // py:stop // py, None, :, None])
-                    else:
-                        rows = lv.proj.index_select(1, lv.ky[start:stop])  # (B, n, w_l, D)
-                        if lv.int_cols:
-                            pre.view(b, n, w_l, px, d).add_(rows[:, :, :, None])
-                        else:
-                            pre.add_(rows.index_select(2, lv.kx))
-                x = pre.view(m, d).relu_()
-                for i, (weight, bias) in enumerate(rest):
-                    out = work[m_max * (d + (i % 2) * widest):][:m * weight.shape[0]].view(m, -1)
-                    x = linear(x, weight, bias, relu=True, out=out)
-                yield start, stop, x.view(b, n, w, -1)
+        return inference_rows(feats, size, folded_layers(self.hidden), self._encodings(),
+                              self._chunk_queries(feats[0].device))
 
     # --- the formula, written out ---------------------------------------------------------------
+    @_accepts_zeroed
     def forward_reference(self, feats: list[torch.Tensor], size: tuple[int, int] | None = None) -> torch.Tensor:
         """The straightforward formula: gather, encode, concatenate 4(C + P) channels, run the MLP. With the
         ensemble read: per level and per each of its four cells the [PE(r), z] vector times the level's block of the
@@ -637,7 +457,7 @@ class IFAHead(nn.Module):
         xs = -1 + (2 * torch.arange(w, device=device, dtype=torch.float64) + 1) / w
         q = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(-1, 2)  # (N, 2), exact centres
         parts = []
-        for f, pe in zip(feats, self.pos):
+        for f, pe in zip(feats, self._encodings()):
             size_l = torch.tensor(f.shape[-2:], device=device)
             cell = cell_index(q32, size_l)  # the reference's choice, from its float32 centres
             centre = -1 + (2 * cell + 1) / size_l.double()
@@ -655,7 +475,7 @@ class IFAHead(nn.Module):
         q = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(-1, 2)  # (N, 2) exact centres
         first = self.hidden[0]
         weight, pre, col = first.weight[:, :, 0, 0], first.bias[None, :, None], 0
-        for f, pe in zip(feats, self.pos):
+        for f, pe in zip(feats, self._encodings()):
             width = pe.out_dim + f.shape[1]
             block = weight[:, col:col + width]  # (D, P + C): the level's part of the first layer
             col += width

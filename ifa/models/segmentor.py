@@ -144,12 +144,13 @@ class SegmentationModel(nn.Module):
         return super().train(mode)
 
     # --- a look inside, for tools and the app (they never reach into the head) --------------------
-    def head_logits(self, levels: list[torch.Tensor], size: tuple[int, int] | None = None) -> torch.Tensor:
+    def head_logits(self, levels: list[torch.Tensor], size: tuple[int, int] | None = None,
+                    zeroed: Sequence[int] = ()) -> torch.Tensor:
         """Logits on the head's grid from its inputs `levels` (as `levels(x)` gives them): (B, K, h, w); `size`
-        (IFA only) queries another grid."""
-        if size is not None and not self.is_ifa:
-            raise ValueError("only an IFA head can be queried on another grid")
-        return self.decoder.head(levels, size) if self.is_ifa else self.decoder.head(levels)
+        (IFA only) queries another grid; `zeroed` (IFA only) feeds those levels' offsets as 0 in this call."""
+        if (size is not None or zeroed) and not self.is_ifa:
+            raise ValueError("only an IFA head can be queried on another grid or with offsets zeroed")
+        return self.decoder.head(levels, size, zeroed=zeroed) if self.is_ifa else self.decoder.head(levels)
 
     def upsample_logits(self, logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Grid logits (B, K, h, w) -> (B, K, H, W) at an input of `size` (H, W), as `forward` does (padding of
@@ -193,8 +194,8 @@ class SegmentationModel(nn.Module):
         return self.decoder.head(self._ifa_levels(x), size)
 
     def offsets_zeroed(self, levels: Sequence[int] | None = None):
-        """Context manager: within it the IFA head sees r = 0 at every level, or at `levels` (0-based) only (the
-        offset ablation)."""
+        """Context manager: within it this thread's calls of the IFA head see r = 0 at every level, or at `levels`
+        (0-based) only (the offset ablation; `head_logits(..., zeroed=...)` does it for one call)."""
         if not self.is_ifa:
             raise ValueError("offsets_zeroed needs an IFA model; this one is a Semantic FPN")
         return self.decoder.head.offsets_zeroed(levels)

@@ -104,7 +104,7 @@ def test_round_trip_through_dict_and_json():
     data = cfg.to_dict()
     assert set(data) == {"architecture", "backbone", "num_classes", "class_names", "palette", "dataset",
                          "ignore_index", "mean", "std", "neck_channels", "head_channels", "mlp_channels",
-                         "pos_encoding", "pos_dim", "ifa_features", "ifa_dropout", "aux_channels",
+                         "pos_encoding", "pos_dim", "ifa_features", "ifa_dropout", "ifa_read", "aux_channels",
                          "align_corners"}
     assert ModelConfig.from_dict(data) == cfg
     assert ModelConfig.from_dict(json.loads(json.dumps(data))) == cfg

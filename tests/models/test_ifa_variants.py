@@ -1,4 +1,5 @@
-"""The local-ensemble read (ifa_read: ensemble, a named variant of the IFA head; never the paper's default).
+"""The local-ensemble read (ifa_read: ensemble, a named variant of the IFA head; never the paper's default), and the
+offset ablation as a per-call, per-thread argument.
 
 Each level's first-layer term is averaged over the four nearest cells, each with its own offset, by area weights
 (ifa.models.ifa.ensemble_cells). Held here: the chunked path equals the formula written out (forward_reference),
@@ -86,3 +87,35 @@ def test_the_read_is_part_of_the_config():
     assert ModelConfig.from_dict({k: v for k, v in config.to_dict().items() if k != "ifa_read"}).ifa_read == "nearest"
     with pytest.raises(ConfigError, match="ifa_read"):
         ModelConfig(architecture="ifa", backbone="efficientnet_lite0", num_classes=3, ifa_read="bilinear")
+
+
+def test_offsets_zeroed_is_per_call_and_per_thread():
+    """The offset ablation never changes the module: `zeroed=` for one call, offsets_zeroed() for one thread's
+    block; another thread using the same head meanwhile sees the offsets."""
+    import threading
+
+    head, feats = _head("nearest")
+    with torch.no_grad():
+        plain = head(feats, (40, 50))
+        with head.offsets_zeroed():
+            zeroed_block = head(feats, (40, 50))
+        assert torch.equal(head(feats, (40, 50), zeroed=[0, 1, 2, 3]), zeroed_block)
+        assert not torch.equal(zeroed_block, plain)
+        assert torch.equal(head.forward_reference(feats, (40, 50), zeroed=[2]),
+                           head.forward_reference(feats, (40, 50), zeroed=(2,)))
+        inside, outside = threading.Event(), threading.Event()
+        seen = {}
+
+        def ablate():
+            with torch.no_grad(), head.offsets_zeroed():
+                inside.set()
+                outside.wait(30)
+                seen["zeroed"] = head(feats, (40, 50))
+
+        worker = threading.Thread(target=ablate)
+        worker.start()
+        inside.wait(30)
+        seen["plain"] = head(feats, (40, 50))  # while the other thread is inside its block
+        outside.set()
+        worker.join(30)
+    assert torch.equal(seen["plain"], plain) and torch.equal(seen["zeroed"], zeroed_block)
