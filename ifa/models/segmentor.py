@@ -1,13 +1,16 @@
-"""SegmentationModel: backbone + (Semantic FPN | IFA) head + upsampling to the input size.
+"""SegmentationModel: backbone + decoder (Semantic FPN or IFA) + upsampling to the input size.
 
-`model(x)`: x is a normalised batch (B, 3, H, W); returns logits (B, K, H, W).
-IFA models also answer `predict_grid(x, size)` (logits on any query grid, e.g. the full input
-resolution) and `query_points(x, coords)` (logits at arbitrary normalised (y, x) points).
+`model(x)`: x is a normalised batch (B, 3, H, W); returns logits (B, K, H, W). The model delegates to its decoder,
+which follows one protocol (`Decoder`: levels, logits on a grid, inspect, features); what only the implicit
+function can do (query any grid or any points, the offset ablation) lives on the IFA decoder and is reached through
+`model.implicit` (a ValueError for a Semantic FPN). `predict_grid(x, size)`, `query_points(x, coords)` and
+`offsets_zeroed()` are shorthands through it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +24,22 @@ from .ifa import IFAHead
 from .intermediates import HeadIntermediates
 
 
+class Decoder(Protocol):
+    """What SegmentationModel asks of a decoder. Levels are the head's inputs (B, C, h_l, w_l), finest first; grid
+    logits are (B, K, h, w) on the head's grid (stride 4)."""
+
+    fold_skip: tuple[str, ...]  # submodules BatchNorm folding must leave alone (they fold their own)
+
+    def levels(self, feats: list[torch.Tensor]) -> list[torch.Tensor]: ...
+
+    def logits(self, levels: list[torch.Tensor], size: tuple[int, int] | None = None,
+               zeroed: Sequence[int] = ()) -> torch.Tensor: ...
+
+    def inspect(self, levels: list[torch.Tensor], size: tuple[int, int] | None = None) -> HeadIntermediates: ...
+
+    def decode_features(self, levels: list[torch.Tensor]) -> torch.Tensor: ...
+
+
 class IFADecoder(nn.Module):
     """Per-level features for the IFA head, then the head.
 
@@ -28,6 +47,8 @@ class IFADecoder(nn.Module):
     pathway. "fpn" (a variant): the FPN neck's outputs (laterals, top-down pathway, 3x3 convs), so
     the model differs from Semantic FPN only in the head.
     """
+
+    fold_skip = ("decoder.head",)  # the IFA head folds its own BatchNorm in its fast path
 
     def __init__(self, in_channels: list[int], config: ModelConfig):
         super().__init__()
@@ -49,6 +70,27 @@ class IFADecoder(nn.Module):
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         return self.head(self.levels(feats))
 
+    def logits(self, levels: list[torch.Tensor], size: tuple[int, int] | None = None,
+               zeroed: Sequence[int] = ()) -> torch.Tensor:
+        """Logits on a size-(h, w) query grid (default the finest level's), offsets of `zeroed` levels fed as 0."""
+        return self.head(levels, size, zeroed=zeroed)
+
+    def inspect(self, levels: list[torch.Tensor], size: tuple[int, int] | None = None) -> HeadIntermediates:
+        return self.head.inspect(levels, size)
+
+    def decode_features(self, levels: list[torch.Tensor]) -> torch.Tensor:
+        return self.head.decode_features(levels)
+
+    # --- what only the implicit function can do (reached through SegmentationModel.implicit) ---------------------
+    def query_points(self, levels: list[torch.Tensor], coords: torch.Tensor, zeroed: Sequence[int] = ()
+                     ) -> torch.Tensor:
+        """Logits at points coords (B, N, 2), normalised (y, x) in [-1, 1]: (B, K, N)."""
+        return self.head.query_points(levels, coords, zeroed=zeroed)
+
+    def offsets_zeroed(self, levels: Sequence[int] | None = None):
+        """Context manager: this thread's calls see r = 0 at every level, or at `levels` (0-based) only."""
+        return self.head.offsets_zeroed(levels)
+
 
 class FPNDecoder(nn.Module):
     """FPN neck + semantic head; logits at the stride-4 grid."""
@@ -59,12 +101,29 @@ class FPNDecoder(nn.Module):
         self.head = SemanticFPNHead(config.neck_channels, config.head_channels, config.num_classes,
                                     num_levels=len(in_channels))
 
+    fold_skip = ()
+
     def levels(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         """The head's inputs: the FPN neck outputs, list of (B, C, h_l, w_l)."""
         return self.neck(feats)
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         return self.head(self.levels(feats))
+
+    def logits(self, levels: list[torch.Tensor], size: tuple[int, int] | None = None,
+               zeroed: Sequence[int] = ()) -> torch.Tensor:
+        """Logits on the stride-4 grid; another grid or zeroed offsets need an implicit (IFA) head."""
+        if size is not None or zeroed:
+            raise ValueError("only an IFA head can be queried on another grid or with offsets zeroed")
+        return self.head(levels)
+
+    def inspect(self, levels: list[torch.Tensor], size: tuple[int, int] | None = None) -> HeadIntermediates:
+        if size is not None:
+            raise ValueError("only an IFA head can be queried on another grid")
+        return self.head.inspect(levels)
+
+    def decode_features(self, levels: list[torch.Tensor]) -> torch.Tensor:
+        return self.head.decode_features(levels)
 
 
 _DECODERS = {"fpn": FPNDecoder, "ifa": IFADecoder}
@@ -112,17 +171,15 @@ class SegmentationModel(nn.Module):
         IFA logits at points coords (B, N, 2) normalised (y, x) as (B, K, N), or None without coords)."""
         feats = self.backbone(x)
         levels = self.decoder.levels(feats)
-        logits = self._upsample(self.decoder.head(levels), x.shape[-2:])
+        logits = self._upsample(self.decoder.logits(levels), x.shape[-2:])
         aux = self.aux_head(feats[2]) if self.aux_head is not None else None
         if coords is None:
             return logits, aux, None
-        if not self.is_ifa:
-            raise ValueError("point supervision needs an IFA model (architecture 'ifa')")
-        return logits, aux, self.decoder.head.query_points(levels, coords)
+        return logits, aux, self.implicit.query_points(levels, coords)
 
     def decode_features(self, x: torch.Tensor) -> torch.Tensor:
         """Final per-pixel features before the classifier, at the stride-4 grid: (B, D, h_1, w_1)."""
-        return self.decoder.head.decode_features(self.levels(x))
+        return self.decoder.decode_features(self.levels(x))
 
     def fold_batchnorm(self) -> SegmentationModel:
         """Inference only, in place: every BatchNorm that follows a convolution (backbone, lateral convs, Semantic
@@ -131,9 +188,8 @@ class SegmentationModel(nn.Module):
         float rounding and refuses `train()` afterwards. Returns self, in eval mode."""
         self.eval()
         probe = torch.zeros(1, 3, 64, 64, device=next(self.parameters()).device)
-        skip = ("decoder.head",) if self.is_ifa else ()
-        fold_batchnorm(self, lambda: self(probe), skip=skip)
-        fuse_activations(self, lambda: self(probe), skip=skip)
+        fold_batchnorm(self, lambda: self(probe), skip=self.decoder.fold_skip)
+        fuse_activations(self, lambda: self(probe), skip=self.decoder.fold_skip)
         self.folded = True
         return self
 
@@ -148,9 +204,7 @@ class SegmentationModel(nn.Module):
                     zeroed: Sequence[int] = ()) -> torch.Tensor:
         """Logits on the head's grid from its inputs `levels` (as `levels(x)` gives them): (B, K, h, w); `size`
         (IFA only) queries another grid; `zeroed` (IFA only) feeds those levels' offsets as 0 in this call."""
-        if (size is not None or zeroed) and not self.is_ifa:
-            raise ValueError("only an IFA head can be queried on another grid or with offsets zeroed")
-        return self.decoder.head(levels, size, zeroed=zeroed) if self.is_ifa else self.decoder.head(levels)
+        return self.decoder.logits(levels, size, zeroed)
 
     def upsample_logits(self, logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Grid logits (B, K, h, w) -> (B, K, H, W) at an input of `size` (H, W), as `forward` does (padding of
@@ -168,20 +222,19 @@ class SegmentationModel(nn.Module):
         """The head's inside for its inputs `levels`: per-level contribution norms, last features and grid logits
         (`HeadIntermediates`); in the spirit of timm's forward_intermediates, from one pass over the head.
         `size` (IFA only) queries another grid, e.g. every input pixel."""
-        if size is not None and not self.is_ifa:
-            raise ValueError("only an IFA head can be queried on another grid")
-        return self.decoder.head.inspect(levels, size) if self.is_ifa else self.decoder.head.inspect(levels)
+        return self.decoder.inspect(levels, size)
 
-    def query_levels(self, levels: list[torch.Tensor], coords: torch.Tensor) -> torch.Tensor:
-        """IFA logits at points coords (B, N, 2), normalised (y, x), from the head's inputs: (B, K, N)."""
-        if not self.is_ifa:
-            raise ValueError("point queries need an IFA model (architecture 'ifa')")
-        return self.decoder.head.query_points(levels, coords)
+    # --- what only the implicit function can do ------------------------------------------------------------------
+    @property
+    def implicit(self) -> IFADecoder:
+        """The IFA decoder, for what only an implicit function can do: `query_points(levels, coords)`,
+        `logits(levels, size, zeroed)` on any grid, `offsets_zeroed(levels)`; a ValueError for a Semantic FPN."""
+        if not isinstance(self.decoder, IFADecoder):
+            raise ValueError(f"this is a Semantic FPN ({self.config.backbone}); querying any grid or any points, or "
+                             f"the offset ablation, needs an IFA model (architecture 'ifa')")
+        return self.decoder
 
-    # --- IFA only: arbitrary-resolution querying -------------------------------------------------
-    def _ifa_levels(self, x: torch.Tensor) -> list[torch.Tensor]:
-        if not self.is_ifa:
-            raise ValueError("arbitrary-resolution querying needs an IFA model (architecture 'ifa')")
+    def _levels_of(self, x: torch.Tensor) -> list[torch.Tensor]:
         if x.shape[-2] % self.size_divisor or x.shape[-1] % self.size_divisor:
             raise ValueError(f"input size must be divisible by {self.size_divisor} for {self.config.backbone}")
         return self.levels(x)
@@ -191,19 +244,18 @@ class SegmentationModel(nn.Module):
 
         size=x.shape[-2:] queries every input pixel; memory stays bounded (row chunks).
         """
-        return self.decoder.head(self._ifa_levels(x), size)
+        implicit = self.implicit
+        return implicit.logits(self._levels_of(x), size)
+
+    def query_points(self, x: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        """IFA logits at points coords (B, N, 2), normalised (y, x) in [-1, 1]: (B, K, N)."""
+        implicit = self.implicit
+        return implicit.query_points(self._levels_of(x), coords)
 
     def offsets_zeroed(self, levels: Sequence[int] | None = None):
         """Context manager: within it this thread's calls of the IFA head see r = 0 at every level, or at `levels`
         (0-based) only (the offset ablation; `head_logits(..., zeroed=...)` does it for one call)."""
-        if not self.is_ifa:
-            raise ValueError("offsets_zeroed needs an IFA model; this one is a Semantic FPN")
-        return self.decoder.head.offsets_zeroed(levels)
-
-    def query_points(self, x: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-        """IFA logits at points coords (B, N, 2), normalised (y, x) in [-1, 1]: (B, K, N)."""
-        levels = self._ifa_levels(x)
-        return self.decoder.head.query_points(levels, coords)
+        return self.implicit.offsets_zeroed(levels)
 
 
 def create_model(config: ModelConfig | dict | None = None, pretrained_backbone: bool = False,
