@@ -19,7 +19,10 @@ Outputs beside FILE: STEM.manifest.json (models with revision and file hash, ima
 per-image scores, boxes; `--from-manifest` redraws the same figure from it) and, with --boundary,
 STEM.boundary.EXT (accuracy / mIoU versus distance to ground-truth boundaries) + STEM.boundary.json.
 
-Function API: make_row, build_figure, render_to_file, image_scores (scores and boundary bands: ifa.compare).
+Function API: `draw_figure(models, items, out, FigureOptions(...))` draws a figure and writes its manifest from
+models in memory (or a loaded pair) and `Item`s (folder_items, samples_items, dataset_items, `ItemSource.items`); the
+command line (`run`) and the app's figure export both call its steps. Parts: make_row, build_figure, render_to_file,
+image_scores (scores and boundary bands: ifa.compare).
 """
 
 from __future__ import annotations
@@ -31,10 +34,11 @@ import math
 import shlex
 import sys
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -48,6 +52,7 @@ from .data.samples import read_manifest
 from .metrics import DEFAULT_TRIMAP_WIDTHS
 from .prediction_cache import (
     CacheItem,
+    ModelIdentity,
     PredictionCache,
     default_cache_root,
     effective_precision,
@@ -57,6 +62,9 @@ from .prediction_cache import (
     predict_to_cache,
 )
 from .viz.figure import FORMATS, PanelRow, columns, figure_bytes, grid_figure, pixel_size, square_box
+
+if TYPE_CHECKING:
+    import torch
 
 MANIFEST_FORMAT = "ifa-figures/1"
 SELECT_MODES = ("best", "worst", "random", "list")
@@ -326,6 +334,121 @@ def _match(names: Sequence[str], items: dict[str, Item], what: str) -> list[str]
     return out
 
 
+# --- the typed API: options and where the images come from ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FigureOptions:
+    """How a figure is drawn and how its predictions are made; each field is the command line's flag of the same
+    name (`--min-area` is min_area), with its default, and is checked as the command line checks it.
+
+    Rows: `rows` images chosen by `select`: ("best",) largest IFA gain in per-image mIoU (largest disagreement
+    without ground truth), ("worst",), ("random",) with `seed`, or ("list", FILE) names in a file; look-alike
+    images skipped above `max_similarity`. Boxes: `boxes` per row around difference regions of at least `min_area`
+    px (only IFA-fixed ones with `fixed_only`; boxes longer than `max_box` of the shorter side skipped), padded by
+    `box_pad`. Layout: `insets`, `no_titles`, `no_legend`, `no_row_labels`, `panel_width` (inches), `dpi`.
+    Boundary analysis: `boundary`, `boundary_widths` (px), `boundary_images` ("selected" or "all"). Inference
+    (ifa.inference.Predictor): `precision`, `mode`, `window`, `scales`, `flip`, `ifa_resolution`, `batch_size`;
+    `max_side` downscales images to that long side (None: as they are).
+    """
+
+    rows: int = 4
+    select: tuple[str, ...] = ("best",)
+    seed: int = 0
+    max_similarity: float = DEFAULT_MAX_SIMILARITY
+    boxes: int = 3
+    min_area: int = 64
+    fixed_only: bool = False
+    max_box: float = 0.5
+    box_pad: int = 4
+    insets: bool = False
+    no_titles: bool = False
+    no_legend: bool = False
+    no_row_labels: bool = False
+    panel_width: float = 1.8
+    dpi: int = 300
+    boundary: bool = False
+    boundary_widths: tuple[float, ...] = tuple(DEFAULT_TRIMAP_WIDTHS)
+    boundary_images: str = "selected"
+    precision: str = "auto"
+    mode: str = "whole"
+    window: tuple[int, int] = (512, 512)
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = False
+    ifa_resolution: str = "stride4"
+    batch_size: int = 4
+    max_side: int | None = None
+
+    def __post_init__(self):
+        for name in ("select", "boundary_widths", "window", "scales"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        mode = self.select[0] if self.select else ""
+        if mode not in SELECT_MODES:
+            raise ValueError(f"unknown --select {mode!r}; valid: {', '.join(SELECT_MODES)}")
+        if (mode == "list") != (len(self.select) == 2) or len(self.select) > 2:
+            raise ValueError("--select takes best, worst, random, or list FILE")
+        for name, low in (("rows", 1), ("boxes", 0), ("batch_size", 1), ("dpi", 1), ("min_area", 1), ("box_pad", 0)):
+            if getattr(self, name) < low:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(self, name)}")
+        if not 0 < self.max_box <= 1:
+            raise ValueError(f"--max-box must lie in (0, 1], got {self.max_box}")
+        if self.max_side is not None and self.max_side < 32:
+            raise ValueError(f"--max-side must be at least 32, got {self.max_side}")
+        if any(w <= 0 for w in self.boundary_widths):
+            raise ValueError("--boundary-widths must be positive")
+        for name, valid in (("boundary_images", ("selected", "all")), ("precision", ("auto", "fp32", "fp16", "bf16")),
+                            ("mode", ("whole", "slide")), ("ifa_resolution", ("stride4", "full"))):
+            if getattr(self, name) not in valid:
+                raise ValueError(f"unknown --{name.replace('_', '-')} {getattr(self, name)!r}; valid: "
+                                 f"{', '.join(valid)}")
+        if len(self.window) != 2 or not self.scales:
+            raise ValueError("--window takes H W and --scales at least one scale")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> FigureOptions:
+        """The options of parsed command-line arguments (build_parser)."""
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+    def record(self) -> dict:
+        """The options as the manifest records them (JSON: tuples as lists)."""
+        return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class ItemSource:
+    """Where a figure's images come from (the command line's --images [--labels], --dataset --root --split or
+    --samples, and --limit), recorded in the manifest so that `--from-manifest` finds them again."""
+
+    images: str | None = None
+    labels: str | None = None
+    dataset: str | None = None
+    root: str | None = None
+    split: str = "val"
+    limit: int | None = None
+    samples: str | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ItemSource:
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+    def record(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def items(self, config, options: FigureOptions) -> list[Item]:
+        """The candidate images of this source for models of `config` (folder, samples manifest or dataset split),
+        `limit` applied, at `options.max_side`; the options that need ground truth refused without it."""
+        k = config.num_classes
+        if self.images is not None:
+            items = folder_items(self.images, self.labels, k, options.max_side)
+        elif self.samples is not None:
+            items = samples_items(self.samples, config.dataset, k, options.max_side)
+        else:
+            items = dataset_items(self.dataset, self.root, self.split, k, options.max_side, config.dataset or None)
+        items = items[:self.limit] if self.limit else items
+        _check_ground_truth(items, options)
+        return items
+
+
 # --- the command line ---------------------------------------------------------------------------------------
 
 
@@ -438,7 +561,8 @@ def _restore(args: argparse.Namespace, manifest: dict) -> argparse.Namespace:
     return restored
 
 
-def _validate(args: argparse.Namespace) -> None:
+def _validate(args: argparse.Namespace) -> FigureOptions:
+    """The command line's values checked (one-line ValueErrors naming the flag) -> its FigureOptions."""
     if not args.baseline or not args.ifa:
         raise ValueError("give both models: --baseline M1 --ifa M2 (or --from-manifest FILE)")
     if sum(x is not None for x in (args.images, args.dataset, args.samples)) != 1:
@@ -451,28 +575,18 @@ def _validate(args: argparse.Namespace) -> None:
         raise ValueError("give the figure file with --out FILE.pdf|.png|.svg")
     if args.out is not None and Path(args.out).suffix.lower().lstrip(".") not in FORMATS:
         raise ValueError(f"--out must end in {', '.join('.' + f for f in FORMATS)}, got {args.out}")
-    mode = args.select[0]
-    if mode not in SELECT_MODES:
-        raise ValueError(f"unknown --select {mode!r}; valid: {', '.join(SELECT_MODES)}")
-    if (mode == "list") != (len(args.select) == 2) or len(args.select) > 2:
-        raise ValueError("--select takes best, worst, random, or list FILE")
-    for name, low in (("rows", 1), ("boxes", 0), ("batch_size", 1), ("dpi", 1), ("min_area", 1), ("box_pad", 0)):
-        if getattr(args, name) < low:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least {low}, got {getattr(args, name)}")
+    options = FigureOptions.from_args(args)  # checks the options
     if args.shard is not None and args.no_cache:
         raise ValueError("--shard writes its predictions to the cache: drop --no-cache")
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be at least 1, got {args.limit}")
-    if not 0 < args.max_box <= 1:
-        raise ValueError(f"--max-box must lie in (0, 1], got {args.max_box}")
-    if args.max_side is not None and args.max_side < 32:
-        raise ValueError(f"--max-side must be at least 32, got {args.max_side}")
-    if any(w <= 0 for w in args.boundary_widths):
-        raise ValueError("--boundary-widths must be positive")
+    return options
 
 
 def run(args: argparse.Namespace, command: str = "") -> FigureResult | None:
-    """Predict (cached), score, select, draw and write the manifest; None for a --shard run or a non-zero rank."""
+    """The command line: predict (cached), score, select, draw and write the manifest (`draw_figure`'s steps, with
+    the models loaded from --baseline / --ifa, the images from --images / --dataset / --samples, and sharding);
+    None for a --shard run or a non-zero rank."""
     from .distributed import DistributedContext
 
     manifest_in = None
@@ -483,29 +597,20 @@ def run(args: argparse.Namespace, command: str = "") -> FigureResult | None:
             raise ValueError(f"cannot read the manifest {args.from_manifest}: {err}") from err
         args = _restore(args, manifest_in)
         command = manifest_in.get("command") or command  # a redraw records the command that made the figure
-    _validate(args)
+    options = _validate(args)
+    source = ItemSource.from_args(args)
     ctx = DistributedContext.from_env(args.device)
     if args.shard and ctx.world_size > 1:
         raise ValueError("use either --shard or torchrun, not both")
     shard = parse_shard(args.shard) if args.shard else (ctx.rank, ctx.world_size)
     progress = not args.no_progress and ctx.is_main
 
-    models, identities = _load_models(args, manifest_in)
-    config = models["baseline"].config
-    k = config.num_classes
-    by_name = {item.name: item for item in _items(args, config)}
-    names = list(by_name)
-
-    @functools.cache
-    def descriptor(name: str) -> np.ndarray:
-        return image_descriptor(by_name[name].load_image())
-
-    row_names = _given_rows(args, manifest_in, by_name, descriptor)
-    ranked = row_names is None
-    everything = ranked or (args.boundary and args.boundary_images == "all")
-    predict_names = names if everything else row_names
-    caches = _predict(args, models, identities, [by_name[n].cache_item() for n in predict_names], ctx.device,
-                      shard, progress)
+    models, identities = _load_models(args, manifest_in, ctx.device)
+    by_name = {item.name: item for item in source.items(models["baseline"].config, options)}
+    row_names, predict_names = _plan(options, by_name, manifest_in)
+    cache_root = None if args.no_cache else (args.cache or default_cache_root())
+    caches = _predict(options, models, identities, [by_name[n].cache_item() for n in predict_names], ctx.device,
+                      shard, progress, cache_root, release=True)
     if args.shard:
         print(f"shard {args.shard}: predictions of {len(predict_names[shard[0]::shard[1]])} images are in "
               f"{caches['baseline'].root}; run again without --shard to draw the figure")
@@ -515,6 +620,93 @@ def run(args: argparse.Namespace, command: str = "") -> FigureResult | None:
         if not ctx.is_main:
             ctx.close()
             return None
+    result, manifest, boundary = _draw(models["baseline"].config, identities, by_name, caches, options, args.out,
+                                       row_names, predict_names, source, ctx.device, command, manifest_in, progress)
+    for row in manifest["rows"]:
+        print(f"{row['name']}: {score_label(row['scores'])}, {len(row['regions'])} box(es)")
+    if boundary is not None:
+        print(boundary_table(boundary))
+    print("\n".join(f"wrote {p}" for p in (result.figure, result.manifest, result.boundary_plot,
+                                          result.boundary_numbers) if p is not None))
+    ctx.close()
+    return result
+
+
+def draw_figure(models, items: Sequence[Item], out: str | Path, options: FigureOptions | None = None, *,
+                identities: Mapping[str, ModelIdentity] | None = None, source: ItemSource | None = None,
+                device: str | torch.device | None = None, cache: str | Path | None = None, progress: bool = False,
+                command: str = "") -> FigureResult:
+    """The figure of `items` drawn with `models`, and its manifest, written beside `out` (.pdf, .png or .svg).
+
+    Args:
+        models: {"baseline": model, "ifa": model} (SegmentationModels), or a loaded pair (an object with `baseline`
+            and `ifa` attributes, e.g. ifa.app.registry.LoadedPair). Used in place (moved to `device`, eval mode;
+            ifa.inference.Predictor) and left there; BatchNorm-folded models are recorded as such in the manifest,
+            so that `--from-manifest` folds the models it loads and redraws the same labels.
+        items: the candidate images (`Item`s: folder_items, samples_items, dataset_items, or `ItemSource.items`).
+        out: the figure file; the manifest is STEM.manifest.json beside it (`output_paths`).
+        options: rows, selection, boxes, layout and inference (`FigureOptions`; default its defaults).
+        identities: {role: ModelIdentity} as the manifest names the models (e.g. `identify_model(...)[1]`, with
+            `spec` the name a reader can load); default: an identity of the weights in memory, spec "(in memory)".
+        source: where `items` came from, recorded in the manifest for `--from-manifest` (default: not recorded).
+        device: where the models run (default: where the baseline's parameters are).
+        cache: a prediction-cache root (ifa.prediction_cache); default None, predictions in memory only.
+        progress: progress bars.
+        command: the command line the manifest records as the one that made the figure.
+
+    Returns:
+        FigureResult: the files written and the row names.
+    """
+    import torch
+
+    options = options or FigureOptions()
+    models = ({"baseline": models.baseline, "ifa": models.ifa} if hasattr(models, "baseline") else
+              {role: models[role] for role in MODELS})
+    _check_classes(models)
+    identities = dict(identities) if identities is not None else {role: memory_identity(m)
+                                                                  for role, m in models.items()}
+    device = torch.device(device) if device is not None else next(models["baseline"].parameters()).device
+    if Path(out).suffix.lower().lstrip(".") not in FORMATS:
+        raise ValueError(f"--out must end in {', '.join('.' + f for f in FORMATS)}, got {out}")
+    by_name = {item.name: item for item in items}
+    if not by_name:
+        raise ValueError("no images to draw")
+    _check_ground_truth(list(by_name.values()), options)
+    row_names, predict_names = _plan(options, by_name, None)
+    caches = _predict(options, models, identities, [by_name[n].cache_item() for n in predict_names], device,
+                      (0, 1), progress, cache)
+    return _draw(models["baseline"].config, identities, by_name, caches, options, out, row_names, predict_names,
+                 source or ItemSource(), device, command, None, progress)[0]
+
+
+# --- the steps of run and draw_figure -----------------------------------------------------------------------
+
+
+def _plan(options: FigureOptions, by_name: dict[str, Item], manifest_in: dict | None
+          ) -> tuple[list[str] | None, list[str]]:
+    """(the rows known before any prediction, or None: ranked; the images to predict)."""
+    names = list(by_name)
+
+    @functools.cache
+    def descriptor(name: str) -> np.ndarray:
+        return image_descriptor(by_name[name].load_image())
+
+    row_names = _given_rows(options, manifest_in, by_name, descriptor)
+    everything = row_names is None or (options.boundary and options.boundary_images == "all")
+    return row_names, (names if everything else row_names)
+
+
+def _draw(config, identities: Mapping[str, ModelIdentity], by_name: dict[str, Item], caches: dict, options,
+          out, row_names: list[str] | None, predict_names: list[str], source: ItemSource, device, command: str,
+          manifest_in: dict | None, progress: bool) -> tuple[FigureResult, dict, dict | None]:
+    """Score the predicted images, select the rows (when not given), draw the figure (and the boundary analysis)
+    and write the manifest -> (the files written, the manifest, the boundary numbers or None)."""
+    k = config.num_classes
+    names = list(by_name)
+
+    @functools.cache
+    def descriptor(name: str) -> np.ndarray:
+        return image_descriptor(by_name[name].load_image())
 
     def labels_of(name):
         item = by_name[name]
@@ -527,69 +719,63 @@ def run(args: argparse.Namespace, command: str = "") -> FigureResult | None:
     scores = {}
     for name in tqdm(predict_names, desc="score", disable=not progress or len(predict_names) < 20, leave=False):
         scores[name] = image_scores(*labels_of(name), k)
-    if ranked:
-        row_names = select_images(names, scores, args.select[0], args.rows, args.seed, args.max_similarity,
-                                  descriptor)
+    if row_names is None:
+        row_names = select_images(names, scores, options.select[0], options.rows, options.seed,
+                                  options.max_similarity, descriptor)
     if manifest_in:
         _check_scores(manifest_in, scores)
 
-    paths = output_paths(args.out)
-    rows, manifest_rows = _rows(args, row_names, by_name, labels_of, scores)
-    fig = build_figure(rows, config.class_names, config.palette, column_titles=not args.no_titles,
-                       legend=not args.no_legend, row_labels=not args.no_row_labels, insets=args.insets,
-                       panel_width=args.panel_width)
-    render_to_file(fig, paths["figure"], dpi=args.dpi)
+    paths = output_paths(out)
+    rows, manifest_rows = _rows(options, row_names, by_name, labels_of, scores)
+    fig = build_figure(rows, config.class_names, config.palette, column_titles=not options.no_titles,
+                       legend=not options.no_legend, row_labels=not options.no_row_labels, insets=options.insets,
+                       panel_width=options.panel_width)
+    render_to_file(fig, paths["figure"], dpi=options.dpi)
     result = FigureResult(paths["figure"], paths["manifest"], rows=list(row_names))
     boundary = None
-    if args.boundary:
-        over = predict_names if args.boundary_images == "all" else row_names
-        boundary = _boundary(args, over, labels_of, k, identities, paths)
+    if options.boundary:
+        over = predict_names if options.boundary_images == "all" else row_names
+        boundary = _boundary(options, over, labels_of, k, identities, paths)
         result.boundary_plot, result.boundary_numbers = paths["boundary_plot"], paths["boundary_numbers"]
-    options, bundled = _relative_options(args, paths["manifest"].parent)
+    recorded, bundled = _relative_options({**source.record(), **options.record()}, out, paths["manifest"].parent)
     manifest = {
         "format": MANIFEST_FORMAT,
         "command": command,
         "relative_to_manifest": bundled,
-        "figure": {"path": options.pop("figure"), "format": paths["figure"].suffix.lstrip(".").lower(),
-                   "dpi": args.dpi, "size_in": [float(v) for v in fig.get_size_inches()],
-                   "size_px": list(pixel_size(fig, args.dpi)),
-                   "columns": columns(any(row.gt is not None for row in rows), args.insets), "rows": len(rows)},
-        "models": {role: identities[role].to_dict() for role in MODELS},
+        "figure": {"path": recorded.pop("figure"), "format": paths["figure"].suffix.lstrip(".").lower(),
+                   "dpi": options.dpi, "size_in": [float(v) for v in fig.get_size_inches()],
+                   "size_px": list(pixel_size(fig, options.dpi)),
+                   "columns": columns(any(row.gt is not None for row in rows), options.insets), "rows": len(rows)},
+        "models": {role: _model_record(identities[role], caches[role]) for role in MODELS},
         "dataset": config.dataset, "class_names": list(config.class_names),
-        "device": str(ctx.device), "precision": effective_precision(ctx.device, args.precision),
-        "options": options,
+        "device": str(device), "precision": effective_precision(device, options.precision),
+        "options": recorded,
         "images": manifest_in["images"] if manifest_in else names,
         "scores": {**(manifest_in["scores"] if manifest_in else {}), **scores},
         "rows": manifest_rows,
         "boundary": None if boundary is None else {
             "plot": paths["boundary_plot"].name, "numbers": paths["boundary_numbers"].name,
-            "images": args.boundary_images, "widths": boundary["widths"]},
+            "images": options.boundary_images, "widths": boundary["widths"]},
     }
     _write_json(paths["manifest"], manifest)
-    if ctx.is_main:
-        for row in manifest_rows:
-            print(f"{row['name']}: {score_label(row['scores'])}, {len(row['regions'])} box(es)")
-        if boundary is not None:
-            print(boundary_table(boundary))
-        print("\n".join(f"wrote {p}" for p in (result.figure, result.manifest, result.boundary_plot,
-                                              result.boundary_numbers) if p is not None))
-    ctx.close()
-    return result
+    return result, manifest, boundary
 
 
-# --- the steps of run ------------------------------------------------------------------------------------
+def _model_record(identity: ModelIdentity, cache: PredictionCache) -> dict:
+    """A model as the manifest names it: its identity, and "folded": true when its BatchNorm was folded."""
+    return {**identity.to_dict(), **({"folded": True} if cache.options.get("folded") else {})}
 
 
-def _relative_options(args: argparse.Namespace, folder: Path) -> tuple[dict, list[str]]:
-    """(the manifest's options + "figure": the figure's path, the keys written relative to `folder`): files below
-    the manifest's folder are named relative to it; others as given."""
+def _relative_options(values: dict, out, folder: Path) -> tuple[dict, list[str]]:
+    """(the manifest's options (OPTIONS, from `values`) + "figure": the figure's path, the keys written relative to
+    `folder`): files below the manifest's folder are named relative to it; others as given."""
     folder = folder.resolve()
 
     def below(value) -> str | None:
         path = Path(value).resolve()
         return path.relative_to(folder).as_posix() if path.is_relative_to(folder) else None
 
-    options, bundled = {key: getattr(args, key) for key in OPTIONS}, []
+    options, bundled = {key: values[key] for key in OPTIONS}, []
     for key in PATH_OPTIONS:
         if options[key] and below(options[key]) is not None:
             options[key] = below(options[key])
@@ -597,14 +783,15 @@ def _relative_options(args: argparse.Namespace, folder: Path) -> tuple[dict, lis
     if options["select"][0] == "list" and below(options["select"][1]) is not None:
         options["select"] = ["list", below(options["select"][1])]
         bundled.append("select")
-    options["figure"] = below(args.out) or str(args.out)
-    if below(args.out) is not None:
+    options["figure"] = below(out) or str(out)
+    if below(out) is not None:
         bundled.append("figure")
     return options, bundled
 
 
-def _load_models(args: argparse.Namespace, manifest_in: dict | None) -> tuple[dict, dict]:
-    """({role: model}, {role: ModelIdentity}); a redraw refuses models that are not the manifest's."""
+def _load_models(args: argparse.Namespace, manifest_in: dict | None, device=None) -> tuple[dict, dict]:
+    """({role: model}, {role: ModelIdentity}); a redraw refuses models that are not the manifest's, and folds the
+    BatchNorm of those the manifest records as folded (on `device`, as the app folds its models)."""
     from .hub import load_model
 
     models, identities = {}, {}
@@ -614,31 +801,40 @@ def _load_models(args: argparse.Namespace, manifest_in: dict | None) -> tuple[di
         if manifest_in and manifest_in["models"][role]["sha256"] != identities[role].sha256:
             raise ValueError(f"the {role} model {identities[role].spec} is not the one in the manifest "
                              f"(sha256 {identities[role].sha256[:12]} vs {manifest_in['models'][role]['sha256'][:12]})")
-    k = models["baseline"].config.num_classes
-    if models["ifa"].config.num_classes != k:
-        raise ValueError(f"the models predict different classes: {k} vs {models['ifa'].config.num_classes}")
+        if manifest_in and manifest_in["models"][role].get("folded"):
+            models[role] = models[role].to(device).fold_batchnorm()
+    _check_classes(models)
     return models, identities
 
 
-def _items(args: argparse.Namespace, config) -> list[Item]:
-    """The candidate images (folder, samples manifest or dataset split), --limit applied, ground truth checked
-    against the options that need it."""
-    k = config.num_classes
-    if args.images is not None:
-        items = folder_items(args.images, args.labels, k, args.max_side)
-    elif args.samples is not None:
-        items = samples_items(args.samples, config.dataset, k, args.max_side)
-    else:
-        items = dataset_items(args.dataset, args.root, args.split, k, args.max_side, config.dataset or None)
-    items = items[:args.limit] if args.limit else items
+def _check_classes(models: Mapping) -> None:
+    k = models["baseline"].config.num_classes
+    if models["ifa"].config.num_classes != k:
+        raise ValueError(f"the models predict different classes: {k} vs {models['ifa'].config.num_classes}")
+
+
+def memory_identity(model) -> ModelIdentity:
+    """An identity of a model held in memory (no files): sha256 of its config and its state's bytes."""
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    config = model.config
+    return ModelIdentity(spec="(in memory)", revision=None, sha256=digest.hexdigest(),
+                         architecture=config.architecture, backbone=config.backbone, num_classes=config.num_classes)
+
+
+def _check_ground_truth(items: Sequence[Item], options: FigureOptions) -> None:
+    """The options that need ground truth refused when no item has a label."""
     has_gt = any(item.label_path is not None for item in items)
-    for flag, wanted in (("--boundary", args.boundary), ("--fixed-only", args.fixed_only)):
+    for flag, wanted in (("--boundary", options.boundary), ("--fixed-only", options.fixed_only)):
         if wanted and not has_gt:
             raise ValueError(f"{flag} needs ground truth: give --labels DIR or use --dataset")
-    return items
 
 
-def _given_rows(args: argparse.Namespace, manifest_in: dict | None, by_name: dict[str, Item],
+def _given_rows(args: FigureOptions, manifest_in: dict | None, by_name: dict[str, Item],
                 descriptor: Callable[[str], np.ndarray]) -> list[str] | None:
     """The rows known before any prediction (a manifest's, a --select list, a random pick), or None: ranked."""
     if manifest_in:
@@ -655,9 +851,12 @@ def _given_rows(args: argparse.Namespace, manifest_in: dict | None, by_name: dic
     return None
 
 
-def _predict(args: argparse.Namespace, models: dict, identities: dict, items: list[CacheItem], device, shard,
-             progress: bool) -> dict[str, PredictionCache]:
-    """Both models over `items` (this shard's slice) into their prediction caches: {role: PredictionCache}."""
+def _predict(args: FigureOptions, models: Mapping, identities: Mapping, items: list[CacheItem], device, shard,
+             progress: bool, cache_root: str | Path | None = None, release: bool = False
+             ) -> dict[str, PredictionCache]:
+    """Both models over `items` (this shard's slice) into their prediction caches under `cache_root` (None: in
+    memory): {role: PredictionCache}. A folded model's predictions are cached apart (options "folded"); with
+    `release` (models this module loaded) each model goes back to the CPU afterwards."""
     from .inference import Predictor
 
     caches = {}
@@ -667,16 +866,17 @@ def _predict(args: argparse.Namespace, models: dict, identities: dict, items: li
                               ifa_resolution=args.ifa_resolution if model.is_ifa else "stride4")
         options = {"mode": args.mode, "window": list(args.window) if args.mode == "slide" else None,
                    "scales": list(args.scales), "flip": args.flip, "ifa_resolution": predictor.ifa_resolution,
-                   "precision": effective_precision(device, args.precision), "max_side": args.max_side}
-        root = None if args.no_cache else (args.cache or default_cache_root())
-        caches[role] = PredictionCache(root, identities[role], options)
+                   "precision": effective_precision(device, args.precision), "max_side": args.max_side,
+                   **({"folded": True} if getattr(model, "folded", False) else {})}
+        caches[role] = PredictionCache(cache_root, identities[role], options)
         predict_to_cache(predictor, caches[role], items, batch_size=args.batch_size, shard=shard, progress=progress,
                          desc=MODELS[role])
-        predictor.model.cpu()
+        if release:
+            predictor.model.cpu()
     return caches
 
 
-def _rows(args: argparse.Namespace, row_names: list[str], by_name: dict[str, Item], labels_of, scores: dict
+def _rows(args: FigureOptions, row_names: list[str], by_name: dict[str, Item], labels_of, scores: dict
           ) -> tuple[list[PanelRow], list[dict]]:
     """The figure's rows (boxes chosen) and their manifest entries."""
     rows, manifest_rows = [], []
@@ -691,7 +891,7 @@ def _rows(args: argparse.Namespace, row_names: list[str], by_name: dict[str, Ite
     return rows, manifest_rows
 
 
-def _boundary(args: argparse.Namespace, names: list[str], labels_of, k: int, identities: dict,
+def _boundary(args: FigureOptions, names: list[str], labels_of, k: int, identities: dict,
               paths: dict[str, Path]) -> dict:
     """The boundary analysis over the images `names` (ifa.compare.boundary_bands): plot and numbers written."""
     from .viz.figure import boundary_figure
