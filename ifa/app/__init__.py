@@ -1,6 +1,7 @@
 """The comparison app's logic (app.py at the project root only wires the UI).
 
-- engine: model-running functions (ZeroGPU-ready), the device and the cache of loaded pairs
+- settings: AppSettings, every setting of the app, read once from the environment and the command line
+- engine: model-running functions (ZeroGPU-ready), the device and the cache of loaded pairs (`configure(settings)`)
 - service: AppService, one method per UI event / API endpoint, errors as clear gr.Error messages
 - views: what is shown, from arrays (overlays, difference regions, scores, feature panels, probes)
 - probe: geometry of what each model reads at a pixel

@@ -8,8 +8,6 @@ per-image scoring is ifa.app.dataset_rank's.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import shutil
 import time
 import uuid
@@ -17,19 +15,19 @@ from pathlib import Path
 
 import gradio as gr
 
+from ..compare import MODELS
 from ..data.samples import Sample, write_manifest
 from ..prediction_cache import file_key
 from . import engine
 from .dataset_rank import HEADERS as RANK_HEADERS
 from .dataset_rank import rank_row, sort_rows, table_rows
 from .handlers import PROGRESS, UserError, _float, _jsonable, _table, guarded
-from .images import limits_from_env
 from .registry import PairSpec, shorten
 from .samples import thumbnail
 
-# The dataset view's bounds: images per source, and seconds of new work per request (then it says to continue).
-RANK_MAX_IMAGES = int(os.environ.get("IFA_APP_RANK_MAX", "120") or 120)
-RANK_SECONDS = float(os.environ.get("IFA_APP_RANK_SECONDS", "30") or 30)
+# The dataset view's bounds: images per source (AppSettings.rank_max) and seconds of new work per request, then it
+# says to continue (AppSettings.rank_seconds, IFA_APP_RANK_SECONDS; when not set, this default, read per ranking).
+RANK_SECONDS = 30.0
 
 
 class DatasetView:
@@ -45,7 +43,7 @@ class DatasetView:
         if source not in origin or source not in self.rank_sources():
             raise UserError(f"unknown image source {shorten(source)}; this server offers "
                             f"{', '.join(self.rank_sources())}")
-        return [s for s in self.samples if s.origin == origin[source]][:RANK_MAX_IMAGES]
+        return [s for s in self.samples if s.origin == origin[source]][:self.settings.rank_max]
 
     def _pair_identities(self, spec: PairSpec) -> tuple:
         if spec.id not in self._identities:
@@ -60,21 +58,22 @@ class DatasetView:
         """Both models on every image of a source -> RANK_OUTPUTS (table, gallery in table order, status, JSON).
 
         Label maps are cached per image, model and options (ifa.prediction_cache, in memory): a second ranking is
-        instant. A request computes new images for at most RANK_SECONDS, then says how to continue."""
+        instant. A request computes new images for at most `_rank_seconds()`, then says how to continue."""
         samples = self._source(str(source or ""))
         spec = self._spec(pair_id or self.default_pair)
         options, notices = self._options(scales, flip, ifa_resolution)
         pair = engine.load_pair(spec)
         caches = self.labels.pair(self._pair_identities(spec), {
             "scales": list(options.scales), "flip": options.flip, "ifa_resolution": options.ifa_resolution,
-            "max_side": int(os.environ.get("IFA_APP_MAX_SIDE", "1024") or 1024), "precision": engine.PRECISION})
+            "max_side": self.settings.max_side, "precision": engine.PRECISION})
+        budget = self._rank_seconds()
         start, rows, computed, pending = time.perf_counter(), [], 0, 0
         for n, sample in enumerate(samples):
             progress(n / max(len(samples), 1), desc=f"{sample.name} ({n + 1} of {len(samples)})")
             key = file_key(sample.image)
             labels = [cache.get(key) for cache in caches]
             if any(x is None for x in labels):
-                if computed and time.perf_counter() - start > RANK_SECONDS:  # at least one image per request
+                if computed and time.perf_counter() - start > budget:  # at least one image per request
                     pending += 1
                     continue
                 name, array, gt, _ = self._image(None, sample.name, None, "", pair.num_classes, pair.dataset)
@@ -95,7 +94,7 @@ class DatasetView:
                   f"the cache.")
         if pending:
             status += (f" {pending} images were left for the next request (each request computes for at most "
-                       f"{RANK_SECONDS:g} s): press *Rank* again to continue.")
+                       f"{budget:g} s): press *Rank* again to continue.")
         status += " Click a row or a thumbnail to open that image in the comparison."
         gallery = [(r["thumbnail"], f"{r['image'].split(' (')[0]} · Δ {r['gain']:+.1f}" if r["gain"] is not None else
                     f"{r['image'].split(' (')[0]} · differ {r['disagreement']:.1f}%") for r in rows]
@@ -105,13 +104,18 @@ class DatasetView:
                    "notices": notices, "rows": [{k: v for k, v in r.items() if k != "thumbnail"} for r in rows]}
         return _table(RANK_HEADERS, table_rows(rows)), gallery, status, _jsonable(summary)
 
+    def _rank_seconds(self) -> float:
+        """Seconds of new work one ranking request may do: settings.rank_seconds, else RANK_SECONDS."""
+        return RANK_SECONDS if self.settings.rank_seconds is None else self.settings.rank_seconds
+
     @guarded("exporting the figure")
     def export_figure(self, summary, pair_id, scales, flip, ifa_resolution, rows=4, fmt="png"):
         """The dataset view's top `rows` images as the paper-style figure of ifa.figures (PNG or PDF) -> (files:
         figure, its manifest, the samples manifest and the row list; markdown with the command that redraws it).
 
-        The figure is drawn by ifa.figures itself, from a samples manifest naming the rows' files, so
-        `python -m ifa.figures --from-manifest MANIFEST` regenerates it byte for byte on this machine."""
+        The figure is drawn by ifa.figures' `draw_figure` with the pair this server holds, from a samples manifest
+        naming the rows' files, so `python -m ifa.figures --from-manifest MANIFEST` regenerates it byte for byte on
+        this machine."""
         from .. import figures
 
         rows_wanted = int(_float(rows, "rows", 1, 12, 4))
@@ -136,21 +140,19 @@ class DatasetView:
         write_manifest(bundled, folder / "samples.json",
                        about=f"the rows of a figure exported by IFA Explorer from {summary.get('source')}")
         (folder / "rows.txt").write_text("\n".join(ranked) + "\n")
-        argv = []
-        for role, source in (("baseline", spec.baseline), ("ifa", spec.ifa)):
-            argv += [f"--{role}", source.location] + ([f"--{role}-revision", source.revision] if source.revision
-                                                      else [])
-        argv += ["--samples", str(folder / "samples.json"), "--select", "list", str(folder / "rows.txt"),
-                 "--rows", str(len(ranked)), "--scales", *[f"{v:g}" for v in options.scales],
-                 "--ifa-resolution", options.ifa_resolution, "--max-side", str(limits_from_env()[0]),
-                 "--precision", engine.PRECISION, "--device", str(engine.DEVICE), "--no-cache",
-                 "--no-progress", "--out", str(folder / f"figure.{fmt}")] + (["--flip"] if options.flip else [])
+        # Drawn with the models this server holds (engine's loaded pair, BatchNorm folded: the manifest says so, and
+        # `--from-manifest` folds the models it loads the same way), named as the app's home knows them.
+        pair = engine.load_pair(spec)
+        identities = {role: dataclasses.replace(identity, spec=model.public_location) for role, identity, model in
+                      zip(MODELS, self._pair_identities(spec), (spec.baseline, spec.ifa))}
+        figure_options = figures.FigureOptions(
+            rows=len(ranked), select=("list", str(folder / "rows.txt")), scales=options.scales, flip=options.flip,
+            ifa_resolution=options.ifa_resolution, max_side=self.settings.max_side, precision=engine.PRECISION)
+        rows_source = figures.ItemSource(samples=str(folder / "samples.json"))
+        items = rows_source.items(pair.baseline.config, figure_options)
         redraw = "python -m ifa.figures --from-manifest ifa-figure/figure.manifest.json"
-        result = figures.run(figures.build_parser().parse_args(argv), command=redraw)
-        manifest = json.loads(result.manifest.read_text())  # models named as the app's home knows them
-        for role, source in (("baseline", spec.baseline), ("ifa", spec.ifa)):
-            manifest["models"][role]["spec"] = source.public_location
-        result.manifest.write_text(json.dumps(manifest, indent=2) + "\n")
+        result = figures.draw_figure(pair, items, folder / f"figure.{fmt}", figure_options, identities=identities,
+                                     source=rows_source, device=engine.DEVICE, command=redraw)
         archive = Path(shutil.make_archive(str(folder.parent / "ifa-figure"), "zip", folder.parent, folder.name))
         md = (f"Figure of {len(ranked)} rows ({', '.join(ranked)}), drawn by `ifa.figures`. **ifa-figure.zip** holds "
               f"the figure, its manifest, the samples manifest, the row list and the rows' images: unpack it in a "

@@ -9,13 +9,19 @@ ZeroGPU fit: one comparison is one GPU call, `compare` (both predictions and, on
 analysis), holding the slot for `gpu_seconds(...)`, a duration derived from the image size and options; the
 probe runs on the CPU from the levels the analysis stored (`query_point`); importing this module allocates
 nothing on the GPU (models are loaded when the app is built, by `load_pair`).
+
+State: the device, the cache of loaded pairs (`PAIRS`), the precision and the work budget are this module's, set
+from the app's settings by `configure(settings)` (AppService calls it; importing reads no environment variable: the
+defaults below are AppSettings' defaults). They stay module state rather than an object's because the GPU functions
+must be plain module-level functions of picklable arguments (a spec, arrays, numbers): on ZeroGPU `spaces.GPU` runs
+them in a worker forked from this process, where an engine object passed as an argument would be pickled with its
+models, and a bound method cannot carry the decoration. One process serves one configuration.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from dataclasses import dataclass
 
@@ -34,15 +40,16 @@ except ImportError:  # pragma: no cover - depends on the environment
     spaces = None
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-PAIRS = PairCache(DEVICE, capacity=int(os.environ.get("IFA_APP_MAX_PAIRS", "2") or 2))
+PAIRS = PairCache(DEVICE, capacity=2)  # configure(): AppSettings.max_pairs, max_weights_mb
 # A ZeroGPU slot is held for GPU_BASE_SECONDS + GPU_SECONDS_PER_MPX x the model input of the call (Options.work_mpx),
 # at most GPU_MAX_SECONDS. Estimates, not measured on ZeroGPU: the base covers a cold CUDA context and the copy
 # of both models; a GPU runs the shipped pair at far more than 1 Mpx per second.
 GPU_BASE_SECONDS, GPU_SECONDS_PER_MPX, GPU_MAX_SECONDS = 10, 4, 120
 # Model input one request may take (Options.work_mpx), so that one user cannot hold the queue: single-threaded
 # the shipped pair takes 0.51 s for a 480x360 image (0.17 Mpx, BENCHMARKS.md), about 0.34 Mpx/s, so 2 Mpx is
-# at most about 6 s of CPU; a GPU takes far more.
-WORK_BUDGET_MPX = float(os.environ.get("IFA_APP_MAX_WORK_MPX", "0") or 0) or (64.0 if DEVICE.type == "cuda" else 2.0)
+# at most about 6 s of CPU; a GPU takes far more. configure(): AppSettings.max_work_mpx when set.
+DEFAULT_WORK_BUDGET_MPX = {"cuda": 64.0, "cpu": 2.0}
+WORK_BUDGET_MPX = DEFAULT_WORK_BUDGET_MPX.get(DEVICE.type, 2.0)
 
 
 def gpu(duration):
@@ -53,10 +60,23 @@ def gpu(duration):
     return wrap
 
 
-# IFA_APP_PRECISION: "auto" (fp16 autocast on CUDA, fp32 on the CPU), "fp32", or "bf16" (on CUDA, or on CPUs with
-# native bf16: about half the fp32 time there, labels as fp32's on 99.7-99.8% of the pixels; ifa.inference).
-PRECISION = os.environ.get("IFA_APP_PRECISION", "auto")
-AMP_DTYPE = autocast_dtype(DEVICE, PRECISION)  # a ValueError at start-up names a precision this machine lacks
+# AppSettings.precision (IFA_APP_PRECISION): "auto" (fp16 autocast on CUDA, fp32 on the CPU), "fp32", or "bf16" (on
+# CUDA, or on CPUs with native bf16: about half the fp32 time there, labels as fp32's on 99.7-99.8% of the pixels;
+# ifa.inference).
+PRECISION = "auto"
+AMP_DTYPE = autocast_dtype(DEVICE, PRECISION)
+
+
+def configure(settings) -> None:
+    """Set this module's state from the app's settings (an ifa.app.settings.AppSettings): the pair cache's capacity
+    and download limit, the precision (a ValueError names one this machine lacks) and the work budget. The loaded
+    pairs are kept when the cache's settings do not change."""
+    global PAIRS, PRECISION, AMP_DTYPE, WORK_BUDGET_MPX
+    amp_dtype = autocast_dtype(DEVICE, settings.precision)
+    PRECISION, AMP_DTYPE = settings.precision, amp_dtype
+    WORK_BUDGET_MPX = float(settings.max_work_mpx or DEFAULT_WORK_BUDGET_MPX.get(DEVICE.type, 2.0))
+    if (PAIRS.capacity, PAIRS.max_weights_bytes) != (max(1, settings.max_pairs), settings.max_weights_bytes):
+        PAIRS = PairCache(DEVICE, capacity=settings.max_pairs, max_weights_bytes=settings.max_weights_bytes)
 
 
 def device_description() -> str:

@@ -37,26 +37,27 @@ _LONG_WORD = re.compile(rf"\S{{{ECHO_CHARS + 1},}}")
 MAX_MESSAGE = 1000
 
 
-def public_message(text: str) -> str:
+def public_message(text: str, home: Path | None = None) -> str:
     """A message fit for the public: every absolute path of this machine as public_path() shows it (relative to
-    the app's home, else its last part), no word longer than ECHO_CHARS, at most MAX_MESSAGE characters."""
-    text = _ABSOLUTE_PATH.sub(lambda m: public_path(m.group()), str(text))
+    the app's `home`, else its last part), no word longer than ECHO_CHARS, at most MAX_MESSAGE characters."""
+    text = _ABSOLUTE_PATH.sub(lambda m: public_path(m.group(), home), str(text))
     text = _LONG_WORD.sub(lambda m: m.group()[:ECHO_CHARS - 1] + "…", text)
     return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE - 1] + "…"
 
 
 def guarded(what: str):
-    """Turn every exception of a handler into a gr.Error with a one-line public_message (no traceback on the
-    page, no path of this machine)."""
+    """Turn every exception of a handler (a method of AppService) into a gr.Error with a one-line public_message
+    (no traceback on the page, no path of this machine: paths shown relative to the service's settings.home)."""
     def decorate(fn):
         @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
+        def wrapper(service, *args, **kwargs):
+            home = service.settings.home
             try:
-                return fn(*args, **kwargs)
+                return fn(service, *args, **kwargs)
             except gr.Error:
                 raise
             except (UserError, ImageLoadError, PairError, RegistryError) as err:
-                raise gr.Error(public_message(str(err)), print_exception=False) from None
+                raise gr.Error(public_message(str(err), home), print_exception=False) from None
             except MemoryError:
                 raise gr.Error(f"Out of memory while {what}: try a smaller image, fewer scales or the stride-4 "
                                f"IFA output", print_exception=False) from None
@@ -65,7 +66,7 @@ def guarded(what: str):
                 first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
                 raise gr.Error(public_message(f"Unexpected error while {what} ({type(err).__name__}"
                                               f"{': ' + first if first else ''}). The app is still running: try "
-                                              f"again or with another input."), print_exception=False) from None
+                                              f"again or with another input.", home), print_exception=False) from None
         return wrapper
     return decorate
 

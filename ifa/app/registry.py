@@ -1,8 +1,10 @@
 """Model pairs (a Semantic FPN baseline and an FPN + IFA model) for side-by-side comparison.
 
-The pairs come from `checkpoints/registry.json` of the app's home (`app_home()`: IFA_APP_HOME, else the
-working directory when it holds one, else the source checkout; IFA_REGISTRY names another file) and from
-Hub repo ids typed by a user. The registry format:
+The pairs come from `checkpoints/registry.json` of the app's home (`AppSettings.home`: IFA_APP_HOME / --home, else
+the working directory when it holds one, else the source checkout; IFA_REGISTRY / --registry names another file)
+and from Hub repo ids typed by a user. The functions here take the home and the switches they need as arguments;
+left out, they are read from the environment through `AppSettings.from_env()` (for tools and tests; the app passes
+its settings). The registry format:
 
     {"default": "<pair id>",
      "pairs": [{"id": "...", "title": "...", "dataset": "camvid", "classes": ["Sky", ...],
@@ -36,11 +38,13 @@ from ..hub import HubError, load_hub_model, load_model, resolve_checkpoint
 from ..models.checkpoint import CheckpointError
 from ..models.config import ConfigError
 from ..models.segmentor import SegmentationModel
+from .settings import SOURCE_CHECKOUT, AppSettings
 
-SOURCE_CHECKOUT = Path(__file__).resolve().parents[2]  # the project root when run from a source checkout
+__all__ = ["SOURCE_CHECKOUT"]  # re-exported: the project root when run from a source checkout
 HUB_PREFIX = "hub:"
 MAX_REPO_ID = 96  # the Hub's longest repo id (huggingface_hub.utils.validate_repo_id)
 ECHO_CHARS = 80  # the most of a user's input that a message repeats
+DEFAULT_MAX_WEIGHTS_MB = 500  # AppSettings.max_weights_mb's default
 
 
 def shorten(value, limit: int = ECHO_CHARS) -> str:
@@ -50,10 +54,10 @@ def shorten(value, limit: int = ECHO_CHARS) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
-def public_path(path: str | os.PathLike) -> str:
-    """A path as the app's answers may show it: relative to the app's home when inside it (e.g.
-    checkpoints/camvid-effl0-fpn), else its last part; never an absolute path of this machine."""
-    path, home = Path(path), app_home()
+def public_path(path: str | os.PathLike, home: Path | None = None) -> str:
+    """A path as the app's answers may show it: relative to the app's home (`home`, default app_home()) when inside
+    it (e.g. checkpoints/camvid-effl0-fpn), else its last part; never an absolute path of this machine."""
+    path, home = Path(path), home or app_home()
     if not path.is_absolute():
         return path.as_posix()
     try:
@@ -63,13 +67,10 @@ def public_path(path: str | os.PathLike) -> str:
 
 
 def app_home() -> Path:
-    """The folder holding checkpoints/registry.json and assets/samples.json: IFA_APP_HOME when set, else the
-    working directory when it has checkpoints/registry.json, else the source checkout this package lies in."""
-    value = os.environ.get("IFA_APP_HOME", "").strip()
-    if value:
-        return Path(value).expanduser().resolve()
-    cwd = Path.cwd()
-    return cwd if (cwd / "checkpoints" / "registry.json").is_file() else SOURCE_CHECKOUT
+    """The folder holding checkpoints/registry.json and assets/samples.json as the environment gives it
+    (`AppSettings.from_env().home`): IFA_APP_HOME when set, else the working directory when it has
+    checkpoints/registry.json, else the source checkout this package lies in."""
+    return AppSettings.from_env().home
 
 
 class RegistryError(ValueError):
@@ -87,6 +88,7 @@ class ModelSource:
     source: str  # "local" or "hub"
     location: str  # folder path or repo id
     revision: str | None = None
+    home: Path | None = field(default=None, compare=False, repr=False)  # the app's home (public_location)
 
     def describe(self) -> str:
         if self.source == "hub":
@@ -96,7 +98,7 @@ class ModelSource:
     @property
     def public_location(self) -> str:
         """The repo id, or the folder relative to the app's home (else its name): no path of this machine."""
-        return self.location if self.source == "hub" else public_path(self.location)
+        return self.location if self.source == "hub" else public_path(self.location, self.home)
 
     def summary(self) -> dict:
         """A JSON description for the app's API ("location", not "path": a dict with a "path" key reads as a
@@ -167,30 +169,29 @@ class LoadedPair:
 
 
 def registry_path() -> Path:
-    """IFA_REGISTRY when set, else checkpoints/registry.json of app_home()."""
-    value = os.environ.get("IFA_REGISTRY", "").strip()
-    return Path(value).expanduser() if value else app_home() / "checkpoints" / "registry.json"
+    """The registry file as the environment gives it (`AppSettings.from_env().registry`): IFA_REGISTRY when set,
+    else checkpoints/registry.json of app_home()."""
+    return AppSettings.from_env().registry
 
 
-def _resolve_local(path: str, registry_file: Path) -> str:
+def _resolve_local(path: str, registry_file: Path, home: Path) -> str:
     p = Path(path).expanduser()
     if p.is_absolute():
         return str(p)
-    home = app_home()
     for base in (home, registry_file.parent):
         if (base / p).exists():
             return str(base / p)
     return str(home / p)
 
 
-def _parse_source(data, where: str, registry_file: Path) -> ModelSource:
+def _parse_source(data, where: str, registry_file: Path, home: Path) -> ModelSource:
     if not isinstance(data, dict):
         raise RegistryError(f"{where} must be an object with 'source', got {type(data).__name__}")
     source = data.get("source")
     if source == "local":
         if not isinstance(data.get("path"), str) or not data["path"].strip():
             raise RegistryError(f"{where}: a local source needs a 'path'")
-        return ModelSource("local", _resolve_local(data["path"], registry_file))
+        return ModelSource("local", _resolve_local(data["path"], registry_file, home), home=home)
     if source == "hub":
         if not isinstance(data.get("repo_id"), str) or not data["repo_id"].strip():
             raise RegistryError(f"{where}: a hub source needs a 'repo_id'")
@@ -206,12 +207,14 @@ class Registry:
     pairs: dict[str, PairSpec]
     default: str | None
     path: Path | None = None
+    home: Path | None = None  # the app's home (None: app_home())
+    allow_local: bool | None = None  # typed pairs may name local folders (None: local_pairs_allowed())
 
     def get(self, pair_id: str) -> PairSpec:
         if pair_id in self.pairs:
             return self.pairs[pair_id]
         if isinstance(pair_id, str) and pair_id.startswith(HUB_PREFIX):
-            return parse_hub_pair_id(pair_id)
+            return parse_hub_pair_id(pair_id, allow_local=self.allow_local, home=self.home)
         valid = ", ".join(self.pairs) or "none"
         raise PairError(f"unknown model pair {shorten(pair_id)}; registered pairs: {valid}; or a Hub pair "
                         f"'{HUB_PREFIX}org/baseline[@rev]|org/ifa[@rev]'")
@@ -225,9 +228,12 @@ class Registry:
         return [(spec.title, spec.id) for spec in self.pairs.values()]
 
 
-def read_registry(path: str | os.PathLike | None = None) -> Registry:
-    """Parse a registry file (default: registry_path()); RegistryError with a clear message if malformed."""
+def read_registry(path: str | os.PathLike | None = None, home: Path | None = None,
+                  allow_local: bool | None = None) -> Registry:
+    """Parse a registry file (default: registry_path()), local paths relative to `home` (default app_home()), else
+    to the file's folder; RegistryError with a clear message if malformed. `allow_local`: Registry.allow_local."""
     path = Path(path) if path is not None else registry_path()
+    home = home or app_home()
     if not path.is_file():
         raise RegistryError(f"model registry {path} not found (set IFA_REGISTRY to another file)")
     try:
@@ -249,15 +255,15 @@ def read_registry(path: str | os.PathLike | None = None) -> Registry:
             raise RegistryError(f"{where}: 'classes' must be a list of names")
         pairs[pair_id] = PairSpec(
             id=pair_id, title=str(item.get("title") or pair_id),
-            baseline=_parse_source(item.get("baseline"), f"{where}.baseline", path),
-            ifa=_parse_source(item.get("ifa"), f"{where}.ifa", path),
+            baseline=_parse_source(item.get("baseline"), f"{where}.baseline", path, home),
+            ifa=_parse_source(item.get("ifa"), f"{where}.ifa", path, home),
             dataset=str(item.get("dataset") or ""), classes=tuple(classes))
     default = data.get("default")
     if default is not None and default not in pairs:
         raise RegistryError(f"{path.name}: default pair {default!r} is not among its pairs ({', '.join(pairs)})")
     if default is None and pairs:
         default = next(iter(pairs))
-    return Registry(pairs, default, path)
+    return Registry(pairs, default, path, home, allow_local)
 
 
 def _split_rev(text: str) -> tuple[str, str | None]:
@@ -269,8 +275,12 @@ def _split_rev(text: str) -> tuple[str, str | None]:
 
 
 def hub_pair(baseline_repo: str, ifa_repo: str, baseline_revision: str | None = None,
-             ifa_revision: str | None = None) -> PairSpec:
-    """A PairSpec for two Hub repo ids (optional revisions: branch, tag or commit sha)."""
+             ifa_revision: str | None = None, *, allow_local: bool | None = None, home: Path | None = None
+             ) -> PairSpec:
+    """A PairSpec for two Hub repo ids (optional revisions: branch, tag or commit sha); with `allow_local` (default
+    local_pairs_allowed()) a name that is a folder of the app's `home` (default app_home()) is that local folder."""
+    allow_local = local_pairs_allowed() if allow_local is None else allow_local
+    home = home or app_home()
     baseline_repo, ifa_repo = (baseline_repo or "").strip(), (ifa_repo or "").strip()
     if not baseline_repo or not ifa_repo:
         missing = " and ".join(n for n, v in (("baseline", baseline_repo), ("IFA", ifa_repo)) if not v)
@@ -279,8 +289,8 @@ def hub_pair(baseline_repo: str, ifa_repo: str, baseline_revision: str | None = 
     i_rev = (ifa_revision or "").strip() or None
     sources = []
     for repo, rev in ((baseline_repo, b_rev), (ifa_repo, i_rev)):
-        if local_pairs_allowed() and len(repo) <= 255 and (app_home() / repo).is_dir() and rev is None:
-            sources.append(ModelSource("local", str(app_home() / repo)))  # the operator allows local folders
+        if allow_local and len(repo) <= 255 and (home / repo).is_dir() and rev is None:
+            sources.append(ModelSource("local", str(home / repo), home=home))  # the operator allows local folders
             continue
         if (repo.count("/") != 1 or any(ch.isspace() for ch in repo) or repo.startswith(("/", ".", "~"))
                 or len(repo) > MAX_REPO_ID):
@@ -296,34 +306,26 @@ def hub_pair(baseline_repo: str, ifa_repo: str, baseline_revision: str | None = 
 
 
 def local_pairs_allowed() -> bool:
-    """Whether pairs typed into the app may name local folders (relative to the project): only when the operator
-    sets IFA_APP_ALLOW_LOCAL_PAIRS=1, and never on a Hugging Face Space (SPACE_ID set)."""
-    return os.environ.get("IFA_APP_ALLOW_LOCAL_PAIRS") == "1" and not os.environ.get("SPACE_ID")
+    """Whether pairs typed into the app may name local folders (relative to the project), as the environment says
+    (`AppSettings.from_env().allow_local_pairs`): only when the operator sets IFA_APP_ALLOW_LOCAL_PAIRS=1, and never
+    on a Hugging Face Space (SPACE_ID set)."""
+    return AppSettings.from_env().allow_local_pairs
 
 
-def max_weights_bytes() -> int:
-    """The largest weights file the app downloads from the Hub (IFA_APP_MAX_WEIGHTS_MB, default 500 MB)."""
-    try:
-        megabytes = float(os.environ.get("IFA_APP_MAX_WEIGHTS_MB", "500"))
-    except ValueError:
-        megabytes = 500.0
-    return int(megabytes * 2 ** 20)
-
-
-def parse_hub_pair_id(pair_id: str) -> PairSpec:
+def parse_hub_pair_id(pair_id: str, *, allow_local: bool | None = None, home: Path | None = None) -> PairSpec:
     """'hub:org/a[@rev]|org/b[@rev]' -> PairSpec."""
     body = pair_id[len(HUB_PREFIX):]
     if body.count("|") != 1:
         raise PairError(f"a Hub pair id is '{HUB_PREFIX}org/baseline[@rev]|org/ifa[@rev]', got {shorten(pair_id)}")
     left, right = body.split("|")
     (b_repo, b_rev), (i_repo, i_rev) = _split_rev(left), _split_rev(right)
-    return hub_pair(b_repo, i_repo, b_rev, i_rev)
+    return hub_pair(b_repo, i_repo, b_rev, i_rev, allow_local=allow_local, home=home)
 
 
-def _load_one(source: ModelSource, role: str) -> SegmentationModel:
+def _load_one(source: ModelSource, role: str, max_weights_bytes: int) -> SegmentationModel:
     try:
         if source.source == "hub":  # a repo id, never a path of this machine; config checked before weights
-            return load_hub_model(source.location, revision=source.revision, max_weights_bytes=max_weights_bytes())
+            return load_hub_model(source.location, revision=source.revision, max_weights_bytes=max_weights_bytes)
         return load_model(Path(source.location))
     except (HubError, CheckpointError, ConfigError) as err:
         raise PairError(f"cannot load the {role} model from {source.describe()}: {err}") from None
@@ -381,12 +383,15 @@ def check_pair(spec: PairSpec, baseline: SegmentationModel, ifa: SegmentationMod
 
 
 class PairCache:
-    """Loads model pairs once and keeps the `capacity` most recently used ones (thread-safe)."""
+    """Loads model pairs once and keeps the `capacity` most recently used ones (thread-safe); Hub weights larger
+    than `max_weights_bytes` (IFA_APP_MAX_WEIGHTS_MB) are refused before their download."""
 
-    def __init__(self, device: torch.device | str | None = None, capacity: int = 2):
+    def __init__(self, device: torch.device | str | None = None, capacity: int = 2,
+                 max_weights_bytes: int = DEFAULT_MAX_WEIGHTS_MB * 2 ** 20):
         self.device = torch.device(device) if device is not None else torch.device(
             "cuda" if torch.cuda.is_available() else "cpu")
         self.capacity = max(1, capacity)
+        self.max_weights_bytes = max_weights_bytes
         self._pairs: OrderedDict[str, LoadedPair] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -399,8 +404,8 @@ class PairCache:
                 self._pairs.move_to_end(spec.id)
                 return self._pairs[spec.id]
             start = time.perf_counter()
-            baseline = _load_one(spec.baseline, "baseline")
-            ifa = _load_one(spec.ifa, "IFA")
+            baseline = _load_one(spec.baseline, "baseline", self.max_weights_bytes)
+            ifa = _load_one(spec.ifa, "IFA", self.max_weights_bytes)
             notes = check_pair(spec, baseline, ifa)
             # inference only: BatchNorm folded into the convolutions (0.7x the fp32 time of the shipped models)
             baseline, ifa = (m.to(self.device).fold_batchnorm() for m in (baseline, ifa))

@@ -1,6 +1,8 @@
 """Sample images for the app: a manifest shipped in assets/ plus a folder named by IFA_SAMPLES_DIR.
 
-assets/samples.json of the app's home (or IFA_SAMPLES_MANIFEST), in ifa.data.samples' manifest format.
+assets/samples.json of the app's home (or IFA_SAMPLES_MANIFEST), in ifa.data.samples' manifest format. The app
+passes its settings (`list_samples(settings)`); a function called without its argument reads the environment
+through `AppSettings.from_env()`.
 
 IFA_SAMPLES_DIR: every image in that folder (sorted by name); its label, when a sibling folder
 "<folder name>annot" holds a file of the same name (the CamVid / SegNet layout, e.g.
@@ -18,15 +20,14 @@ from PIL import Image
 
 from ..data.label_sets import LABEL_SETS
 from ..data.samples import Sample, read_manifest
-from .registry import app_home
+from .settings import AppSettings
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def manifest_path() -> Path:
-    """IFA_SAMPLES_MANIFEST when set, else assets/samples.json of the app's home (ifa.app.registry.app_home)."""
-    value = os.environ.get("IFA_SAMPLES_MANIFEST", "").strip()
-    return Path(value).expanduser() if value else app_home() / "assets" / "samples.json"
+    """IFA_SAMPLES_MANIFEST when set, else assets/samples.json of the app's home (AppSettings.samples_manifest)."""
+    return AppSettings.from_env().samples_manifest
 
 
 def manifest_samples(path: Path | None = None) -> list[Sample]:
@@ -36,7 +37,7 @@ def manifest_samples(path: Path | None = None) -> list[Sample]:
 
 def folder_samples(folder: str | os.PathLike | None = None) -> list[Sample]:
     """Images of IFA_SAMPLES_DIR (or `folder`), with labels from a sibling '<name>annot' folder."""
-    folder = folder if folder is not None else os.environ.get("IFA_SAMPLES_DIR", "").strip()
+    folder = folder if folder is not None else AppSettings.from_env().samples_dir
     if not folder:
         return []
     root = Path(folder).expanduser().resolve()
@@ -56,7 +57,7 @@ def dataset_samples(spec: str | None = None) -> list[Sample]:
     """The images of a dataset split named by IFA_APP_DATASET (or `spec`): "NAME:ROOT[:SPLIT]", e.g.
     "camvid:../shared/data/camvid:val" or "kitti:../shared/data/samples/kitti", read with ifa.data.datasets;
     named "NAME/SPLIT/<file name>". For the dataset view; not shown in the gallery."""
-    spec = spec if spec is not None else os.environ.get("IFA_APP_DATASET", "").strip()
+    spec = spec if spec is not None else AppSettings.from_env().dataset
     if not spec:
         return []
     from ..data.datasets import build_dataset
@@ -68,11 +69,13 @@ def dataset_samples(spec: str | None = None) -> list[Sample]:
             for image, label in dataset.pairs]
 
 
-def list_samples() -> list[Sample]:
-    """Manifest samples first, then the folder's, then the dataset's; names are unique (later duplicates
-    dropped)."""
+def list_samples(settings: AppSettings | None = None) -> list[Sample]:
+    """Manifest samples first, then the folder's, then the dataset's, as `settings` (default: the environment's)
+    name them; names are unique (later duplicates dropped)."""
+    settings = settings or AppSettings.from_env()
     seen, out = set(), []
-    for sample in manifest_samples() + folder_samples() + dataset_samples():
+    for sample in (manifest_samples(settings.samples_manifest) + folder_samples(settings.samples_dir or "")
+                   + dataset_samples(settings.dataset)):
         if sample.name not in seen:
             seen.add(sample.name)
             out.append(sample)

@@ -1,6 +1,7 @@
 """The app's event handlers: raw Gradio values in, output tuples out, every failure a clear gr.Error.
 
-`AppService` owns the model registry, the samples, the result store and the files it serves. Each
+`AppService` owns the model registry, the samples, the result store and the files it serves, all as its
+settings (ifa.app.settings.AppSettings, built once) say; it configures the engine with them. Each
 public method is one event of the UI (and one API endpoint, see docs/app.md); the order of the
 values it returns is given by the *_OUTPUTS tuples below, which ifa.app.ui uses to wire components.
 The Dataset view's events live in ifa.app.dataset_view (mixed in), the guard and value parsing every
@@ -12,7 +13,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-import math
 import os
 import threading
 import time
@@ -54,11 +54,11 @@ from .registry import (
     hub_pair,
     public_path,
     read_registry,
-    registry_path,
     shorten,
 )
 from .results import Result, ResultStore, array_ids, client_of
 from .samples import Sample, list_samples, thumbnail
+from .settings import AppSettings
 from .tempdirs import make_files_root
 
 SCALE_CHOICES = ("0.5", "0.75", "1.0", "1.25", "1.5", "1.75", "2.0")
@@ -72,10 +72,6 @@ DEFAULT_MIN_AREA = 64
 DEFAULT_OPACITY = 0.55
 TOP_REGIONS = 12
 MAX_SCALES = 4
-# The stored runs' byte budget (IFA_APP_RUN_MB): with the shipped pair the CPU app holds about 1 GB of models,
-# Gradio and libraries; 1024 MB of runs (about 16 compacted 1024 x 1024 runs, 60+ of CamVid size) and the dataset
-# view's quarter keep it under about 3 GB with a run being computed.
-DEFAULT_RUN_MB = 1024
 
 VIEW_OUTPUTS = ("notices", "input_view", "gt_view", "baseline_view", "ifa_view", "baseline_time", "ifa_time", "legend",
                 "slider",
@@ -146,33 +142,30 @@ def _classes(value, names: list[str]) -> tuple[list[str] | None, str]:
                                               f"{', '.join(names)}")
 
 
-def _positive(text, default: float) -> float:
-    """A positive number from a setting's text, else `default`."""
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        return default
-    return value if math.isfinite(value) and value > 0 else default
-
-
 class AppService(DatasetView):
-    """State shared by all sessions: registry, samples, loaded pairs (engine.PAIRS), results, files."""
+    """State shared by all sessions: registry, samples, loaded pairs (engine.PAIRS), results, files.
+
+    `settings` (default: `AppSettings.from_env()` now) configure everything; `registry_file`, `results_capacity`
+    and `results_mb` override its registry, max_sessions and run_mb."""
 
     def __init__(self, registry_file: str | os.PathLike | None = None, results_capacity: int | None = None,
-                 results_mb: float | None = None):
+                 results_mb: float | None = None, settings: AppSettings | None = None):
+        self.settings = settings = settings or AppSettings.from_env()
+        engine.configure(settings)
+        registry_file = Path(registry_file) if registry_file else settings.registry
         self.registry_error = None
         try:
-            self.registry = read_registry(registry_file)
+            self.registry = read_registry(registry_file, settings.home, settings.allow_local_pairs)
         except RegistryError as err:
-            self.registry = Registry({}, None, Path(registry_file) if registry_file else registry_path())
-            self.registry_error = public_message(str(err))
-        self.samples: list[Sample] = list_samples()
+            self.registry = Registry({}, None, registry_file, settings.home, settings.allow_local_pairs)
+            self.registry_error = public_message(str(err), settings.home)
+        self.samples: list[Sample] = list_samples(settings)
         self._samples_by_name = {s.name: s for s in self.samples}
-        capacity = results_capacity or int(os.environ.get("IFA_APP_MAX_SESSIONS", "32") or 32)
-        ttl = 60 * float(os.environ.get("IFA_APP_RESULT_MINUTES", "60") or 60)
-        # IFA_APP_RUN_MB: the bytes every session's stored runs may hold together (ResultStore; README, "Other
-        # settings"); the dataset view's cache of label maps gets a quarter of it on top.
-        self.run_bytes = int((results_mb or _positive(os.environ.get("IFA_APP_RUN_MB"), DEFAULT_RUN_MB)) * 2 ** 20)
+        capacity = results_capacity or settings.max_sessions
+        ttl = 60 * settings.result_minutes
+        # The bytes every session's stored runs may hold together (ResultStore; README, "Settings"); the dataset
+        # view's cache of label maps gets a quarter of it on top.
+        self.run_bytes = int(results_mb * 2 ** 20) if results_mb else settings.run_bytes
         self.files_root = make_files_root()  # removed at exit and on SIGTERM / SIGINT (ifa.app.tempdirs)
         self.results = ResultStore(capacity, self.files_root, ttl, budget=self.run_bytes)
         self._identities: dict[str, tuple] = {}
@@ -209,11 +202,11 @@ class AppService(DatasetView):
         return engine.PAIRS.get(spec).dataset if engine.PAIRS.cached(spec.id) else ""
 
     def _gallery_items(self, pair_id) -> list[tuple[str, Sample, bool]]:
-        """(thumbnail, sample, scorable) of every shipped sample and the folder's up to IFA_APP_GALLERY (default
-        24) in all, those whose label the pair can score (own label set or a written mapping) first; thumbnails
-        are cached on disk."""
+        """(thumbnail, sample, scorable) of every shipped sample and the folder's up to settings.gallery
+        (IFA_APP_GALLERY, default 24) in all, those whose label the pair can score (own label set or a written
+        mapping) first; thumbnails are cached on disk."""
         classes = self.pair_dataset(pair_id)
-        limit = int(os.environ.get("IFA_APP_GALLERY", "24") or 24)
+        limit = self.settings.gallery
         shipped = [s for s in self.samples if s.origin == "manifest"]
         shown = shipped + [s for s in self.samples if s.origin == "folder"][:max(0, limit - len(shipped))]
         ranked = sorted(((s, s.scorable(classes)) for s in shown), key=lambda item: not item[1])
@@ -258,7 +251,7 @@ class AppService(DatasetView):
             "default_pair": self.default_pair,
             "pairs": [spec.summary() for spec in self.registry.pairs.values()],
             "samples": [s.summary() for s in self.samples],
-            "registry": public_path(self.registry.path) if self.registry.path else None,
+            "registry": public_path(self.registry.path, self.settings.home) if self.registry.path else None,
             "registry_error": self.registry_error,
         }
 
@@ -292,13 +285,14 @@ class AppService(DatasetView):
         try:
             pair = engine.load_pair(self.registry.get(self.default_pair))
         except (PairError, RegistryError) as err:
-            return f"⚠️ The default pair could not be loaded: {public_message(str(err))}"
+            return f"⚠️ The default pair could not be loaded: {public_message(str(err), self.settings.home)}"
         return self._status(pair)
 
     @guarded("loading the Hub pair")
     def load_hub_pair(self, baseline_repo, baseline_revision, ifa_repo, ifa_revision):
         """Load two Hub repos as a pair -> (pair dropdown update, status markdown, class filter update)."""
-        spec = hub_pair(str(baseline_repo or ""), str(ifa_repo or ""), baseline_revision, ifa_revision)
+        spec = hub_pair(str(baseline_repo or ""), str(ifa_repo or ""), baseline_revision, ifa_revision,
+                        allow_local=self.settings.allow_local_pairs, home=self.settings.home)
         pair = engine.load_pair(spec)
         names = pair.class_names
         # In this session's dropdown only: a pair one user loads is not added to everyone's list.
@@ -361,7 +355,7 @@ class AppService(DatasetView):
             name = Path(path).name
             if isinstance(image, dict) and image.get("orig_name"):
                 name = str(image["orig_name"])
-            loaded = load_image(path)
+            loaded = self._load_image(path)
             with received_file(ground_truth, self.files_root) as label_file:
                 return self._with_label(name, loaded, label_file, label_set, num_classes, dataset, notices)
         elif sample:
@@ -370,7 +364,7 @@ class AppService(DatasetView):
                                 f"(see /catalog)")
             s = self._samples_by_name[sample]
             name = s.name
-            loaded = load_image(s.image)
+            loaded = self._load_image(s.image)
             label_path, label_set = s.label, s.label_set
             if _path_of(ground_truth):  # a sample brings its own label (or none): one sent with it is not used
                 notices.append(f"the label sent with the sample is ignored: a sample is scored with its own "
@@ -379,6 +373,10 @@ class AppService(DatasetView):
         else:
             raise UserError("no image: upload one or pick a sample")
         return self._with_label(name, loaded, label_path, label_set, num_classes, dataset, notices)
+
+    def _load_image(self, path):
+        """An image at this server's limits (settings.max_side, max_pixels)."""
+        return load_image(path, self.settings.max_side, self.settings.max_pixels)
 
     @staticmethod
     def _with_label(name, loaded, label_path, label_set, num_classes: int, dataset: str, notices: list[str]):
@@ -518,7 +516,8 @@ class AppService(DatasetView):
             try:
                 gt, notices = load_label(path, (w, h), result.num_classes, str(label_set or ""), result.dataset)
             except ImageLoadError as err:  # a side input: the shown run stays as it is
-                gr.Warning(public_message(f"ground truth not used, the shown result is unchanged: {err}"))
+                gr.Warning(public_message(f"ground truth not used, the shown result is unchanged: {err}",
+                                          self.settings.home))
                 return tuple(gr.skip() for _ in RENDER_OUTPUTS)
             result.gt, result.ablation = gt, None  # the ablation's verdicts depend on the label
             result.notices = [n for n in result.notices if not n.startswith("ground truth")] + notices

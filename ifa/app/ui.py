@@ -4,8 +4,6 @@ app.py at the project root (the Space's entry point) and the `ifa-app` console s
 Every handler lives in ifa.app.service (see README.md, "API", for the endpoints); nothing here computes.
 """
 
-import os
-
 import gradio as gr
 
 from . import service as S
@@ -13,6 +11,7 @@ from .ablation import EXPLAINED as ABLATION_EXPLAINED
 from .components import FastImage, FastImageSlider
 from .dataset_rank import HEADERS as RANK_HEADERS
 from .service import AppService
+from .settings import AppSettings
 from .tempdirs import remove_on_signals, sweep_stale
 
 TITLE = "IFA explorer: what Implicit Feature Alignment changes"
@@ -41,14 +40,20 @@ def _image(label, name, fmt="jpeg", **kwargs):
 # Session endpoints (they need a run of the same client session) and the long dataset ranking stay public API
 # endpoints but are not offered as MCP tools: Gradio's MCP server skips a function whose `_mcp_type` is not
 # "tool" (gradio.mcp, list_tools); tests/app/test_app_mcp.py checks the tool list.
-for _handler in (AppService.segment, AppService.analyse, AppService.render, AppService.probe, AppService.load_pair,
-                 AppService.load_hub_pair, AppService.alignment_ablation, AppService.dataset_rank,
-                 AppService.export_figure):
-    _handler._mcp_type = "session"
+SESSION_ENDPOINTS = ("segment", "analyse", "render", "probe", "load_pair", "load_hub_pair", "alignment_ablation",
+                     "dataset_rank", "export_figure")
+
+
+def mark_session_endpoints(service: AppService) -> None:
+    """Mark the service's SESSION_ENDPOINTS as not MCP tools (`_mcp_type`, read by gradio.mcp from the handler)."""
+    for name in SESSION_ENDPOINTS:
+        getattr(service, name).__func__._mcp_type = "session"
 
 
 def build_demo(service: AppService | None = None) -> gr.Blocks:
+    """The app's Blocks around `service` (default: an AppService of `AppSettings.from_env()`)."""
     service = service or AppService()
+    mark_session_endpoints(service)
     status = service.preload_default()
     class_names = service.class_names(service.default_pair)
     c: dict[str, gr.components.Component] = {}
@@ -298,7 +303,7 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
         # http(s) URL over MCP) and decodes it with ifa.app.images like /segment: no RGB conversion, no re-encoding,
         # the pixel limit read from the header before any decode; every other value is parsed by the handler.
         tool_run.click(service.compare_models, tool_in, tool_out, api_name="compare_models", **model, **raw)
-    demo.queue(default_concurrency_limit=1, max_size=int(os.environ.get("IFA_APP_QUEUE", "32")))
+    demo.queue(default_concurrency_limit=1, max_size=service.settings.queue)
     return demo
 
 
@@ -320,14 +325,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1; 0.0.0.0 for a LAN)")
     p.add_argument("--port", type=int, default=None, help="port (default 7860, or GRADIO_SERVER_PORT)")
     args = p.parse_args(argv)
-    if args.home:
-        os.environ["IFA_APP_HOME"] = args.home
-    if args.registry:
-        os.environ["IFA_REGISTRY"] = args.registry
+    try:
+        settings = AppSettings.from_env(args=args)  # every other setting: README, "Settings"
+    except ValueError as err:
+        p.error(str(err))
     sweep_stale()  # the temp folders of earlier runs that were killed before they could clean up
-    service = AppService()
+    service = AppService(settings=settings)
     remove_on_signals()  # SIGTERM / SIGINT remove the service's temp folder, then end the process as before
     demo = build_demo(service)
     service.first_paint()  # the first page's comparison, ready before the first visitor
-    demo.launch(server_name=args.host, server_port=args.port, **launch_kwargs())
+    demo.launch(server_name=settings.host, server_port=settings.port, **launch_kwargs())
     return 0
