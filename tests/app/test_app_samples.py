@@ -56,9 +56,13 @@ def test_label_formats_of_an_upload(tmp_path):
     assert (label[:20] == camvid.index("Road")).all() and (label[20:, :30] == camvid.index("Car")).all()
     assert (label[20:, 30:] == 255).all() and any("mapped to the pair's camvid classes" in n for n in notices)
     assert np.array_equal(label, label_lut("cityscapes_labelids", "camvid")[raw])
-    # Read as the pair's class indices: 7 is CamVid's Fence and 26 is out of range (ignored).
-    plain, _ = load_label(path, (60, 40), 11)
-    assert (plain[:20] == 7).all() and (plain[20:, :30] == 255).all()
+    # Declared as the pair's class indices, its values (26 > 11) are never scored as such: they fit one format a
+    # CamVid pair can score, so the label is read in it, with a notice; without a class set they fit several:
+    # refused, naming them.
+    plain, notes = load_label(path, (60, 40), 11, "", "camvid")
+    assert np.array_equal(plain, label) and any("the one format they fit" in n for n in notes)
+    with pytest.raises(ImageLoadError, match="they fit Cityscapes labelIds"):
+        load_label(path, (60, 40), 11)
     with pytest.raises(ImageLoadError, match="no mapping"):
         load_label(path, (60, 40), 11, "ade20k", "camvid")
 
@@ -94,7 +98,7 @@ def test_ade20k_sample_on_an_ade20k_pair_end_to_end(ade_service, monkeypatch):
     service = ade_service
     captions = [caption for _, caption in service.gallery("ade")]
     assert all(c.startswith("ADE20K") for c in captions[:3]) and "labelled" in captions[0]
-    assert all("not scored by this pair" in c for c in captions[3:])
+    assert all("label not scored" in c for c in captions[3:])
     sample = next(s for s in service.samples if s.dataset == "ADE20K")
     out = dict(zip(SEGMENT_OUTPUTS, service.segment(None, None, sample.name, "ade", ["1.0"], False, "stride4",
                                                     0.5, None, 64)))

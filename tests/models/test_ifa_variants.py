@@ -4,7 +4,8 @@ offset ablation as a per-call, per-thread argument.
 Each level's first-layer term is averaged over the four nearest cells, each with its own offset, by area weights
 (ifa.models.ifa.ensemble_cells). Held here: the chunked path equals the formula written out (forward_reference),
 query_points equals the grid, a level read at its own cell centres equals the nearest read, and a query is
-continuous across cell borders (where the nearest read jumps). Tolerances: 1e-5 absolute on unit-scale random logits (float32), 1e-4 for float32 point coordinates.
+continuous across cell borders (where the nearest read jumps). Tolerances: 1e-5 absolute on unit-scale random
+logits (float32), 1e-4 for float32 point coordinates.
 """
 
 from __future__ import annotations
