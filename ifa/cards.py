@@ -8,8 +8,9 @@ Metadata, as the Hub reads it:
 - ``model-index``: benchmark results only (task ``image-segmentation``: val mIoU single scale, and multi-scale
   + flip when measured);
 - ``ifa``: the checkpoint's own records, not results: ``check`` (mIoU on the first N val images, which the
-  shipped-checkpoint test re-measures) and ``offset_ablation`` (val mIoU as trained / offsets zeroed, share
-  of labels changed; the app shows it).
+  shipped-checkpoint test re-measures), ``offset_ablation`` (val mIoU as trained / offsets zeroed, share
+  of labels changed; the app shows it), ``domain`` (the in-domain calibration, ifa.domain) and ``resolution`` (val
+  mIoU on the stride-4 grid and at every pixel; the app defaults to the better).
 
 The body starts with the caller's markdown and ends with the paper, the data's licence and attribution,
 and how to load the model.
@@ -103,10 +104,20 @@ def card_metrics(folder: str | Path) -> dict[str, float]:
 
 
 def card_records(folder: str | Path) -> dict:
-    """The card's `ifa` block (check, offset_ablation); {} when there is none."""
+    """The card's `ifa` block (check, offset_ablation, domain, resolution); {} when there is none."""
     data = card_data(folder)
     records = getattr(data, "ifa", None) if data is not None else None
     return records if isinstance(records, dict) else {}
+
+
+def resolution_record(folder: str | Path) -> dict | None:
+    """Val mIoU on the stride-4 grid and queried at every pixel, recorded by `tools.resolution_study --record`:
+    {"stride4", "full": mIoU, "best": "stride4" or "full"} or None."""
+    record = card_records(folder).get("resolution")
+    if not isinstance(record, dict) or not all(isinstance(record.get(k), (int, float)) for k in ("stride4", "full")):
+        return None
+    best = "full" if record["full"] >= record["stride4"] else "stride4"
+    return {"stride4": float(record["stride4"]), "full": float(record["full"]), "best": best}
 
 
 def offset_ablation(folder: str | Path) -> dict[str, float] | None:

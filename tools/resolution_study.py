@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--zeroed", action="store_true", help="also the stride-4 mIoU with the offsets zeroed")
     parser.add_argument("--limit", type=int, default=None, help="first N images only")
     parser.add_argument("--json", help="also write the result here")
+    parser.add_argument("--record", action="store_true",
+                        help="write both mIoUs into the checkpoint's card (ifa.resolution; the app defaults to the "
+                             "better resolution)")
     args = parser.parse_args(argv)
     result = study(load_model(args.model), build_dataset(args.dataset, args.root, args.split), args.resolutions,
                    args.zeroed, args.limit)
@@ -87,7 +90,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
+    if args.record and "full" in result:
+        record_in_card(args.model, result)
     return 0
+
+
+def record_in_card(folder: str, result: dict) -> None:
+    """The card's `ifa.resolution` block: both val mIoUs and the images they are over (the rest unchanged)."""
+    from pathlib import Path
+
+    from huggingface_hub import ModelCard
+
+    path = Path(folder) / "README.md"
+    card = ModelCard.load(path)
+    records = dict(getattr(card.data, "ifa", None) or {})
+    records["resolution"] = {"stride4": round(result["stride4"]["mIoU"], 3), "full": round(result["full"]["mIoU"], 3),
+                             "images": result["images"]}
+    card.data.ifa = records
+    card.save(path)
 
 
 if __name__ == "__main__":

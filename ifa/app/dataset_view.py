@@ -61,7 +61,7 @@ class DatasetView:
         instant. A request computes new images for at most `_rank_seconds()`, then says how to continue."""
         samples = self._source(str(source or ""))
         spec = self._spec(pair_id or self.default_pair)
-        options, notices = self._options(scales, flip, ifa_resolution)
+        options, notices = self._options(scales, flip, ifa_resolution, spec)
         pair = engine.load_pair(spec)
         caches = self.labels.pair(self._pair_identities(spec), {
             "scales": list(options.scales), "flip": options.flip, "ifa_resolution": options.ifa_resolution,
@@ -122,7 +122,7 @@ class DatasetView:
         ranked = _ranked_names(summary, self._samples_by_name)[:rows_wanted]
         fmt = "pdf" if str(fmt).lower() == "pdf" else "png"
         spec = self._spec(pair_id or self.default_pair)
-        options, _ = self._options(scales, flip, ifa_resolution)
+        options, _ = self._options(scales, flip, ifa_resolution, spec)
         folder = self.files_root / "figures" / uuid.uuid4().hex[:12] / "ifa-figure"
         folder.mkdir(parents=True)
         _prune(folder.parent.parent, keep=16)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from ..cards import offset_ablation
+from ..cards import offset_ablation, resolution_record
 from ..domain import DomainReference, domain_reference
 from ..hub import HubError, load_hub_model, load_model, resolve_checkpoint
 from ..models.checkpoint import CheckpointError
@@ -143,6 +143,13 @@ class LoadedPair:
     ifa_offset_ablation: dict[str, float] | None = None
     # Each model's in-domain calibration as its card records it (ifa.domain), by role; None where absent.
     domain: dict[str, DomainReference | None] = field(default_factory=dict)
+    # The IFA model's val mIoU on its stride-4 grid and at every pixel (ifa.cards.resolution_record), or None.
+    ifa_resolution: dict | None = None
+
+    @property
+    def best_resolution(self) -> str:
+        """The IFA output resolution the app defaults to for this pair: the better on val, else the stride-4 grid."""
+        return self.ifa_resolution["best"] if self.ifa_resolution else "stride4"
 
     @property
     def class_names(self) -> list[str]:
@@ -349,6 +356,15 @@ def _recorded_offset_ablation(source: ModelSource) -> dict[str, float] | None:
     return offset_ablation(folder) if folder is not None else None
 
 
+def _recorded_resolution(source: ModelSource) -> dict | None:
+    """The IFA model's val mIoU at both resolutions in its card (ifa.cards.resolution_record), or None."""
+    folder = _card_folder(source)
+    try:
+        return resolution_record(folder) if folder is not None else None
+    except (OSError, ValueError):
+        return None
+
+
 def _recorded_domain(source: ModelSource) -> DomainReference | None:
     """The in-domain calibration in the model card of an already loaded model (ifa.domain)."""
     folder = _card_folder(source)
@@ -411,7 +427,8 @@ class PairCache:
             baseline, ifa = (m.to(self.device).fold_batchnorm() for m in (baseline, ifa))
             pair = LoadedPair(spec, baseline, ifa, self.device,
                               time.perf_counter() - start, notes, _recorded_offset_ablation(spec.ifa),
-                              {"baseline": _recorded_domain(spec.baseline), "ifa": _recorded_domain(spec.ifa)})
+                              {"baseline": _recorded_domain(spec.baseline), "ifa": _recorded_domain(spec.ifa)},
+                              _recorded_resolution(spec.ifa))
             self._pairs[spec.id] = pair
             while len(self._pairs) > self.capacity:
                 self._pairs.popitem(last=False)

@@ -268,6 +268,11 @@ class AppService(DatasetView):
         lines = [f"**{spec.title}** · {pair.num_classes} classes · on {engine.device_description()} · "
                  f"loaded in {pair.load_seconds:.1f} s",
                  f"baseline: {spec.baseline.describe()} · IFA: {spec.ifa.describe()}"]
+        record = pair.ifa_resolution
+        if record:
+            best = "every-pixel query" if record["best"] == "full" else "stride-4 grid"
+            lines.append(f"IFA output: {record['stride4']:.2f} val mIoU on its stride-4 grid, {record['full']:.2f} "
+                         f"queried at every pixel; the {best} is this pair's default")
         lines += [f"note: {n}" for n in pair.notes]
         return "  \n".join(lines)
 
@@ -277,6 +282,13 @@ class AppService(DatasetView):
         pair = engine.load_pair(self._spec(pair_id))
         names = pair.class_names
         return self._status(pair), gr.update(choices=names, value=names), self.gallery(pair_id)
+
+    def default_resolution(self) -> str:
+        """The IFA output resolution the page starts with: the default pair's best on val (stride4 when unknown)."""
+        try:
+            return engine.load_pair(self.registry.get(self.default_pair)).best_resolution
+        except Exception:  # noqa: BLE001 - the status line reports a pair that cannot load
+            return "stride4"
 
     def preload_default(self) -> str:
         """Load the default pair at start-up; returns the status line (an error message if it fails)."""
@@ -300,7 +312,9 @@ class AppService(DatasetView):
                 gr.update(choices=names, value=names), self.gallery(spec.id))
 
     # --- inputs -----------------------------------------------------------------------------------
-    def _options(self, scales, flip, ifa_resolution) -> tuple[Options, list[str]]:
+    def _options(self, scales, flip, ifa_resolution, spec: PairSpec | None = None) -> tuple[Options, list[str]]:
+        """Options parsed strictly; an empty `ifa_resolution` is the pair's best on val (its card's record, else the
+        stride-4 grid)."""
         notices = []
         if isinstance(scales, (str, int, float)):
             scales = [scales]
@@ -318,7 +332,7 @@ class AppService(DatasetView):
             notices.append("no inference scale chosen: using 1.0")
         if len(values) > MAX_SCALES:
             raise UserError(f"choose at most {MAX_SCALES} scales (got {len(values)}): each one runs both models again")
-        resolution = ifa_resolution or "stride4"
+        resolution = ifa_resolution or (engine.load_pair(spec).best_resolution if spec is not None else "stride4")
         if not isinstance(resolution, str) or resolution not in dict((v, k) for k, v in IFA_RESOLUTIONS):
             raise UserError(f"IFA output resolution must be 'stride4' or 'full', got {shorten(ifa_resolution)}")
         return Options(tuple(values), _bool(flip, "flip"), resolution), notices
@@ -399,7 +413,7 @@ class AppService(DatasetView):
         `previous_result_id` (the session's state) is the run it replaces in the store; `request` (Gradio's) says
         which client ran it (ifa.app.results.client_of), for the store's fairness."""
         spec = self._spec(pair_id)
-        options, notices = self._options(scales, flip, ifa_resolution)
+        options, notices = self._options(scales, flip, ifa_resolution, spec)
         pair = engine.load_pair(spec)
         name, array, gt, image_notices = self._image(image, sample, ground_truth, label_set, pair.num_classes,
                                                      pair.dataset)
@@ -621,7 +635,7 @@ class AppService(DatasetView):
             value = class index, colours = the summary's palette).
         """
         spec = self._spec(pair_id or self.default_pair)
-        options, notices = self._options(scales or ["1.0"], flip, ifa_resolution)
+        options, notices = self._options(scales or ["1.0"], flip, ifa_resolution, spec)
         pair = engine.load_pair(spec)
         name, array, gt, image_notices = self._image(image, None, label, label_set, pair.num_classes, pair.dataset)
         options, budget_notices = options.within(*array.shape[:2], engine.WORK_BUDGET_MPX)

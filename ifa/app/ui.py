@@ -88,7 +88,7 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
                     c["scales"] = gr.CheckboxGroup(list(S.SCALE_CHOICES), value=["1.0"],
                                                    label=f"Inference scales (up to {S.MAX_SCALES})", elem_id="scales")
                     c["flip"] = gr.Checkbox(False, label="Also average a left-right flipped copy", elem_id="flip")
-                    c["ifa_resolution"] = gr.Radio(list(S.IFA_RESOLUTIONS), value="stride4",
+                    c["ifa_resolution"] = gr.Radio(list(S.IFA_RESOLUTIONS), value=service.default_resolution(),
                                                    label="IFA output resolution", elem_id="ifa-resolution",
                                                    info=S.IFA_RESOLUTION_INFO)
                     c["options_plan"] = gr.Markdown(elem_id="options-plan")
