@@ -45,6 +45,7 @@ from .handlers import (
 )
 from .images import ImageLoadError, load_image, load_label
 from .legend import legend_html, verdict_legend_html
+from .outputs import Ablation, Analyse, Export, HubPair, Pair, Probe, Rank, Segment, Views, Welcome
 from .probe import normalised_point
 from .registry import (
     PairError,
@@ -73,19 +74,17 @@ DEFAULT_OPACITY = 0.55
 TOP_REGIONS = 12
 MAX_SCALES = 4
 
-VIEW_OUTPUTS = ("notices", "input_view", "gt_view", "baseline_view", "ifa_view", "baseline_time", "ifa_time", "legend",
-                "slider",
-                "diff_view", "verdict_legend", "regions", "scores", "boundary_plot", "summary")
-SEGMENT_OUTPUTS = ("result_state", *VIEW_OUTPUTS, "click_view", "downloads")
+# Each event's outputs by name (ifa.app.outputs); the tuples of names are what ifa.app.ui wires.
+VIEW_OUTPUTS = Views._fields
+SEGMENT_OUTPUTS = Segment._fields
 RENDER_OUTPUTS = VIEW_OUTPUTS
-ANALYSE_OUTPUTS = ("ifa_levels", "fpn_levels", "ifa_pca", "fpn_pca", "features_md")
-PROBE_OUTPUTS = ("probe_view", "baseline_probs", "ifa_probs", "probe_table", "probe_md", "click_view", "probe_x",
-                 "probe_y")
-ABLATION_OUTPUTS = ("ablation_view", "ablation_md", "ablation_summary")
-RANK_OUTPUTS = ("rank_table", "rank_gallery", "rank_status", "rank_summary")
-EXPORT_OUTPUTS = ("figure_files", "figure_md")
-PAIR_OUTPUTS = ("pair_status", "classes", "gallery")
-HUB_OUTPUTS = ("pair", "pair_status", "classes", "gallery")
+ANALYSE_OUTPUTS = Analyse._fields
+PROBE_OUTPUTS = Probe._fields
+ABLATION_OUTPUTS = Ablation._fields
+RANK_OUTPUTS = Rank._fields
+EXPORT_OUTPUTS = Export._fields
+PAIR_OUTPUTS = Pair._fields
+HUB_OUTPUTS = HubPair._fields
 
 LEVELS_EXPLAINED = (
     "**What the heatmaps show.** For each pixel, how much each pyramid level contributes to the model's "
@@ -432,7 +431,7 @@ class AppService(DatasetView):
         nothing shown the error takes the outputs, as /segment's. With no image at all (a pair switch before any
         run) nothing happens."""
         if not _path_of(image) and not sample:
-            return tuple(gr.skip() for _ in SEGMENT_OUTPUTS)
+            return Segment.kept()
         try:
             return self.segment(image, ground_truth, sample, pair_id, scales, flip, ifa_resolution, opacity, classes,
                                 min_area, label_set, previous_result_id, progress, request)
@@ -440,7 +439,7 @@ class AppService(DatasetView):
             if self.results.get(previous_result_id) is None:
                 raise
             gr.Warning(f"{err.message} (the result shown is unchanged)")
-            return tuple(gr.skip() for _ in SEGMENT_OUTPUTS)
+            return Segment.kept()
 
     def _compare(self, spec: PairSpec, name: str, array: np.ndarray, gt, options: Options, notices,
                  analyse: bool | None = None) -> Result:
@@ -459,7 +458,7 @@ class AppService(DatasetView):
         self.results.add(result.compact(), replaces=previous_result_id, client=client)
         result.files = views.write_label_maps(result, self.results.folder(result))
         outputs = self._views(result, opacity, classes, min_area)
-        return (result.id, *outputs, result.image, result.files)
+        return Segment(result.id, *outputs, click_view=result.image, downloads=result.files)
 
     # --- the first page ----------------------------------------------------------------------------
     def first_paint(self) -> Result | None:
@@ -489,11 +488,12 @@ class AppService(DatasetView):
             log.exception("the first comparison could not be computed")
             template = None
         if template is None:
-            return tuple(gr.skip() for _ in range(2 + len(SEGMENT_OUTPUTS)))
+            return Welcome.kept()
         sample = self._first[0]
         result = dataclasses.replace(template, id=uuid.uuid4().hex[:12], notices=list(template.notices), files=[])
-        return (sample.name, sample.describe(),
-                *self._show(result, previous_result_id, DEFAULT_OPACITY, None, DEFAULT_MIN_AREA, client_of(request)))
+        return Welcome(sample.name, sample.describe(),
+                       *self._show(result, previous_result_id, DEFAULT_OPACITY, None, DEFAULT_MIN_AREA,
+                                   client_of(request)))
 
     def _result(self, result_id) -> Result:
         """The session's stored run, else a one-line UserError: evicted (memory), expired, or none yet."""
@@ -524,7 +524,7 @@ class AppService(DatasetView):
                 gr.Warning(gone)
             elif path:
                 gr.Info("upload or pick the image first, then attach its label: a new image clears the label")
-            return tuple(gr.skip() for _ in RENDER_OUTPUTS)
+            return Views.kept()
         if path:
             w, h = result.image.shape[1], result.image.shape[0]
             try:
@@ -532,7 +532,7 @@ class AppService(DatasetView):
             except ImageLoadError as err:  # a side input: the shown run stays as it is
                 gr.Warning(public_message(f"ground truth not used, the shown result is unchanged: {err}",
                                           self.settings.home))
-                return tuple(gr.skip() for _ in RENDER_OUTPUTS)
+                return Views.kept()
             result.gt, result.ablation = gt, None  # the ablation's verdicts depend on the label
             result.notices = [n for n in result.notices if not n.startswith("ground truth")] + notices
         else:
@@ -564,24 +564,14 @@ class AppService(DatasetView):
                    + ("" if result.gt is not None else " · no ground truth: scores and verdicts need a label map")]
         notices += [f"- {n}" for n in result.notices] + ([f"- {class_notice}"] if class_notice else [])
         notices += [f"- {n}" for n in views.false_positive_notes(summary_scores)] if summary_scores else []
-        return (
-            "\n".join(notices),
-            result.image,
-            gt_view,
-            base_view,
-            ifa_view,
-            baseline_time,
-            ifa_time,
-            legend,
-            (base_plain, ifa_plain),
-            views.difference_view(result, comparison, TOP_REGIONS),
-            verdict_legend_html(result.gt is not None),
-            _table(views.REGION_HEADERS, region_rows),
-            _table(views.SCORE_HEADERS, views.score_rows(result, summary_scores)) if summary_scores else
-            _table(views.SCORE_HEADERS, []),
-            views.boundary_figure(curves) if curves else None,
-            _jsonable(summary),
-        )
+        return Views(
+            notices="\n".join(notices), input_view=result.image, gt_view=gt_view, baseline_view=base_view,
+            ifa_view=ifa_view, baseline_time=baseline_time, ifa_time=ifa_time, legend=legend,
+            slider=(base_plain, ifa_plain), diff_view=views.difference_view(result, comparison, TOP_REGIONS),
+            verdict_legend=verdict_legend_html(result.gt is not None),
+            regions=_table(views.REGION_HEADERS, region_rows),
+            scores=_table(views.SCORE_HEADERS, views.score_rows(result, summary_scores) if summary_scores else []),
+            boundary_plot=views.boundary_figure(curves) if curves else None, summary=_jsonable(summary))
 
     @staticmethod
     def _summary(result: Result, comparison, min_area: int) -> dict:
@@ -748,7 +738,7 @@ class AppService(DatasetView):
         """Probe the centre of the largest difference region (else the image centre) after a run."""
         result = self.results.get(result_id)
         if result is None:
-            return tuple(gr.skip() for _ in PROBE_OUTPUTS)
+            return Probe.kept()
         b, i = result.baseline.labels, result.ifa.labels
         regions = views.compare(result, DEFAULT_MIN_AREA).regions
         if regions:
