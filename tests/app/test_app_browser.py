@@ -119,8 +119,6 @@ def test_pick_sample_run_and_probe_in_a_browser(server, shots, camvid_val):
 
         page.get_by_role("tab", name="Feature alignment").click()
         expect(page.locator("#probe-view img")).to_be_visible()  # the automatic probe after the run
-        expect(page.locator("#ifa-levels img")).to_be_visible()
-        expect(page.locator("#fpn-pca img")).to_be_visible()
         # Click a pixel: 30% from the left, 60% from the top of the displayed image.
         image = page.locator("#click-view img")
         expect(image).to_be_visible()
@@ -144,6 +142,14 @@ def test_pick_sample_run_and_probe_in_a_browser(server, shots, camvid_val):
         page.locator("#probe-view").scroll_into_view_if_needed()
         page.screenshot(path=str(shots / "app-feature-alignment.png"), full_page=True)
         assert _has_image(page, "click-view")
+        # The level maps and the offset ablation each have their own sub-tab: no page is taller than 3,000 px.
+        page.get_by_role("tab", name="Level maps and features").click()
+        expect(page.locator("#ifa-levels img")).to_be_visible()
+        expect(page.locator("#fpn-pca img")).to_be_visible()
+        assert page.evaluate("document.body.scrollHeight") < 3000
+        page.get_by_role("tab", name="Offsets zeroed").click()
+        expect(page.locator("#ablate-button")).to_be_visible()
+        assert page.evaluate("document.body.scrollHeight") < 3000
 
         # Samples of other datasets: KITTI's Cityscapes labels are scored through the mapping; ADE20K's
         # cannot be for a CamVid pair, and the notice says so.
@@ -159,4 +165,52 @@ def test_pick_sample_run_and_probe_in_a_browser(server, shots, camvid_val):
             expect(page.locator("#baseline-time")).to_contain_text("ms")
             page.wait_for_timeout(500)
             page.screenshot(path=str(shots / shot), full_page=True)
+        browser.close()
+
+
+CLIPPED = """() => [...document.querySelectorAll(
+    '#gallery .caption-label, #rank-gallery .caption-label, #rank-table table, #scores table')].filter(
+    e => e.offsetParent !== null && e.scrollWidth > e.parentElement.clientWidth + 2).map(
+    e => (e.id || e.className) + ': ' + (e.textContent || '').slice(0, 40))"""
+ERRORS = "() => [...document.querySelectorAll('.error, [data-testid=\"error\"]')].filter(e => e.offsetParent)" \
+         ".map(e => e.textContent.slice(0, 80))"
+
+
+@pytest.mark.parametrize("viewport", [(1280, 800), (1920, 1080)], ids=["laptop", "desktop"])
+def test_nothing_clipped_and_a_mistake_keeps_the_result(server, shots, tmp_path, viewport):
+    """At a laptop and a desktop size: gallery captions and tables fit (screenshots of the comparison and of the
+    dataset view); a label of the wrong size attached after a run leaves every output in place, no Error badge."""
+    from PIL import Image
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=RUN_TIMEOUT_MS)
+    width, height = viewport
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=ARGS)
+        page = browser.new_page(viewport={"width": width, "height": height})
+        page.set_default_timeout(RUN_TIMEOUT_MS)
+        page.goto(server, wait_until="domcontentloaded")
+        expect(page.locator("#baseline-view img")).to_be_visible()
+        page.wait_for_timeout(500)
+        assert page.evaluate(CLIPPED) == []
+        page.screenshot(path=str(shots / f"app-{width}x{height}.png"), full_page=True)
+
+        label = tmp_path / "wrong_size.png"
+        Image.new("L", (50, 50)).save(label)
+        page.get_by_text("Ground truth for an upload (optional)").click()
+        page.locator("#ground-truth input[type=file]").set_input_files(str(label), timeout=60000)
+        expect(page.locator(".toast-body").first).to_contain_text("unchanged")
+        page.wait_for_timeout(1000)
+        assert page.evaluate(ERRORS) == []
+        expect(page.locator("#baseline-view img")).to_be_visible()
+        page.get_by_role("tab", name="Scores").click()
+        expect(page.locator("#scores")).to_contain_text("mIoU", timeout=60000)  # the run's scores, still there
+        assert page.evaluate(CLIPPED) == []
+
+        page.get_by_role("tab", name="Dataset view").click()
+        page.locator("#rank-button").click()
+        expect(page.locator("#rank-status")).to_contain_text("ranked")
+        page.wait_for_timeout(500)
+        assert page.evaluate(CLIPPED) == []
+        page.screenshot(path=str(shots / f"app-dataset-{width}x{height}.png"), full_page=True)
         browser.close()
