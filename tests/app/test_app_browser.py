@@ -177,7 +177,7 @@ ERRORS = "() => [...document.querySelectorAll('.error, [data-testid=\"error\"]')
 
 
 @pytest.mark.parametrize("viewport", [(1280, 800), (1920, 1080)], ids=["laptop", "desktop"])
-def test_nothing_clipped_and_a_mistake_keeps_the_result(server, shots, tmp_path, viewport):
+def test_nothing_clipped_and_a_mistake_keeps_the_result(server, tmp_path, viewport):
     """At a laptop and a desktop size: gallery captions and tables fit (screenshots of the comparison and of the
     dataset view); a label of the wrong size attached after a run leaves every output in place, no Error badge."""
     from PIL import Image
@@ -193,7 +193,7 @@ def test_nothing_clipped_and_a_mistake_keeps_the_result(server, shots, tmp_path,
         expect(page.locator("#baseline-view img")).to_be_visible()
         page.wait_for_timeout(500)
         assert page.evaluate(CLIPPED) == []
-        page.screenshot(path=str(shots / f"app-{width}x{height}.png"), full_page=True)
+        page.screenshot(path=str(tmp_path / f"app-{width}x{height}.png"), full_page=True)
 
         label = tmp_path / "wrong_size.png"
         Image.new("L", (50, 50)).save(label)
@@ -212,5 +212,5 @@ def test_nothing_clipped_and_a_mistake_keeps_the_result(server, shots, tmp_path,
         expect(page.locator("#rank-status")).to_contain_text("ranked")
         page.wait_for_timeout(500)
         assert page.evaluate(CLIPPED) == []
-        page.screenshot(path=str(shots / f"app-dataset-{width}x{height}.png"), full_page=True)
+        page.screenshot(path=str(tmp_path / f"app-dataset-{width}x{height}.png"), full_page=True)
         browser.close()
