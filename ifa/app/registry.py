@@ -350,26 +350,12 @@ def _card_folder(source: ModelSource) -> Path | None:
         return None
 
 
-def _recorded_offset_ablation(source: ModelSource) -> dict[str, float] | None:
-    """The offset ablation in the model card of an already loaded model."""
-    folder = _card_folder(source)
-    return offset_ablation(folder) if folder is not None else None
-
-
-def _recorded_resolution(source: ModelSource) -> dict | None:
-    """The IFA model's val mIoU at both resolutions in its card (ifa.cards.resolution_record), or None."""
+def _recorded(source: ModelSource, read):
+    """What `read` (an ifa.cards / ifa.domain reader of a checkpoint folder) finds in the model card of an already
+    loaded model (its folder or cached Hub snapshot), or None."""
     folder = _card_folder(source)
     try:
-        return resolution_record(folder) if folder is not None else None
-    except (OSError, ValueError):
-        return None
-
-
-def _recorded_domain(source: ModelSource) -> DomainReference | None:
-    """The in-domain calibration in the model card of an already loaded model (ifa.domain)."""
-    folder = _card_folder(source)
-    try:
-        return domain_reference(folder) if folder is not None else None
+        return read(folder) if folder is not None else None
     except (OSError, ValueError):
         return None
 
@@ -426,9 +412,10 @@ class PairCache:
             # inference only: BatchNorm folded into the convolutions (0.7x the fp32 time of the shipped models)
             baseline, ifa = (m.to(self.device).fold_batchnorm() for m in (baseline, ifa))
             pair = LoadedPair(spec, baseline, ifa, self.device,
-                              time.perf_counter() - start, notes, _recorded_offset_ablation(spec.ifa),
-                              {"baseline": _recorded_domain(spec.baseline), "ifa": _recorded_domain(spec.ifa)},
-                              _recorded_resolution(spec.ifa))
+                              time.perf_counter() - start, notes, _recorded(spec.ifa, offset_ablation),
+                              {role: _recorded(src, domain_reference) for role, src in
+                               (("baseline", spec.baseline), ("ifa", spec.ifa))},
+                              _recorded(spec.ifa, resolution_record))
             self._pairs[spec.id] = pair
             while len(self._pairs) > self.capacity:
                 self._pairs.popitem(last=False)
