@@ -72,10 +72,13 @@ def test_the_app_removes_its_temp_folder_on_a_signal(sig, pair_registry, tmp_pat
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + START_TIMEOUT
-        while "Running on local URL" not in log.read_text():
+        # Launched: the last line Gradio prints before it waits for requests (a signal that arrives while launch()
+        # still runs its own start-up requests interrupts those instead of the serving loop).
+        while "Streamable HTTP URL" not in log.read_text():
             assert proc.poll() is None, f"app.py exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
             assert time.time() < deadline, f"app.py did not start:\n{log.read_text()[-3000:]}"
             time.sleep(0.5)
+        time.sleep(2)
         assert not stale.exists()
         roots = [p for p in temp.glob(f"{PREFIX}*")]
         assert len(roots) == 1, roots
