@@ -10,7 +10,7 @@ as its threshold, and says so when it is not.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +44,9 @@ class DomainReference:
         """From a card's `ifa.domain` record; None when absent or malformed."""
         if not isinstance(record, dict):
             return None
+        counts = ("val_images", "outside_images")
         try:
-            return cls(**{k: type(v)(record[k]) for k, v in asdict(cls(0.0, 0, 0.0, 0.0, 0.0, 0, 0.0)).items()})
+            return cls(**{f.name: (int if f.name in counts else float)(record[f.name]) for f in fields(cls)})
         except (KeyError, TypeError, ValueError):
             return None
 

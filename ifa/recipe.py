@@ -81,6 +81,13 @@ def _text(where: str, value, optional: bool = False) -> None:
         raise ConfigError(f"{where} must be a non-empty string{' or null' if optional else ''}, got {value!r}")
 
 
+def _refuse_unknown(keys, valid: list[str], prefix: str = "") -> None:
+    """ConfigError naming the valid keys for the first of `keys` that is not among `valid` (sorted names)."""
+    for key in keys:
+        if key not in valid:
+            raise ConfigError(f"unknown config key {prefix + str(key)!r}; valid here: {valid}")
+
+
 def _as_list(value):
     """Tuples as lists (a recipe dumps as plain YAML); anything else as is."""
     return list(value) if isinstance(value, tuple) else value
@@ -98,10 +105,7 @@ class _Section:
             return data
         if not isinstance(data, dict):
             raise ConfigError(f"config key {cls.SECTION!r} must be a mapping")
-        valid = sorted(f.name for f in dataclasses.fields(cls))
-        for key in data:
-            if key not in valid:
-                raise ConfigError(f"unknown config key {f'{cls.SECTION}.{key}'!r}; valid here: {valid}")
+        _refuse_unknown(data, sorted(f.name for f in dataclasses.fields(cls)), f"{cls.SECTION}.")
         return cls(**copy.deepcopy(data))
 
     def to_dict(self) -> dict:
@@ -304,9 +308,7 @@ class Recipe:
         _text("name", self.name)
         if not isinstance(self.model, dict):
             raise ConfigError("config key 'model' must be a mapping")
-        for key in self.model:
-            if key not in MODEL_KEYS:
-                raise ConfigError(f"unknown config key {f'model.{key}'!r}; valid here: {MODEL_KEYS}")
+        _refuse_unknown(self.model, MODEL_KEYS, "model.")
         _flag("pretrained_backbone", self.pretrained_backbone)
         _text("init_from", self.init_from, optional=True)
         for key, section in SECTIONS.items():
@@ -319,10 +321,7 @@ class Recipe:
             return data
         if not isinstance(data, dict):
             raise ConfigError(f"a recipe must be a mapping, got {type(data).__name__}")
-        valid = sorted(f.name for f in dataclasses.fields(cls))
-        for key in data:
-            if key not in valid:
-                raise ConfigError(f"unknown config key {key!r}; valid here: {valid}")
+        _refuse_unknown(data, sorted(f.name for f in dataclasses.fields(cls)))
         return cls(**copy.deepcopy(data))
 
     def to_dict(self) -> dict:
