@@ -1,13 +1,17 @@
 """Is an IFA model as good queried at every pixel as on its stride-4 grid? Val scores at both resolutions.
 
 python -m tools.resolution_study checkpoints/camvid-effl0-ifa-lateral-wide [--root ../shared/data/camvid]
-    [--resolutions stride4 full] [--zeroed] [--limit N] [--json out.json]
+    [--resolutions stride4 full] [--zeroed] [--phases] [--limit N] [--json out.json]
 
 For each resolution (`stride4`: the head on the stride-4 grid, bilinearly upsampled, as trained; `full`: the head
 queried at every input pixel) it prints the val mIoU and aAcc (single scale, `ifa.metrics.summarize`) and the
 pixel accuracy and mIoU within 1, 2, 4 and 8 px of a ground-truth boundary (`ifa.metrics.trimap_confusion_matrices`
 summed over the images, read with `ifa.metrics.band_scores`); with --zeroed also the stride-4 mIoU with every
-offset fed as 0 and the share of scored pixels whose label changes. A Semantic FPN gets the stride-4 row only.
+offset fed as 0 and the share of scored pixels whose label changes; with --phases, where within a stride-4 cell
+the every-pixel query loses: the full-resolution log-probabilities kept at one pixel of each 4x4 cell (phase s: rows
+and columns 4i + s) and linearly interpolated back to every pixel, one mIoU per phase (phases 1 and 2 sit half a
+pixel either side of the cell centre the stride-4 grid reads). Every result also carries each resolution's per-class
+IoU. A Semantic FPN gets the stride-4 row only.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import argparse
 import json
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from ifa.data.datasets import build_dataset
@@ -24,23 +30,47 @@ from ifa.inference import Predictor
 from ifa.metrics import band_scores, confusion_matrix, summarize, trimap_confusion_matrices
 
 BANDS = (1, 2, 4, 8)
+STRIDE = 4
 
 
-def study(model, dataset, resolutions=("stride4", "full"), zeroed: bool = False, limit: int | None = None) -> dict:
-    """{resolution: {"mIoU", "aAcc", "bands": {width: {"accuracy", "mIoU", "pixels"}}}} in percent, plus
-    "offsets_zeroed": {"mIoU", "changed_pixels_percent"} when asked (IFA only)."""
+def phase_resample(values: torch.Tensor, phase: int, stride: int = STRIDE) -> torch.Tensor:
+    """(K, H, W) -> (K, H, W): the samples at rows and columns stride * i + phase, linearly interpolated back to
+    every pixel centre (each sample sits at its pixel's centre; beyond the outermost samples, the nearest one)."""
+    kept = values[:, phase::stride, phase::stride]
+
+    def axis(size: int, samples: int) -> torch.Tensor:
+        position = (torch.arange(size, dtype=torch.float64) - phase) / stride  # in sample steps
+        return (2 * position / max(samples - 1, 1) - 1).float()
+
+    rows, cols = axis(values.shape[1], kept.shape[1]), axis(values.shape[2], kept.shape[2])
+    grid = torch.stack(torch.meshgrid(cols, rows, indexing="xy"), dim=-1)[None]  # (1, H, W, 2) as (x, y)
+    return F.grid_sample(kept[None].float(), grid, mode="bilinear", padding_mode="border", align_corners=True)[0]
+
+
+def study(model, dataset, resolutions=("stride4", "full"), zeroed: bool = False, limit: int | None = None,
+          phases: bool = False) -> dict:
+    """{resolution: {"mIoU", "aAcc", "classes": {name: IoU or None}, "bands": {width: {"accuracy", "mIoU",
+    "pixels"}}}} in percent, plus "offsets_zeroed": {"mIoU", "changed_pixels_percent"} and "phases": {phase:
+    mIoU} (the full resolution kept at one pixel per stride-4 cell) when asked (IFA only)."""
     k, names = model.config.num_classes, list(dataset.info.class_names)
     resolutions = [r for r in resolutions if model.is_ifa or r == "stride4"]
     predictors = {r: Predictor(model, device="cpu", precision="fp32", ifa_resolution=r) for r in resolutions}
     whole = {r: np.zeros((k, k), np.int64) for r in resolutions}
     bands = {r: {w: np.zeros((k, k), np.int64) for w in BANDS} for r in resolutions}
     zero_cm, changed, scored = np.zeros((k, k), np.int64), 0, 0
+    phases = phases and "full" in predictors
+    phase_cms = {s: np.zeros((k, k), np.int64) for s in range(STRIDE)} if phases else {}
     n = len(dataset) if limit is None else min(limit, len(dataset))
     for index in tqdm(range(n), desc="resolution study"):
         image, label = dataset[index]
         for r, predictor in predictors.items():
-            pred = predictor.predict(image).labels
+            prediction = predictor.predict(image)
+            pred = prediction.labels
             whole[r] += confusion_matrix(pred, label, k, 255)
+            if r == "full":
+                log_probs = prediction.probs.clamp_min(1e-12).log()
+                for s, cm in phase_cms.items():
+                    cm += confusion_matrix(phase_resample(log_probs, s).argmax(0).numpy(), label, k, 255)
             for w, cm in trimap_confusion_matrices(pred, label, BANDS, k, 255).items():
                 bands[r][w] += cm
             if r == "stride4" and zeroed and model.is_ifa:
@@ -53,11 +83,13 @@ def study(model, dataset, resolutions=("stride4", "full"), zeroed: bool = False,
     result = {}
     for r in resolutions:
         summary = summarize(whole[r], names)
-        result[r] = {"mIoU": summary["mIoU"], "aAcc": summary["aAcc"],
+        result[r] = {"mIoU": summary["mIoU"], "aAcc": summary["aAcc"], "classes": summary["per_class"],
                      "bands": {w: band_scores(cm) for w, cm in bands[r].items()}}
     if zeroed and model.is_ifa:
         result["offsets_zeroed"] = {"mIoU": summarize(zero_cm, names)["mIoU"],
                                     "changed_pixels_percent": 100.0 * changed / max(scored, 1)}
+    if phases:
+        result["phases"] = {s: summarize(cm, names)["mIoU"] for s, cm in phase_cms.items()}
     result["images"] = n
     return result
 
@@ -70,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="val")
     parser.add_argument("--resolutions", nargs="+", default=["stride4", "full"], choices=["stride4", "full"])
     parser.add_argument("--zeroed", action="store_true", help="also the stride-4 mIoU with the offsets zeroed")
+    parser.add_argument("--phases", action="store_true",
+                        help="also the every-pixel result kept at one pixel per stride-4 cell, per phase")
     parser.add_argument("--limit", type=int, default=None, help="first N images only")
     parser.add_argument("--json", help="also write the result here")
     parser.add_argument("--record", action="store_true",
@@ -77,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                              "better resolution)")
     args = parser.parse_args(argv)
     result = study(load_model(args.model), build_dataset(args.dataset, args.root, args.split), args.resolutions,
-                   args.zeroed, args.limit)
+                   args.zeroed, args.limit, args.phases)
     for r in args.resolutions:
         if r not in result:
             continue
@@ -87,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     if "offsets_zeroed" in result:
         z = result["offsets_zeroed"]
         print(f"offsets zeroed (stride4): mIoU {z['mIoU']:.2f}, {z['changed_pixels_percent']:.2f}% of labels change")
+    if "phases" in result:
+        print("full kept at one pixel per stride-4 cell, mIoU by phase: "
+              + "  ".join(f"{s}: {v:.2f}" for s, v in result["phases"].items()))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

@@ -1,0 +1,61 @@
+"""tools.resolution_study: the phase analysis (where within a stride-4 cell the every-pixel query loses) and the
+study's record on a tiny random IFA model. Tolerance: 1e-5 on unit-scale float32 values."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ifa.data.classes import get_dataset_info
+from ifa.models.config import ModelConfig
+from ifa.models.segmentor import SegmentationModel
+from tools.resolution_study import STRIDE, phase_resample, study
+
+
+def test_phase_resample_keeps_its_samples_and_is_linear_between_them():
+    rows, cols = torch.meshgrid(torch.arange(22.0), torch.arange(30.0), indexing="ij")
+    field = torch.stack([0.3 * rows - 0.1 * cols, rows + 2 * cols, torch.randn(22, 30)])
+    for phase in range(STRIDE):
+        out = phase_resample(field, phase)
+        assert out.shape == field.shape
+        torch.testing.assert_close(out[:, phase::STRIDE, phase::STRIDE], field[:, phase::STRIDE, phase::STRIDE],
+                                   atol=1e-5, rtol=0)
+        inside = tuple(slice(phase, phase + STRIDE * ((n - 1 - phase) // STRIDE) + 1) for n in (22, 30))
+        torch.testing.assert_close(out[:2][(slice(None), *inside)], field[:2][(slice(None), *inside)],
+                                   atol=1e-4, rtol=0)  # bilinear reproduces a linear field between samples
+        # beyond the outermost samples: the nearest one's value
+        torch.testing.assert_close(out[:, :phase, phase], out[:, phase:phase + 1, phase].expand(-1, phase))
+
+
+class _Scenes:
+    def __init__(self, n: int = 2):
+        self.info = get_dataset_info("camvid")
+        rng = np.random.default_rng(0)
+        self.items = [(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8),
+                       rng.integers(0, 4, (40, 56)).astype(np.uint8)) for _ in range(n)]
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, index):
+        return self.items[index]
+
+
+def test_study_reports_both_resolutions_classes_phases_and_the_ablation():
+    torch.manual_seed(0)
+    config = ModelConfig(architecture="ifa", backbone="efficientnet_lite0", num_classes=11, neck_channels=8,
+                         mlp_channels=[16, 8], pos_dim=8)
+    model = SegmentationModel(config).eval()
+    result = study(model, _Scenes(), zeroed=True, phases=True)
+    assert result["images"] == 2 and set(result["phases"]) == set(range(STRIDE))
+    for r in ("stride4", "full"):
+        classes = result[r]["classes"]
+        assert list(classes) == list(get_dataset_info("camvid").class_names)
+        scored = [v for v in classes.values() if v is not None]
+        assert 0 <= min(scored) and max(scored) <= 100
+        assert set(result[r]["bands"]) == {1, 2, 4, 8}
+    assert all(0 <= v <= 100 for v in result["phases"].values())
+    assert 0 <= result["offsets_zeroed"]["changed_pixels_percent"] <= 100
+    fpn = SegmentationModel(ModelConfig(architecture="fpn", backbone="efficientnet_lite0", num_classes=11,
+                                        neck_channels=8, head_channels=8)).eval()
+    assert set(study(fpn, _Scenes(1), phases=True)) == {"stride4", "images"}  # a Semantic FPN: the grid row only
