@@ -9,7 +9,7 @@ import torch
 from ifa.data.classes import get_dataset_info
 from ifa.models.config import ModelConfig
 from ifa.models.segmentor import SegmentationModel
-from tools.resolution_study import STRIDE, phase_resample, study
+from tools.resolution_study import STRIDE, feature_centres, phase_resample, study
 
 
 def test_phase_resample_keeps_its_samples_and_is_linear_between_them():
@@ -59,3 +59,24 @@ def test_study_reports_both_resolutions_classes_phases_and_the_ablation():
     fpn = SegmentationModel(ModelConfig(architecture="fpn", backbone="efficientnet_lite0", num_classes=11,
                                         neck_channels=8, head_channels=8)).eval()
     assert set(study(fpn, _Scenes(1), phases=True)) == {"stride4", "images"}  # a Semantic FPN: the grid row only
+
+
+class _Pooled(torch.nn.Module):
+    """Head inputs as average pools of the image: stride S's cell (i, j) is centred at S * i + S / 2 - shift."""
+
+    def __init__(self, shift: int = 0):
+        super().__init__()
+        self.shift = shift
+
+    def levels(self, x):
+        x = torch.nn.functional.pad(x, (self.shift, 0, self.shift, 0))[..., :x.shape[-2], :x.shape[-1]]
+        return [torch.nn.functional.avg_pool2d(x, s) for s in (4, 8, 16, 32)]
+
+
+def test_feature_centres_finds_a_known_shift():
+    for shift in (0, 3):
+        centres = feature_centres(_Pooled(shift), size=(128, 160))
+        assert [c["stride"] for c in centres] == [4, 8, 16, 32]
+        for c in centres:
+            assert abs(c["dy"] + shift) < 1e-6 and abs(c["dx"] + shift) < 1e-6, c
+            assert abs(c["dy_cells"] * c["stride"] - c["dy"]) < 1e-9

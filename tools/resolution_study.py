@@ -11,7 +11,8 @@ offset fed as 0 and the share of scored pixels whose label changes; with --phase
 the every-pixel query loses: the full-resolution log-probabilities kept at one pixel of each 4x4 cell (phase s: rows
 and columns 4i + s) and linearly interpolated back to every pixel, one mIoU per phase (phases 1 and 2 sit half a
 pixel either side of the cell centre the stride-4 grid reads). Every result also carries each resolution's per-class
-IoU. A Semantic FPN gets the stride-4 row only.
+IoU. A Semantic FPN gets the stride-4 row only. With --centres it first measures where each level's features are
+centred (`feature_centres`) against the cell centres the head's queries assume.
 """
 
 from __future__ import annotations
@@ -45,6 +46,38 @@ def phase_resample(values: torch.Tensor, phase: int, stride: int = STRIDE) -> to
     rows, cols = axis(values.shape[1], kept.shape[1]), axis(values.shape[2], kept.shape[2])
     grid = torch.stack(torch.meshgrid(cols, rows, indexing="xy"), dim=-1)[None]  # (1, H, W, 2) as (x, y)
     return F.grid_sample(kept[None].float(), grid, mode="bilinear", padding_mode="border", align_corners=True)[0]
+
+
+def feature_centres(model, size: tuple[int, int] = (256, 320), trials: int = 3, seed: int = 0) -> list[dict]:
+    """Where each head input level's features sit: for a cell (i, j) near the middle of a (1, 3, *size) random
+    input, the centre of mass of |d feature(i, j) / d input| (summed over channels), minus the centre the queries
+    assume (align_corners=False: S * i + S / 2 in continuous pixel coordinates for stride S), averaged over
+    `trials` neighbouring cells. [{"stride", "dy", "dx" (px), "dy_cells", "dx_cells"}] per level, fine to coarse."""
+    generator = torch.Generator().manual_seed(seed)
+    h, w = size
+    rows, cols = torch.arange(h, dtype=torch.float64) + 0.5, torch.arange(w, dtype=torch.float64) + 0.5
+    was_training = model.training
+    model.eval()
+    shifts: dict[int, list[tuple[float, float]]] = {}
+    try:
+        for trial in range(trials):
+            for level in range(len(model.levels(torch.zeros(1, 3, h, w)))):
+                x = torch.randn(1, 3, h, w, generator=generator, requires_grad=True)
+                feature = model.levels(x)[level]
+                stride = h // feature.shape[-2]
+                i, j = feature.shape[-2] // 2 + trial - trials // 2, feature.shape[-1] // 2 + trial - trials // 2
+                feature[0, :, i, j].pow(2).sum().backward()
+                weight = x.grad.abs().sum((0, 1)).double()
+                weight = weight / weight.sum()
+                cy, cx = float((weight.sum(1) * rows).sum()), float((weight.sum(0) * cols).sum())
+                shifts.setdefault(stride, []).append((cy - (stride * i + stride / 2), cx - (stride * j + stride / 2)))
+    finally:
+        model.train(was_training)
+    out = []
+    for stride, pairs in shifts.items():
+        dy, dx = (float(np.mean(v)) for v in zip(*pairs))
+        out.append({"stride": stride, "dy": dy, "dx": dx, "dy_cells": dy / stride, "dx_cells": dx / stride})
+    return out
 
 
 def study(model, dataset, resolutions=("stride4", "full"), zeroed: bool = False, limit: int | None = None,
@@ -104,14 +137,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--zeroed", action="store_true", help="also the stride-4 mIoU with the offsets zeroed")
     parser.add_argument("--phases", action="store_true",
                         help="also the every-pixel result kept at one pixel per stride-4 cell, per phase")
+    parser.add_argument("--centres", action="store_true",
+                        help="also where each level's features are centred against the cells the queries assume")
     parser.add_argument("--limit", type=int, default=None, help="first N images only")
     parser.add_argument("--json", help="also write the result here")
     parser.add_argument("--record", action="store_true",
                         help="write both mIoUs into the checkpoint's card (ifa.resolution; the app defaults to the "
                              "better resolution)")
     args = parser.parse_args(argv)
-    result = study(load_model(args.model), build_dataset(args.dataset, args.root, args.split), args.resolutions,
-                   args.zeroed, args.limit, args.phases)
+    model = load_model(args.model)
+    centres = feature_centres(model) if args.centres else None
+    for c in centres or ():
+        print(f"stride {c['stride']:2d} features centred {c['dy']:+.2f} px down, {c['dx']:+.2f} px right of the "
+              f"assumed cell centre ({c['dy_cells']:+.2f}, {c['dx_cells']:+.2f} cells)")
+    result = study(model, build_dataset(args.dataset, args.root, args.split), args.resolutions, args.zeroed,
+                   args.limit, args.phases)
+    if centres:
+        result["feature_centres"] = centres
     for r in args.resolutions:
         if r not in result:
             continue
