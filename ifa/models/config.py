@@ -28,7 +28,8 @@ class ModelConfig:
     the IFA head the FPN neck's outputs instead (a variant: top-down pathway and 3x3 convs kept).
     `ifa_dropout` > 0 adds channel dropout before the IFA classifier (a variant; the paper has none).
     `ifa_read` "nearest" (the paper) reads each level's cell containing the query; "ensemble" (a named variant,
-    LIIF's local ensemble) reads the four nearest cells weighted by area, so a dense query is continuous.
+    LIIF's local ensemble) reads the four nearest cells weighted by area, so a dense query is continuous; "centred"
+    (a named variant) reads the cell whose feature centre is nearest, cells centred where their features sit.
     `aux_channels` > 0 adds the training-only auxiliary head on the stride-16 map.
     `align_corners` applies to the final bilinear upsampling (the reference code uses True).
     """

@@ -3,7 +3,8 @@
 A query point q is in normalised coordinates (y, x) in [-1, 1]; row i of a size-h query grid has centre
 y = -1 + (2i + 1) / h (LIIF's make_coord). On a level of n cells the head reads the cell containing q (`cell_index`,
 the reference's float32 rule at ties) or, with the ensemble read, the two cells bracketing q per axis
-(`ensemble_cells`); the offset r = (q - v) * n to the read cell's centre v is what the position encoding sees.
+(`ensemble_cells`); the offset r = (q - v) * n to the read cell's centre v is what the position encoding sees. The
+centred read (`centred_cells`) places each cell's centre where its feature sits instead (`CENTRE_SHIFT`).
 Grid geometry is computed on the host (numpy) so that it never synchronises a device.
 """
 
@@ -57,6 +58,29 @@ def grid_cells(n_query: int, n_level: int, device=None) -> tuple[torch.Tensor, t
     k = cell_index(query_centres(n_query), n_level)
     r = (2 * np.arange(n_query) + 1) * n_level / n_query - (2 * k + 1)
     return torch.from_numpy(k).to(device), torch.from_numpy(r).to(device)
+
+
+# Where the centred read places a level's features: CENTRE_SHIFT of a cell up and left of each cell's nominal centre.
+# Stride-2 convolutions with symmetric padding centre a stride-S feature on the first pixel of its cell, (S - 1) / 2S
+# of a cell before the centre (0.375 at stride 4 to 0.48 at 32); on the shipped paper's IFA the input gradient's
+# centre of mass sits 0.47 (stride 4) to 0.89 (stride 8) of a cell before it (tools.resolution_study --centres).
+# 0.4 is off the dyadic fractions: no query of a grid a power of two times the level's size is ever equidistant
+# from two centres (other sizes can be: row 4 of a 90-row grid on a 12-row level).
+CENTRE_SHIFT = 0.4
+
+
+def centred_cells(q, n, shift: float = CENTRE_SHIFT, exact=None):
+    """The centred read along one axis of n cells: the cell whose feature centre (`shift` of a cell before its
+    nominal centre, at -1 + (2k + 1 - 2 shift) / n) is nearest q, and the offset to that centre, r = (q - centre) * n:
+    in [-1, 1], up to 1 + 2 shift past the last centre (1 - 2 shift before the first).
+
+    q: a float32 tensor; the cell is chosen in float32 as `cell_index` chooses (grid paths pass `query_centres`,
+    `query_points` gets the same values from `grid_coords`), so every path reads the same cell at a tie. `exact`:
+    the same points in float64 for the offsets (default: q). Returns (k long, r) of q's shape."""
+    scaled = (q.float() + 1) * (n / 2) - (0.5 - shift)  # feature centres at the integers
+    k = torch.floor(scaled + 0.5).clamp(0, n - 1).long()
+    points = q if exact is None else exact
+    return k, 2 * ((points + 1) * (n / 2) - (0.5 - shift) - k)
 
 
 def ensemble_cells(q, n):

@@ -34,17 +34,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cpu_gemm import linear
-from .geometry import cell_index, ensemble_cells, grid_cells, grid_coords, offset_classes, query_centres
+from .geometry import cell_index, centred_cells, ensemble_cells, grid_cells, grid_coords, offset_classes, query_centres
 from .ifa_fast import folded_layers, inference_rows
 from .intermediates import HeadIntermediates
 
-__all__ = ["IFA_READS", "POSITION_ENCODINGS", "IFAHead", "PositionEncoding", "cell_index", "ensemble_cells",
-           "grid_cells", "grid_coords", "offset_classes", "query_centres"]
+__all__ = ["IFA_READS", "POSITION_ENCODINGS", "IFAHead", "PositionEncoding", "cell_index", "centred_cells",
+           "ensemble_cells", "grid_cells", "grid_coords", "offset_classes", "query_centres"]
 
 POSITION_ENCODINGS = ("none", "coord", "sine", "cosine", "fixed", "learned")
-# How the head reads a level at a query: "nearest" (the paper: the cell containing it) or "ensemble" (a named
-# variant, LIIF's local ensemble: the four nearest cells, each with its own offset, weighted by area).
-IFA_READS = ("nearest", "ensemble")
+# How the head reads a level at a query: "nearest" (the paper: the cell containing it), or a named variant:
+# "ensemble" (LIIF's local ensemble: the four nearest cells, each with its own offset, weighted by area) or
+# "centred" (the cell whose feature centre is nearest, with cells centred where their features sit: centred_cells).
+IFA_READS = ("nearest", "ensemble", "centred")
 # Queries per inference chunk when `chunk_size` is None. CPU: a chunk's buffers (4096 x 1024 floats,
 # 16 MB) are reused while warm in cache; 2^11-2^12 were the fastest of 2^10..2^17, about 1.25x faster
 # than 2^17 on 1024x2048 inputs (BENCHMARKS.md). GPUs want large chunks (few kernel launches).
@@ -132,7 +133,9 @@ class IFAHead(nn.Module):
     evaluates queries in chunks of about `chunk_size` (None: 4096 on the CPU, 2^18 on a GPU).
     `read` "ensemble" (a variant, never the paper's) reads each level with LIIF's local ensemble: the level's
     first-layer term is averaged over the four nearest cells, each with its own offset, by area weights
-    (`ensemble_cells`), so the head is continuous in the query; it runs the generic chunked path, not the fast one.
+    (`ensemble_cells`), so the head is continuous in the query; `read` "centred" (a variant too) reads the cell
+    whose feature centre is nearest, each cell's centre placed where its feature sits (`centred_cells`). Both run
+    the generic chunked path, not the fast one.
     """
 
     def __init__(self, in_channels: list[int], num_classes: int, hidden: tuple[int, ...] = (512, 256, 256),
@@ -227,10 +230,11 @@ class IFAHead(nn.Module):
         h, w = size
         h_l, w_l = projection.shape[-2:]
         device = projection.device
-        ky, ry = grid_cells(h, h_l)
-        kx, rx = grid_cells(w, w_l)
+        ky, ry = self._grid_reads(h, h_l)
+        kx, rx = self._grid_reads(w, w_l)
         start, stop, _ = (rows or slice(None)).indices(h)
-        if h % h_l == 0 and w % w_l == 0 and start % (h // h_l) == 0 and stop % (h // h_l) == 0:
+        if (self.read == "nearest" and h % h_l == 0 and w % w_l == 0 and start % (h // h_l) == 0
+                and stop % (h // h_l) == 0):
             # Integer ratios (never a tie): cell k holds queries k*s .. k*s + s - 1, and the offsets repeat
             # with period s, so gathering is a broadcast.
             py, px = h // h_l, w // w_l
@@ -247,6 +251,14 @@ class IFAHead(nn.Module):
             table = table.index_select(1, row_ids[start:stop].to(device)).index_select(2, col_ids.to(device))
             term = term + table.to(term.dtype)[None]
         return term
+
+    def _grid_reads(self, n_query: int, n_level: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Along one axis of an n_query grid: the cell read at each query (long) and its offset (float64), on the
+        CPU; the nearest read's `grid_cells` or the centred read's `centred_cells` (offsets at the exact centres)."""
+        if self.read == "centred":
+            exact = (2 * torch.arange(n_query, dtype=torch.float64) + 1) / n_query - 1
+            return centred_cells(torch.from_numpy(query_centres(n_query)), n_level, exact=exact)
+        return grid_cells(n_query, n_level)
 
     def _ensemble_term(self, level: int, projection: torch.Tensor, size: tuple[int, int],
                        rows: slice | None) -> torch.Tensor:
@@ -288,7 +300,7 @@ class IFAHead(nn.Module):
         relative one (a share map does not see it). Chunks of about `budget` values bound the memory.
         """
         h, w = size
-        if self.read == "ensemble":  # the terms themselves (no closed form per cell); the app's sizes fit
+        if self.read != "nearest":  # the terms themselves (no closed form per cell); the app's sizes fit
             with torch.autocast(feats[0].device.type, enabled=False):
                 terms = self.first_layer_terms([f.float() for f in feats], size)
             return torch.stack([t.float().norm(dim=1) for t in terms], dim=1)
@@ -413,9 +425,12 @@ class IFAHead(nn.Module):
 
     def _point_reads(self, q: torch.Tensor, shape) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         """The cells a level of size `shape` (h_l, w_l) is read at for points q (B, n, 2): [(cell (B, n, 2) long,
-        offset r (B, n, 2), weight (B, n) or None)]: the nearest cell (`cell_index`), or the local ensemble's
-        four (`ensemble_cells`)."""
+        offset r (B, n, 2), weight (B, n) or None)]: the nearest cell (`cell_index`), the centred read's
+        (`centred_cells`), or the local ensemble's four (`ensemble_cells`)."""
         size = torch.tensor(tuple(shape), device=q.device)
+        if self.read == "centred":
+            (ky, ry), (kx, rx) = centred_cells(q[..., 0], shape[0]), centred_cells(q[..., 1], shape[1])
+            return [(torch.stack([ky, kx], -1), torch.stack([ry, rx], -1).to(q.dtype), None)]
         if self.read == "nearest":
             cell = cell_index(q, size)
             return [(cell, (q - (-1 + (2 * cell + 1) / size.to(q.dtype))) * size.to(q.dtype), None)]
@@ -459,9 +474,13 @@ class IFAHead(nn.Module):
         parts = []
         for f, pe in zip(feats, self._encodings()):
             size_l = torch.tensor(f.shape[-2:], device=device)
-            cell = cell_index(q32, size_l)  # the reference's choice, from its float32 centres
-            centre = -1 + (2 * cell + 1) / size_l.double()
-            r = ((q - centre) * size_l).to(f.dtype)
+            if self.read == "centred":
+                (ky, ry), (kx, rx) = (centred_cells(q32[:, i], f.shape[-2 + i], exact=q[:, i]) for i in (0, 1))
+                cell, r = torch.stack([ky, kx], -1), torch.stack([ry, rx], -1).to(f.dtype)
+            else:
+                cell = cell_index(q32, size_l)  # the reference's choice, from its float32 centres
+                centre = -1 + (2 * cell + 1) / size_l.double()
+                r = ((q - centre) * size_l).to(f.dtype)
             z = f[:, :, cell[:, 0], cell[:, 1]]  # (B, C, N)
             parts += [pe(r).t()[None].expand(f.shape[0], -1, -1), z]
         x = torch.cat(parts, dim=1)[..., None]  # (B, 4(C + P), N, 1)

@@ -1,11 +1,13 @@
-"""The local-ensemble read (ifa_read: ensemble, a named variant of the IFA head; never the paper's default), and the
-offset ablation as a per-call, per-thread argument.
+"""The local-ensemble read (ifa_read: ensemble) and the centred read (ifa_read: centred), named variants of the IFA
+head (never the paper's default), and the offset ablation as a per-call, per-thread argument.
 
 Each level's first-layer term is averaged over the four nearest cells, each with its own offset, by area weights
 (ifa.models.ifa.ensemble_cells). Held here: the chunked path equals the formula written out (forward_reference),
 query_points equals the grid, a level read at its own cell centres equals the nearest read, and a query is
-continuous across cell borders (where the nearest read jumps). Tolerances: 1e-5 absolute on unit-scale random
-logits (float32), 1e-4 for float32 point coordinates.
+continuous across cell borders (where the nearest read jumps). The centred read: cells by hand, the paths equal the
+formula, no power-of-two grid query is equidistant from two feature centres (and at other sizes' ties every path
+reads the same cell). Tolerances: 1e-5 absolute on unit-scale random logits (float32), 1e-4 for float32 point
+coordinates.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import pytest
 import torch
 
 from ifa.models.config import ConfigError, ModelConfig
-from ifa.models.ifa import IFAHead, ensemble_cells, grid_coords
+from ifa.models.ifa import IFAHead, cell_index, centred_cells, ensemble_cells, grid_coords, query_centres
 from ifa.models.segmentor import SegmentationModel
 
 LEVELS = ((23, 31), (12, 16), (6, 8), (3, 4))
@@ -39,9 +41,37 @@ def test_ensemble_cells_by_hand():
         np.testing.assert_allclose(theirs.numpy(), ours)
 
 
+def test_centred_cells_by_hand():
+    # 4 cells, feature centres 0.4 of a cell before the nominal ones: -0.95, -0.45, 0.05, 0.55
+    q = torch.tensor([-1.0, -0.71, -0.69, 0.05, 0.29, 0.31, 1.0], dtype=torch.float64)
+    k, r = centred_cells(q.float(), 4, exact=q)
+    assert k.tolist() == [0, 0, 1, 2, 2, 3, 3]
+    np.testing.assert_allclose(r.numpy(), [-0.2, 0.96, -0.96, 0.0, 0.96, -0.96, 1.8], atol=1e-12)
+    np.testing.assert_allclose(centred_cells(q.float(), 4)[1].numpy(), r.numpy(), atol=1e-6)  # float32 offsets
+    inside = torch.tensor([-0.9, -0.3, 0.2, 0.7], dtype=torch.float64)  # no shift: the nearest read's cell, offset
+    k0, r0 = centred_cells(inside.float(), 4, shift=0.0, exact=inside)
+    assert k0.tolist() == cell_index(inside.float(), 4).tolist()
+    np.testing.assert_allclose(r0.numpy(), ((inside - (-1 + (2 * k0 + 1) / 4)) * 4).numpy(), atol=1e-12)
+
+
+def test_no_power_of_two_grid_query_is_equidistant_from_two_feature_centres():
+    for n_level in range(1, 41):
+        for ratio in (1, 2, 4, 8, 16, 32, 64):
+            q = (2 * np.arange(n_level * ratio, dtype=np.float64) + 1) / (n_level * ratio) - 1
+            u = (q + 1) * (n_level / 2) - 0.1  # in cell units, feature centres at the integers
+            assert np.abs(np.abs(u - np.floor(u)) - 0.5).min() > 1e-3, (n_level, ratio)
+    # other sizes can tie (row 4 of 90 on 12 rows: u = 0.5); the cell then comes from the float32 centres that
+    # query_points also gets (grid_coords), never from the exact ones
+    exact = (2 * torch.arange(90, dtype=torch.float64) + 1) / 90 - 1
+    assert abs(float((exact[4] + 1) * 6 - 0.1) - 0.5) < 1e-12
+    assert torch.equal(centred_cells(torch.from_numpy(query_centres(90)), 12, exact=exact)[0],
+                       centred_cells(grid_coords(90, 1)[:, 0], 12)[0])
+
+
+@pytest.mark.parametrize("read", ["ensemble", "centred"])
 @pytest.mark.parametrize("size", [(23, 31), (90, 124), (37, 41), (360 // 4, 480 // 4)])
-def test_ensemble_paths_equal_the_formula(size):
-    head, feats = _head()
+def test_variant_paths_equal_the_formula(size, read):
+    head, feats = _head(read)
     with torch.no_grad():
         grid = head(feats, size)
         reference = head.forward_reference(feats, size)
