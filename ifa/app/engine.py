@@ -215,6 +215,7 @@ class FeatureAnalysis:
 
     padded_size: tuple[int, int]  # (H, W) the models saw (HRNet pads to a multiple of 32)
     ifa_level_sizes: list[tuple[int, int]]
+    ifa_read: str  # how the IFA head reads its levels (ifa.models.ifa.IFA_READS; "nearest" is the paper's)
     fpn_grid_size: tuple[int, int]  # the baseline's stride-4 logit grid (h_1, w_1)
     fpn_grid_logits: np.ndarray  # (K, h_1, w_1) float32
     ifa_levels: list[np.ndarray]  # IFA head inputs (C, h_l, w_l) float32, for point queries
@@ -350,6 +351,7 @@ def _analyse(spec: PairSpec, image: np.ndarray, ifa_resolution: str, baseline: M
     _sync()
     return FeatureAnalysis(
         padded_size=padded, ifa_level_sizes=[tuple(lv.shape[-2:]) for lv in ifa_levels],
+        ifa_read=pair.ifa.config.ifa_read if pair.ifa.is_ifa else "nearest",
         fpn_grid_size=tuple(fpn.logits.shape[-2:]), fpn_grid_logits=fpn.logits, ifa_levels=ifa_levels,
         ifa_shares=_shares(ifa_inside.level_norms), fpn_shares=_shares(fpn.level_norms),
         ifa_features=ifa_inside.features, fpn_features=fpn.features,

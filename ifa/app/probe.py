@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ifa.models.ifa import grid_cells, query_centres
+from ifa.models.geometry import CENTRE_SHIFT, grid_reads, query_centres
 
 
 @dataclass
@@ -23,10 +23,10 @@ class LevelRead:
     stride: int
     grid: tuple[int, int]  # (h_l, w_l)
     cell: tuple[int, int]  # (row, col)
-    box: tuple[float, float, float, float]  # (x0, y0, x1, y1) in image pixels
-    centre: tuple[float, float]  # (x, y) in image pixels
-    offset: tuple[float, float]  # r_l = (dy, dx) in cell units, each in [-1, 1] (the head's input)
-    offset_px: tuple[float, float]  # (dx, dy) from the cell centre to the query point, in pixels
+    box: tuple[float, float, float, float]  # (x0, y0, x1, y1) in image pixels: the queries that read the cell
+    centre: tuple[float, float]  # (x, y) in image pixels: where the offset is measured from
+    offset: tuple[float, float]  # r_l = (dy, dx) in cell units, each in [-1, 1] inside (the head's input)
+    offset_px: tuple[float, float]  # (dx, dy) from that centre to the query point, in pixels
 
 
 @dataclass
@@ -46,27 +46,31 @@ def normalised_point(point: tuple[int, int], size: tuple[int, int]) -> tuple[flo
     return float(query_centres(h)[y]), float(query_centres(w)[x])
 
 
-def _cell(i: int, n_query: int, n_level: int) -> tuple[int, float]:
-    """Query i of an n_query grid: the level cell IFA reads there and the offset in cell units."""
-    k, r = grid_cells(n_query, n_level)
+def _cell(i: int, n_query: int, n_level: int, read: str) -> tuple[int, float]:
+    """Query i of an n_query grid: the level cell IFA reads there and the offset in cell units (`grid_reads`)."""
+    k, r = grid_reads(n_query, n_level, read)
     return int(k[i]), float(r[i])
 
 
 def ifa_reads(point: tuple[int, int], size: tuple[int, int], level_sizes: list[tuple[int, int]],
-              strides: list[int] | None = None) -> list[LevelRead]:
-    """The cell read at each level for a query at pixel point (x, y) of an image of size (H, W)."""
+              strides: list[int] | None = None, read: str = "nearest") -> list[LevelRead]:
+    """The cell read at each level for a query at pixel point (x, y) of an image of size (H, W), for the head's
+    `read`: "nearest" (the paper: the cell containing the point), "centred" (the cell whose feature centre is
+    nearest, centres CENTRE_SHIFT of a cell up-left; the box is the region of queries that read it) or "ensemble"
+    (shown as the cell containing the point: the head mixes it with three neighbours by area)."""
     (x, y), (h, w) = point, size
     strides = strides or [4 * 2 ** i for i in range(len(level_sizes))]
+    shift = CENTRE_SHIFT if read == "centred" else 0.0
     reads = []
     for index, ((h_l, w_l), stride) in enumerate(zip(level_sizes, strides)):
-        ky, ry = _cell(y, h, h_l)
-        kx, rx = _cell(x, w, w_l)
+        ky, ry = _cell(y, h, h_l, read)
+        kx, rx = _cell(x, w, w_l, read)
         ch, cw = h / h_l, w / w_l
-        centre = ((kx + 0.5) * cw, (ky + 0.5) * ch)
+        centre = ((kx + 0.5 - shift) * cw, (ky + 0.5 - shift) * ch)
         reads.append(LevelRead(
             level=index + 1, stride=stride, grid=(h_l, w_l), cell=(ky, kx),
-            box=(kx * cw, ky * ch, (kx + 1) * cw, (ky + 1) * ch), centre=centre, offset=(ry, rx),
-            offset_px=(x + 0.5 - centre[0], y + 0.5 - centre[1])))
+            box=((kx - shift) * cw, (ky - shift) * ch, (kx + 1 - shift) * cw, (ky + 1 - shift) * ch), centre=centre,
+            offset=(ry, rx), offset_px=(x + 0.5 - centre[0], y + 0.5 - centre[1])))
     return reads
 
 

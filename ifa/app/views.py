@@ -239,7 +239,7 @@ class ProbeView:
 
 def probe_geometry(result: Result, point: tuple[int, int]):
     a = result.analysis
-    reads = ifa_reads(point, a.padded_size, a.ifa_level_sizes)
+    reads = ifa_reads(point, a.padded_size, a.ifa_level_sizes, read=a.ifa_read)
     footprint = bilinear_footprint(point, a.padded_size, a.fpn_grid_size, result.baseline_align_corners)
     return reads, footprint, normalised_point(point, a.padded_size)
 
@@ -270,6 +270,7 @@ def probe_view(result: Result, point: tuple[int, int], ifa_point: np.ndarray | N
               f"({c.centre[0]:.1f}, {c.centre[1]:.1f})", "", "", round(c.weight, 4)] for c in footprint]
     data = {
         "point": {"x": x, "y": y},
+        "ifa_read": a.ifa_read,
         "ifa_cells": [{"level": r.level, "stride": r.stride, "grid": list(r.grid), "cell": list(r.cell),
                        "centre_xy": list(r.centre), "offset_yx": list(r.offset), "offset_px_xy": list(r.offset_px)}
                       for r in reads],

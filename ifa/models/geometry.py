@@ -83,6 +83,16 @@ def centred_cells(q, n, shift: float = CENTRE_SHIFT, exact=None):
     return k, 2 * ((points + 1) * (n / 2) - (0.5 - shift) - k)
 
 
+def grid_reads(n_query: int, n_level: int, read: str = "nearest") -> tuple[torch.Tensor, torch.Tensor]:
+    """Along one axis of an n_query grid: the cell read at each query (long) and the offset to the centre it is
+    measured from (float64), on the CPU: the paper's nearest read (`grid_cells`) or the centred read
+    (`centred_cells`, offsets from the exact centres). The ensemble read's four cells are `ensemble_cells`'."""
+    if read == "centred":
+        exact = (2 * torch.arange(n_query, dtype=torch.float64) + 1) / n_query - 1
+        return centred_cells(torch.from_numpy(query_centres(n_query)), n_level, exact=exact)
+    return grid_cells(n_query, n_level)
+
+
 def ensemble_cells(q, n):
     """LIIF's local ensemble along one axis: the two cells whose centres bracket q on an axis of n cells.
 

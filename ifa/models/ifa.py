@@ -34,12 +34,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cpu_gemm import linear
-from .geometry import cell_index, centred_cells, ensemble_cells, grid_cells, grid_coords, offset_classes, query_centres
+from .geometry import (
+    cell_index,
+    centred_cells,
+    ensemble_cells,
+    grid_cells,
+    grid_coords,
+    grid_reads,
+    offset_classes,
+    query_centres,
+)
 from .ifa_fast import folded_layers, inference_rows
 from .intermediates import HeadIntermediates
 
 __all__ = ["IFA_READS", "POSITION_ENCODINGS", "IFAHead", "PositionEncoding", "cell_index", "centred_cells",
-           "ensemble_cells", "grid_cells", "grid_coords", "offset_classes", "query_centres"]
+           "ensemble_cells", "grid_cells", "grid_coords", "grid_reads", "offset_classes", "query_centres"]
 
 POSITION_ENCODINGS = ("none", "coord", "sine", "cosine", "fixed", "learned")
 # How the head reads a level at a query: "nearest" (the paper: the cell containing it), or a named variant:
@@ -230,8 +239,7 @@ class IFAHead(nn.Module):
         h, w = size
         h_l, w_l = projection.shape[-2:]
         device = projection.device
-        ky, ry = self._grid_reads(h, h_l)
-        kx, rx = self._grid_reads(w, w_l)
+        (ky, ry), (kx, rx) = grid_reads(h, h_l, self.read), grid_reads(w, w_l, self.read)
         start, stop, _ = (rows or slice(None)).indices(h)
         if (self.read == "nearest" and h % h_l == 0 and w % w_l == 0 and start % (h // h_l) == 0
                 and stop % (h // h_l) == 0):
@@ -251,14 +259,6 @@ class IFAHead(nn.Module):
             table = table.index_select(1, row_ids[start:stop].to(device)).index_select(2, col_ids.to(device))
             term = term + table.to(term.dtype)[None]
         return term
-
-    def _grid_reads(self, n_query: int, n_level: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Along one axis of an n_query grid: the cell read at each query (long) and its offset (float64), on the
-        CPU; the nearest read's `grid_cells` or the centred read's `centred_cells` (offsets at the exact centres)."""
-        if self.read == "centred":
-            exact = (2 * torch.arange(n_query, dtype=torch.float64) + 1) / n_query - 1
-            return centred_cells(torch.from_numpy(query_centres(n_query)), n_level, exact=exact)
-        return grid_cells(n_query, n_level)
 
     def _ensemble_term(self, level: int, projection: torch.Tensor, size: tuple[int, int],
                        rows: slice | None) -> torch.Tensor:

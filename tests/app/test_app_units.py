@@ -17,6 +17,7 @@ from ifa.app.images import ImageLoadError, load_image, load_label
 from ifa.app.probe import bilinear_footprint, ifa_reads, mix_logits, normalised_point
 from ifa.app.registry import PairError, RegistryError, hub_pair, parse_hub_pair_id, read_registry
 from ifa.models import create_model
+from ifa.models.geometry import CENTRE_SHIFT, grid_reads
 from ifa.models.ifa import grid_cells, query_centres
 from ifa.viz.colors import overlay
 from ifa.viz.pca import pca_rgb
@@ -54,6 +55,29 @@ def test_ifa_reads_use_the_heads_cell_rule(size, levels):
             cx, cy = read.centre
             assert read.box[0] <= x + 0.5 <= read.box[2] and read.box[1] <= y + 0.5 <= read.box[3]
             assert read.offset_px == pytest.approx((x + 0.5 - cx, y + 0.5 - cy))
+
+
+@pytest.mark.parametrize("size,levels", [((360, 480), [(90, 120), (45, 60), (23, 30), (12, 15)]),
+                                         ((37, 53), [(10, 14), (5, 7), (3, 4), (2, 2)])])
+def test_ifa_reads_follow_the_centred_read(size, levels):
+    """A centred-read model (a variant): the probe shows the cell the head reads (its own grid_reads), the offset
+    from where that cell's feature sits (CENTRE_SHIFT of a cell up-left), and a box of the queries that read it."""
+    h, w = size
+    for level, (h_l, w_l) in enumerate(levels):
+        (ky, ry), (kx, rx) = grid_reads(h, h_l, "centred"), grid_reads(w, w_l, "centred")
+        ch, cw = h / h_l, w / w_l
+        for x, y in [(0, 0), (w - 1, h - 1), (w // 3, h // 2), (7, 11)]:
+            read = ifa_reads((x, y), size, levels, read="centred")[level]
+            assert read.cell == (int(ky[y]), int(kx[x]))
+            assert read.offset == pytest.approx((float(ry[y]), float(rx[x])), abs=1e-5)
+            cx, cy = read.centre
+            assert (cx, cy) == pytest.approx(((read.cell[1] + 0.5 - CENTRE_SHIFT) * cw,
+                                              (read.cell[0] + 0.5 - CENTRE_SHIFT) * ch))
+            # the offset in cell units is the pixel offset over half a cell, as the head measures it
+            assert read.offset == pytest.approx(((y + 0.5 - cy) / (ch / 2), (x + 0.5 - cx) / (cw / 2)), abs=1e-4)
+            inside = 0 < x < w - 1 and 0 < y < h - 1
+            if inside:
+                assert read.box[0] <= x + 0.5 <= read.box[2] and read.box[1] <= y + 0.5 <= read.box[3]
 
 
 def test_inspect_returns_the_heads_own_decompositions():
