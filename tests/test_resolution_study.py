@@ -58,7 +58,9 @@ def test_study_reports_both_resolutions_classes_phases_and_the_ablation():
     assert 0 <= result["offsets_zeroed"]["changed_pixels_percent"] <= 100
     fpn = SegmentationModel(ModelConfig(architecture="fpn", backbone="efficientnet_lite0", num_classes=11,
                                         neck_channels=8, head_channels=8)).eval()
-    assert set(study(fpn, _Scenes(1), phases=True)) == {"stride4", "images"}  # a Semantic FPN: the grid row only
+    baseline = study(fpn, _Scenes(1), phases=True)  # a Semantic FPN: the grid row, its logits at the four phases
+    assert set(baseline) == {"stride4", "phases", "images"} and set(baseline["phases"]) == set(range(STRIDE))
+    assert set(study(model, _Scenes(1), resolutions=("stride4",), phases=True)) == {"stride4", "images"}
 
 
 class _Pooled(torch.nn.Module):

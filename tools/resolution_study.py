@@ -1,7 +1,7 @@
 """Is an IFA model as good queried at every pixel as on its stride-4 grid? Val scores at both resolutions.
 
 python -m tools.resolution_study checkpoints/camvid-effl0-ifa-lateral-wide [--root ../shared/data/camvid]
-    [--resolutions stride4 full] [--zeroed] [--phases] [--limit N] [--json out.json]
+    [--resolutions stride4 full] [--zeroed] [--phases] [--centres] [--limit N] [--json out.json]
 
 For each resolution (`stride4`: the head on the stride-4 grid, bilinearly upsampled, as trained; `full`: the head
 queried at every input pixel) it prints the val mIoU and aAcc (single scale, `ifa.metrics.summarize`) and the
@@ -11,8 +11,10 @@ offset fed as 0 and the share of scored pixels whose label changes; with --phase
 the every-pixel query loses: the full-resolution log-probabilities kept at one pixel of each 4x4 cell (phase s: rows
 and columns 4i + s) and linearly interpolated back to every pixel, one mIoU per phase (phases 1 and 2 sit half a
 pixel either side of the cell centre the stride-4 grid reads). Every result also carries each resolution's per-class
-IoU. A Semantic FPN gets the stride-4 row only. With --centres it first measures where each level's features are
-centred (`feature_centres`) against the cell centres the head's queries assume.
+IoU. A Semantic FPN gets the stride-4 row only, and with --phases the same placements of its own stride-4 logits
+(each cell's logit taken to sit at pixel 4i + s instead of the cell centre 4i + 1.5): the baseline's side of the knob.
+With --centres it first measures where each level's features are centred (`feature_centres`) against the cell
+centres the head's queries assume.
 """
 
 from __future__ import annotations
@@ -34,18 +36,32 @@ BANDS = (1, 2, 4, 8)
 STRIDE = 4
 
 
+def place_samples(samples: torch.Tensor, phase: int, size: tuple[int, int], stride: int = STRIDE) -> torch.Tensor:
+    """(K, h, w) samples taken at the centres of pixels stride * i + phase -> (K, *size): linearly interpolated to
+    every pixel centre (beyond the outermost samples, the nearest one)."""
+
+    def axis(length: int, samples_along: int) -> torch.Tensor:
+        position = (torch.arange(length, dtype=torch.float64) - phase) / stride  # in sample steps
+        return (2 * position / max(samples_along - 1, 1) - 1).float()
+
+    rows, cols = axis(size[0], samples.shape[1]), axis(size[1], samples.shape[2])
+    grid = torch.stack(torch.meshgrid(cols, rows, indexing="xy"), dim=-1)[None]  # (1, H, W, 2) as (x, y)
+    return F.grid_sample(samples[None].float(), grid, mode="bilinear", padding_mode="border", align_corners=True)[0]
+
+
 def phase_resample(values: torch.Tensor, phase: int, stride: int = STRIDE) -> torch.Tensor:
     """(K, H, W) -> (K, H, W): the samples at rows and columns stride * i + phase, linearly interpolated back to
-    every pixel centre (each sample sits at its pixel's centre; beyond the outermost samples, the nearest one)."""
-    kept = values[:, phase::stride, phase::stride]
+    every pixel centre (`place_samples`)."""
+    return place_samples(values[:, phase::stride, phase::stride], phase, tuple(values.shape[1:]), stride)
 
-    def axis(size: int, samples: int) -> torch.Tensor:
-        position = (torch.arange(size, dtype=torch.float64) - phase) / stride  # in sample steps
-        return (2 * position / max(samples - 1, 1) - 1).float()
 
-    rows, cols = axis(values.shape[1], kept.shape[1]), axis(values.shape[2], kept.shape[2])
-    grid = torch.stack(torch.meshgrid(cols, rows, indexing="xy"), dim=-1)[None]  # (1, H, W, 2) as (x, y)
-    return F.grid_sample(kept[None].float(), grid, mode="bilinear", padding_mode="border", align_corners=True)[0]
+def _grid_logits(model, predictor: Predictor, image) -> torch.Tensor:
+    """A Semantic FPN's stride-4 logits (K, h, w) for one image at scale 1 (padded at the bottom and right as the
+    model pads its input, so that cell i still starts at pixel 4i)."""
+    x = predictor.preprocess(image)
+    h, w = model.padded_size(tuple(x.shape[-2:]))
+    with torch.no_grad():
+        return model.head_logits(model.levels(F.pad(x, (0, w - x.shape[-1], 0, h - x.shape[-2]))))[0].float()
 
 
 def feature_centres(model, size: tuple[int, int] = (256, 320), trials: int = 3, seed: int = 0) -> list[dict]:
@@ -83,15 +99,16 @@ def feature_centres(model, size: tuple[int, int] = (256, 320), trials: int = 3, 
 def study(model, dataset, resolutions=("stride4", "full"), zeroed: bool = False, limit: int | None = None,
           phases: bool = False) -> dict:
     """{resolution: {"mIoU", "aAcc", "classes": {name: IoU or None}, "bands": {width: {"accuracy", "mIoU",
-    "pixels"}}}} in percent, plus "offsets_zeroed": {"mIoU", "changed_pixels_percent"} and "phases": {phase:
-    mIoU} (the full resolution kept at one pixel per stride-4 cell) when asked (IFA only)."""
+    "pixels"}}}} in percent, plus "offsets_zeroed": {"mIoU", "changed_pixels_percent"} (IFA only) and "phases":
+    {phase: mIoU} (IFA: the full resolution kept at one pixel per stride-4 cell; Semantic FPN: its stride-4 logits
+    placed at those pixels) when asked."""
     k, names = model.config.num_classes, list(dataset.info.class_names)
     resolutions = [r for r in resolutions if model.is_ifa or r == "stride4"]
     predictors = {r: Predictor(model, device="cpu", precision="fp32", ifa_resolution=r) for r in resolutions}
     whole = {r: np.zeros((k, k), np.int64) for r in resolutions}
     bands = {r: {w: np.zeros((k, k), np.int64) for w in BANDS} for r in resolutions}
     zero_cm, changed, scored = np.zeros((k, k), np.int64), 0, 0
-    phases = phases and "full" in predictors
+    phases = phases and ("full" in predictors or not model.is_ifa)  # an IFA model's phases come from every pixel
     phase_cms = {s: np.zeros((k, k), np.int64) for s in range(STRIDE)} if phases else {}
     n = len(dataset) if limit is None else min(limit, len(dataset))
     for index in tqdm(range(n), desc="resolution study"):
@@ -104,6 +121,10 @@ def study(model, dataset, resolutions=("stride4", "full"), zeroed: bool = False,
                 log_probs = prediction.probs.clamp_min(1e-12).log()
                 for s, cm in phase_cms.items():
                     cm += confusion_matrix(phase_resample(log_probs, s).argmax(0).numpy(), label, k, 255)
+            elif phase_cms and not model.is_ifa:
+                logits = _grid_logits(model, predictor, image)
+                for s, cm in phase_cms.items():
+                    cm += confusion_matrix(place_samples(logits, s, label.shape).argmax(0).numpy(), label, k, 255)
             for w, cm in trimap_confusion_matrices(pred, label, BANDS, k, 255).items():
                 bands[r][w] += cm
             if r == "stride4" and zeroed and model.is_ifa:
@@ -136,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resolutions", nargs="+", default=["stride4", "full"], choices=["stride4", "full"])
     parser.add_argument("--zeroed", action="store_true", help="also the stride-4 mIoU with the offsets zeroed")
     parser.add_argument("--phases", action="store_true",
-                        help="also the every-pixel result kept at one pixel per stride-4 cell, per phase")
+                        help="also the every-pixel result kept at one pixel per stride-4 cell, per phase (Semantic "
+                             "FPN: its stride-4 logits placed at those pixels)")
     parser.add_argument("--centres", action="store_true",
                         help="also where each level's features are centred against the cells the queries assume")
     parser.add_argument("--limit", type=int, default=None, help="first N images only")
@@ -164,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         z = result["offsets_zeroed"]
         print(f"offsets zeroed (stride4): mIoU {z['mIoU']:.2f}, {z['changed_pixels_percent']:.2f}% of labels change")
     if "phases" in result:
-        print("full kept at one pixel per stride-4 cell, mIoU by phase: "
+        kept = "full kept at" if "full" in result else "stride-4 logits placed at"
+        print(f"{kept} one pixel per stride-4 cell, mIoU by phase: "
               + "  ".join(f"{s}: {v:.2f}" for s, v in result["phases"].items()))
     if args.json:
         with open(args.json, "w") as f:
