@@ -76,8 +76,10 @@ def feature_centres(model, size: tuple[int, int] = (256, 320), trials: int = 3, 
     model.eval()
     shifts: dict[int, list[tuple[float, float]]] = {}
     try:
+        with torch.no_grad():
+            levels = len(model.levels(torch.zeros(1, 3, h, w)))
         for trial in range(trials):
-            for level in range(len(model.levels(torch.zeros(1, 3, h, w)))):
+            for level in range(levels):
                 x = torch.randn(1, 3, h, w, generator=generator, requires_grad=True)
                 feature = model.levels(x)[level]
                 stride = h // feature.shape[-2]
