@@ -3,6 +3,8 @@ study's record on a tiny random IFA model. Tolerance: 1e-5 on unit-scale float32
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import torch
 
@@ -82,3 +84,35 @@ def test_feature_centres_finds_a_known_shift():
         for c in centres:
             assert abs(c["dy"] + shift) < 1e-6 and abs(c["dx"] + shift) < 1e-6, c
             assert abs(c["dy_cells"] * c["stride"] - c["dy"]) < 1e-9
+
+
+def test_the_record_and_its_check_reach_the_card(tmp_path):
+    """--record writes both mIoUs and the first images' every-pixel check into the card (the app and tests/shipped
+    read them); --from-json records a saved result without measuring it again."""
+    from PIL import Image
+
+    import ifa
+    from ifa.cards import card_records, resolution_record
+    from tools.resolution_study import main
+
+    torch.manual_seed(0)
+    model = SegmentationModel(ModelConfig(architecture="ifa", backbone="efficientnet_lite0", num_classes=11,
+                                          neck_channels=8, mlp_channels=[16, 8], pos_dim=8,
+                                          class_names=list(get_dataset_info("camvid").class_names)))
+    ifa.save_pretrained(model, tmp_path / "model")
+    for name, (image, label) in zip(("a.png", "b.png"), _Scenes().items):
+        for folder, array in (("val", image), ("valannot", label)):
+            (tmp_path / "camvid" / folder).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(array).save(tmp_path / "camvid" / folder / name)
+    saved = tmp_path / "result.json"
+    args = [str(tmp_path / "model"), "--root", str(tmp_path / "camvid"), "--record"]
+    assert main([*args, "--json", str(saved)]) == 0
+    recorded = card_records(tmp_path / "model")["resolution"]
+    assert recorded["images"] == 2 and recorded["check"]["images"] == 8  # the first 8: here both images
+    assert recorded["check"]["full"] == recorded["full"]
+    assert resolution_record(tmp_path / "model")["best"] in ("stride4", "full")
+    result = json.loads(saved.read_text())
+    result["full"]["mIoU"], result["stride4"]["mIoU"] = 99.0, 1.0
+    saved.write_text(json.dumps(result))
+    assert main([*args, "--from-json", str(saved)]) == 0
+    assert resolution_record(tmp_path / "model") == {"stride4": 1.0, "full": 99.0, "best": "full"}

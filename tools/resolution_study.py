@@ -2,6 +2,7 @@
 
 python -m tools.resolution_study checkpoints/camvid-effl0-ifa-lateral-wide [--root ../shared/data/camvid]
     [--resolutions stride4 full] [--zeroed] [--phases] [--centres] [--limit N] [--json out.json]
+    [--record [--from-json out.json]]
 
 For each resolution (`stride4`: the head on the stride-4 grid, bilinearly upsampled, as trained; `full`: the head
 queried at every input pixel) it prints the val mIoU and aAcc (single scale, `ifa.metrics.summarize`) and the
@@ -34,6 +35,7 @@ from ifa.metrics import band_scores, confusion_matrix, summarize, trimap_confusi
 
 BANDS = (1, 2, 4, 8)
 STRIDE = 4
+CHECK_IMAGES = 8  # as tools.ship_camvid_pair's check: the first val images, re-measured by tests/shipped
 
 
 def place_samples(samples: torch.Tensor, phase: int, size: tuple[int, int], stride: int = STRIDE) -> torch.Tensor:
@@ -167,17 +169,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the result here")
     parser.add_argument("--record", action="store_true",
                         help="write both mIoUs into the checkpoint's card (ifa.resolution; the app defaults to the "
-                             "better resolution)")
+                             f"better resolution), with the every-pixel mIoU of the first {CHECK_IMAGES} images "
+                             "(tests/shipped re-measures it)")
+    parser.add_argument("--from-json", help="a result this tool wrote (--json) for the same model and split: "
+                                            "printed (and recorded) instead of measured again")
     args = parser.parse_args(argv)
     model = load_model(args.model)
-    centres = feature_centres(model) if args.centres else None
-    for c in centres or ():
-        print(f"stride {c['stride']:2d} features centred {c['dy']:+.2f} px down, {c['dx']:+.2f} px right of the "
-              f"assumed cell centre ({c['dy_cells']:+.2f}, {c['dx_cells']:+.2f} cells)")
-    result = study(model, build_dataset(args.dataset, args.root, args.split), args.resolutions, args.zeroed,
-                   args.limit, args.phases)
-    if centres:
-        result["feature_centres"] = centres
+    dataset = build_dataset(args.dataset, args.root, args.split)
+    if args.from_json:
+        with open(args.from_json) as f:
+            result = json.load(f)
+    else:
+        centres = feature_centres(model) if args.centres else None
+        for c in centres or ():
+            print(f"stride {c['stride']:2d} features centred {c['dy']:+.2f} px down, {c['dx']:+.2f} px right of "
+                  f"the assumed cell centre ({c['dy_cells']:+.2f}, {c['dx_cells']:+.2f} cells)")
+        result = study(model, dataset, args.resolutions, args.zeroed, args.limit, args.phases)
+        if centres:
+            result["feature_centres"] = centres
     for r in args.resolutions:
         if r not in result:
             continue
@@ -195,12 +204,14 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
     if args.record and "full" in result:
-        record_in_card(args.model, result)
+        check = study(model, dataset, ["full"], limit=CHECK_IMAGES)["full"]["mIoU"]
+        record_in_card(args.model, result, check)
     return 0
 
 
-def record_in_card(folder: str, result: dict) -> None:
-    """The card's `ifa.resolution` block: both val mIoUs and the images they are over (the rest unchanged)."""
+def record_in_card(folder: str, result: dict, check: float | None = None) -> None:
+    """The card's `ifa.resolution` block: both val mIoUs and the images they are over, and `check`, the every-pixel
+    mIoU of the first CHECK_IMAGES images when given (the rest of the card unchanged)."""
     from pathlib import Path
 
     from huggingface_hub import ModelCard
@@ -210,6 +221,8 @@ def record_in_card(folder: str, result: dict) -> None:
     records = dict(getattr(card.data, "ifa", None) or {})
     records["resolution"] = {"stride4": round(result["stride4"]["mIoU"], 3), "full": round(result["full"]["mIoU"], 3),
                              "images": result["images"]}
+    if check is not None:
+        records["resolution"]["check"] = {"images": CHECK_IMAGES, "full": round(check, 3)}
     card.data.ifa = records
     card.save(path)
 

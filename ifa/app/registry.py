@@ -126,8 +126,10 @@ class PairSpec:
                 "baseline": self.baseline.to_dict(), "ifa": self.ifa.to_dict()}
 
     def summary(self) -> dict:
+        """A JSON description (catalog, summaries); "ifa_resolution": the IFA card's record, as the app defaults."""
         return {"id": self.id, "title": self.title, "dataset": self.dataset, "classes": list(self.classes),
-                "baseline": self.baseline.summary(), "ifa": self.ifa.summary()}
+                "baseline": self.baseline.summary(), "ifa": self.ifa.summary(),
+                "ifa_resolution": ifa_resolution_record(self)}
 
 
 @dataclass
@@ -360,6 +362,12 @@ def _recorded(source: ModelSource, read):
         return None
 
 
+def ifa_resolution_record(spec: PairSpec) -> dict | None:
+    """The pair's IFA model's val mIoU on its stride-4 grid and at every pixel, and the better ("best"), as its card
+    records them (ifa.cards.resolution_record); read from the card alone, so the catalog needs no model loaded."""
+    return _recorded(spec.ifa, resolution_record)
+
+
 def check_pair(spec: PairSpec, baseline: SegmentationModel, ifa: SegmentationModel) -> list[str]:
     """Raise PairError when the two models cannot be compared; return notes about harmless differences."""
     notes = []
@@ -415,7 +423,7 @@ class PairCache:
                               time.perf_counter() - start, notes, _recorded(spec.ifa, offset_ablation),
                               {role: _recorded(src, domain_reference) for role, src in
                                (("baseline", spec.baseline), ("ifa", spec.ifa))},
-                              _recorded(spec.ifa, resolution_record))
+                              ifa_resolution_record(spec))
             self._pairs[spec.id] = pair
             while len(self._pairs) > self.capacity:
                 self._pairs.popitem(last=False)

@@ -65,9 +65,8 @@ from .tempdirs import make_files_root
 SCALE_CHOICES = ("0.5", "0.75", "1.0", "1.25", "1.5", "1.75", "2.0")
 IFA_RESOLUTIONS = (("stride-4 grid + bilinear upsampling (as trained)", "stride4"),
                    ("query IFA at every pixel (full resolution)", "full"))
-# What the full-resolution query costs (tools.resolution_study, CamVid val, single scale, the shipped paper's IFA).
-IFA_RESOLUTION_INFO = ("Every pixel is slower (the head runs 16x the queries) and, for the shipped paper's IFA, worse: "
-                       "70.74 val mIoU against 72.20 on the stride-4 grid, lower in every 1-8 px boundary band too")
+# The resolution option's help when a pair's IFA model has no resolution record (its card's record gives the numbers).
+IFA_RESOLUTION_INFO = "Every pixel is slower: the head runs 16x the queries of the stride-4 grid"
 LABEL_SET_CHOICES = [("the pair's class indices", ""), *((ls.title, ls.name) for ls in LABEL_SETS.values())]
 DEFAULT_MIN_AREA = 64
 DEFAULT_OPACITY = 0.55
@@ -277,17 +276,42 @@ class AppService(DatasetView):
 
     @guarded("loading the model pair")
     def load_pair(self, pair_id):
-        """Load a pair (cached) -> (status markdown, class filter update)."""
+        """Load a pair (cached) -> (status markdown, class filter update, gallery, IFA resolution update: the pair's
+        best on val, with its numbers as the option's help)."""
         pair = engine.load_pair(self._spec(pair_id))
         names = pair.class_names
-        return self._status(pair), gr.update(choices=names, value=names), self.gallery(pair_id)
+        return Pair(self._status(pair), gr.update(choices=names, value=names), self.gallery(pair_id),
+                    self._resolution_update(pair))
+
+    @staticmethod
+    def resolution_info(pair) -> str:
+        """The resolution option's help for a loaded pair: what the every-pixel query costs, with its card's numbers."""
+        record = pair.ifa_resolution if pair is not None else None
+        if not record:
+            return IFA_RESOLUTION_INFO
+        verdict = "better" if record["full"] >= record["stride4"] else "worse"
+        return (f"{IFA_RESOLUTION_INFO}; for this pair's IFA model it is {verdict}: {record['full']:.2f} val mIoU "
+                f"against {record['stride4']:.2f} on the stride-4 grid (its card), so the pair starts on the "
+                f"{'every-pixel query' if record['best'] == 'full' else 'stride-4 grid'}")
+
+    def _resolution_update(self, pair):
+        return gr.update(value=pair.best_resolution, info=self.resolution_info(pair))
+
+    def _default_loaded(self):
+        """The default pair, loaded (cached), or None when it cannot load (the status line reports why)."""
+        try:
+            return engine.load_pair(self.registry.get(self.default_pair))
+        except Exception:  # noqa: BLE001 - the status line reports a pair that cannot load
+            return None
 
     def default_resolution(self) -> str:
         """The IFA output resolution the page starts with: the default pair's best on val (stride4 when unknown)."""
-        try:
-            return engine.load_pair(self.registry.get(self.default_pair)).best_resolution
-        except Exception:  # noqa: BLE001 - the status line reports a pair that cannot load
-            return "stride4"
+        pair = self._default_loaded()
+        return pair.best_resolution if pair is not None else "stride4"
+
+    def default_resolution_info(self) -> str:
+        """The resolution option's help the page starts with (`resolution_info` of the default pair)."""
+        return self.resolution_info(self._default_loaded())
 
     def preload_default(self) -> str:
         """Load the default pair at start-up; returns the status line (an error message if it fails)."""
@@ -307,8 +331,9 @@ class AppService(DatasetView):
         pair = engine.load_pair(spec)
         names = pair.class_names
         # In this session's dropdown only: a pair one user loads is not added to everyone's list.
-        return (gr.update(choices=[*self.pair_choices(), (spec.title, spec.id)], value=spec.id), self._status(pair),
-                gr.update(choices=names, value=names), self.gallery(spec.id))
+        return HubPair(gr.update(choices=[*self.pair_choices(), (spec.title, spec.id)], value=spec.id),
+                       self._status(pair), gr.update(choices=names, value=names), self.gallery(spec.id),
+                       self._resolution_update(pair))
 
     # --- inputs -----------------------------------------------------------------------------------
     def _options(self, scales, flip, ifa_resolution, spec: PairSpec | None = None) -> tuple[Options, list[str]]:
@@ -601,7 +626,7 @@ class AppService(DatasetView):
 
     # --- the stateless tool (API /compare_models and the MCP server) ---------------------------------
     @guarded("comparing the models")
-    def compare_models(self, image, label=None, pair_id=None, scales=None, flip=False, ifa_resolution="stride4",
+    def compare_models(self, image, label=None, pair_id=None, scales=None, flip=False, ifa_resolution="",
                        label_set=""):
         """Compare a Semantic FPN baseline with FPN + IFA (implicit feature alignment, ECCV 2022) on one image.
 
@@ -613,8 +638,9 @@ class AppService(DatasetView):
             pair_id: a model pair id (see the catalog); empty for the default pair.
             scales: inference scales between 0.25 and 2.0, e.g. ["1.0"] (default) or ["0.75", "1.0", "1.25"].
             flip: also average a left-right flipped copy.
-            ifa_resolution: "stride4" (the IFA head on the stride-4 grid + bilinear upsampling, as trained) or "full"
-                (IFA queried at every pixel).
+            ifa_resolution: "stride4" (the IFA head on the stride-4 grid + bilinear upsampling, as trained), "full"
+                (IFA queried at every pixel), or empty (default) for the pair's better one on val, as the IFA model's
+                card records it (the catalog's "ifa_resolution").
             label_set: the label's format: "" (the pair's class indices), "camvid", "cityscapes_labelids",
                 "cityscapes_trainids", "ade20k", "pascal_context" or "pascal_context_60".
 

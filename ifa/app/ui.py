@@ -90,7 +90,7 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
                     c["flip"] = gr.Checkbox(False, label="Also average a left-right flipped copy", elem_id="flip")
                     c["ifa_resolution"] = gr.Radio(list(S.IFA_RESOLUTIONS), value=service.default_resolution(),
                                                    label="IFA output resolution", elem_id="ifa-resolution",
-                                                   info=S.IFA_RESOLUTION_INFO)
+                                                   info=service.default_resolution_info())
                     c["options_plan"] = gr.Markdown(elem_id="options-plan")
                     c["opacity"] = gr.Slider(0, 1, S.DEFAULT_OPACITY, step=0.05, label="Overlay opacity",
                                              elem_id="opacity")
@@ -295,7 +295,7 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
         with gr.Group(visible=False):
             tool_in = [gr.Image(type="filepath", label="image"), gr.File(label="label"), gr.Textbox(label="pair_id"),
                        gr.CheckboxGroup(list(S.SCALE_CHOICES), label="scales"), gr.Checkbox(label="flip"),
-                       gr.Radio(["stride4", "full"], value="stride4", label="ifa_resolution"),
+                       gr.Radio(["", "stride4", "full"], value="", label="ifa_resolution"),  # "": the pair's best
                        gr.Textbox(label="label_set")]
             tool_out = gr.Textbox(label="result")  # one JSON document: MCP answers it as text
             tool_run = gr.Button("compare", visible=False)

@@ -44,3 +44,55 @@ def test_the_shipped_pair_starts_on_its_best_resolution(pair_registry, monkeypat
     assert options.ifa_resolution == best
     if S.engine.load_pair(spec).ifa_resolution:
         assert "is this pair's default" in service.preload_default()
+
+
+def _full_is_better(folder: Path) -> None:
+    """Rewrite the card in `folder` so that its record says the every-pixel query is the better one."""
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(folder / "README.md")
+    card.data.ifa = {**card.data.ifa, "resolution": {"stride4": 70.0, "full": 71.5, "images": 101}}
+    card.save(folder / "README.md")
+
+
+def test_every_surface_follows_the_pairs_record(tmp_path, monkeypatch):
+    """A pair whose IFA card says every pixel is better: switching to it moves the page's option there (with the
+    numbers as its help), the catalog says so, and an API call that names no resolution gets it."""
+    import json
+
+    import numpy as np
+
+    from ifa.app import service as S
+
+    monkeypatch.delenv("IFA_SAMPLES_DIR", raising=False)
+    shutil.copytree(ROOT_IFA, tmp_path / "ifa")
+    _full_is_better(tmp_path / "ifa")
+    fpn = ROOT_IFA.parent / "camvid-effl0-fpn"
+    registry = tmp_path / "registry.json"
+    registry.write_text(json.dumps({"default": "grid", "pairs": [
+        {"id": "grid", "title": "grid pair", "dataset": "camvid",
+         "baseline": {"source": "local", "path": str(fpn)}, "ifa": {"source": "local", "path": str(ROOT_IFA)}},
+        {"id": "every-pixel", "title": "every-pixel pair", "dataset": "camvid",
+         "baseline": {"source": "local", "path": str(fpn)}, "ifa": {"source": "local", "path": str(tmp_path / "ifa")}},
+    ]}))
+    service = S.AppService(registry)
+    assert service.default_resolution() == "stride4"
+    assert "70.74" in service.default_resolution_info() and "stride-4 grid" in service.default_resolution_info()
+
+    switched = service.load_pair("every-pixel")
+    assert switched.ifa_resolution["value"] == "full"
+    assert "71.50 val mIoU against 70.00" in switched.ifa_resolution["info"]
+    assert "every-pixel query is this pair's default" in switched.pair_status
+    assert service.load_pair("grid").ifa_resolution["value"] == "stride4"
+
+    catalog = {p["id"]: p["ifa_resolution"] for p in service.catalog()["pairs"]}
+    assert catalog["every-pixel"]["best"] == "full" and catalog["grid"]["best"] == "stride4"
+
+    image = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    path = tmp_path / "scene.png"
+    from PIL import Image
+
+    Image.fromarray(image).save(path)
+    answers = {pair: json.loads(service.compare_models(str(path), pair_id=pair))["summary"]["options"]
+               for pair in ("grid", "every-pixel")}
+    assert answers["grid"]["ifa_resolution"] == "stride4" and answers["every-pixel"]["ifa_resolution"] == "full"
