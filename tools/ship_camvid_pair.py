@@ -51,6 +51,9 @@ def card(name: str, cfg: dict, config: dict, results: dict, minutes: float, devi
                     f"per-level 1x1 conv + BN + ReLU to {config['neck_channels']} channels (the paper's)")
         head = (f"{features}, IFA head: MLP {'-'.join(map(str, config['mlp_channels']))}, "
                 f"{config['pos_encoding']} position encoding d={config['pos_dim']}")
+        if config.get("ifa_read", "nearest") != "nearest":
+            head += (f", each level read with `ifa_read: {config['ifa_read']}` (a named variant; the paper reads the "
+                     f"nearest cell)")
     else:
         head = f"{neck}, semantic head {config['head_channels']} channels"
     rows = "\n".join(f"| {c} | {ss['per_class'][c]:.2f} | {ms['per_class'][c]:.2f} |" for c in ss["per_class"])

@@ -102,8 +102,12 @@ def ensemble_cells(q, n):
     (q - centre) * n of the cell actually read, so they lie in [-2, 2]. At a cell centre the cell itself has
     weight 1. q: a tensor or a float64 numpy array (host-side grid geometry); results of q's kind.
     """
-    lib = np if isinstance(q, np.ndarray) else torch
-    u = (q + 1) * (n / 2) - 0.5
+    return _bracketing_cells((q + 1) * (n / 2) - 0.5, n)
+
+
+def _bracketing_cells(u, n):
+    """`ensemble_cells` from u, the query in cell units (centres at the integers): a tensor or float64 array."""
+    lib = np if isinstance(u, np.ndarray) else torch
     k0 = lib.floor(u)
     t = u - k0
     if lib is np:
@@ -132,3 +136,23 @@ def offset_classes(offsets: list[torch.Tensor], n: int) -> tuple[torch.Tensor, t
     reps = np.zeros(ids.max() + 1, dtype=np.int64)
     reps[ids] = np.arange(n)
     return torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(reps)
+
+
+def grid_taps(n_query: int, n_level: int, read: str = "nearest"
+              ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+    """Along one axis of an n_query grid, what a read takes from a level of n_level cells: [(cell long (n_query,),
+    offset float64 (n_query,), weight float64 (n_query,) or None)] on the CPU: one tap without a weight for the
+    nearest and centred reads (`grid_reads`), the ensemble read's two weighted taps (`ensemble_cells` at the grid's
+    centres, u computed from integers). A query's value is the sum over its row taps and
+    column taps of w_row w_col (W_z z + W_pe PE(r_row, r_col))."""
+    if read == "ensemble":
+        # u of each query centre from integers (exact when the sizes' ratio is a power of two), its fractional part
+        # rounded to 1e-12 so that queries at the same phase of a period share their weights and offsets exactly
+        # (then the fast path's encoding table is one period), e.g. 32 x 32 classes at full resolution.
+        u = (2 * np.arange(n_query, dtype=np.float64) + 1) * n_level / (2 * n_query) - 0.5
+        cells, weights, offsets = _bracketing_cells(np.floor(u) + np.round(u - np.floor(u), 12), n_level)
+        return [(torch.from_numpy(k), torch.from_numpy(r), torch.from_numpy(w))
+                for k, w, r in zip(cells, weights, offsets)]
+    k, r = grid_reads(n_query, n_level, read)
+    return [(k, r, None)]
+

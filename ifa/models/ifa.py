@@ -9,10 +9,10 @@ one the reference code's grid_sample picks in float32 (`cell_index`): every path
 The MLP input is [PE(r_1), z_1, ..., PE(r_4), z_4].
 
 Query geometry (cell choice, offsets, grid centres) lives in `ifa.models.geometry`. Ways to evaluate the function:
-- generic (training, `query_points`, the ensemble read): the first MLP layer is linear, so it is split per level;
+- generic (training, `query_points`): the first MLP layer is linear, so it is split per level;
   the feature part is projected at each level's own resolution and gathered, and the encoding part is computed
   once per distinct offset (a grid repeats its offsets with a small period).
-- fast (`forward` / `decode_features` in eval mode without autograd, nearest read): the same sums laid out for
+- fast (`forward` / `decode_features` in eval mode without autograd, every read): the same sums laid out for
   matrix products, BatchNorm folded (`ifa.models.ifa_fast`).
 - reference (`forward_reference`): the formula written out, concatenation and all. Tests hold the three equal.
 
@@ -28,7 +28,6 @@ import threading
 from collections.abc import Sequence
 from contextlib import contextmanager, nullcontext
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,6 +40,7 @@ from .geometry import (
     grid_cells,
     grid_coords,
     grid_reads,
+    grid_taps,
     offset_classes,
     query_centres,
 )
@@ -268,23 +268,18 @@ class IFAHead(nn.Module):
         h_l, w_l = projection.shape[-2:]
         device = projection.device
         start, stop, _ = (rows or slice(None)).indices(h)
-        ys = (2 * np.arange(h, dtype=np.float64) + 1) / h - 1
-        xs = (2 * np.arange(w, dtype=np.float64) + 1) / w - 1
-        (ky, wy, ry), (kx, wx, rx) = ensemble_cells(ys[start:stop], h_l), ensemble_cells(xs, w_l)
         term = None
-        for a in range(2):
-            for b in range(2):
-                part = projection.index_select(2, torch.from_numpy(ky[a]).to(device)).index_select(
-                    3, torch.from_numpy(kx[b]).to(device))
+        for ky, ry, wy in grid_taps(h, h_l, "ensemble"):
+            for kx, rx, wx in grid_taps(w, w_l, "ensemble"):
+                ry_rows, wy_rows = ry[start:stop], wy[start:stop]
+                part = projection.index_select(2, ky[start:stop].to(device)).index_select(3, kx.to(device))
                 if self.pos[level].out_dim:
-                    row_ry, col_rx = torch.from_numpy(ry[a]), torch.from_numpy(rx[b])
-                    (row_ids, row_reps), (col_ids, col_reps) = (offset_classes([row_ry], len(row_ry)),
-                                                                offset_classes([col_rx], len(col_rx)))
-                    table = self._encoding_table(level, row_ry[row_reps].to(device), col_rx[col_reps].to(device))
+                    (row_ids, row_reps), (col_ids, col_reps) = (offset_classes([ry_rows], len(ry_rows)),
+                                                                offset_classes([rx], len(rx)))
+                    table = self._encoding_table(level, ry_rows[row_reps].to(device), rx[col_reps].to(device))
                     table = table.index_select(1, row_ids.to(device)).index_select(2, col_ids.to(device))
                     part = part + table.to(part.dtype)[None]
-                weight = torch.from_numpy(np.outer(wy[a], wx[b])).to(device, part.dtype)
-                part = part * weight
+                part = part * torch.outer(wy_rows, wx).to(device, part.dtype)
                 term = part if term is None else term + part
         return term
 
@@ -440,9 +435,8 @@ class IFAHead(nn.Module):
 
     # --- inference: eval mode, no autograd --------------------------------------------------------
     def _inference(self) -> bool:
-        """Whether forward / decode_features take the fast inference path (eval mode, autograd off, nearest
-        read; the ensemble read evaluates the generic chunked path)."""
-        return not self.training and not torch.is_grad_enabled() and self.read == "nearest"
+        """Whether forward / decode_features take the fast inference path (eval mode, autograd off; every read)."""
+        return not self.training and not torch.is_grad_enabled()
 
     def _chunk_queries(self, device: torch.device) -> int:
         """Queries per inference chunk: `chunk_size`, or when None a size chosen for the device."""
@@ -454,7 +448,7 @@ class IFAHead(nn.Module):
         """ifa.models.ifa_fast.inference_rows with this head's folded layers and (possibly zeroed) encodings."""
         self._check(feats)
         return inference_rows(feats, size, folded_layers(self.hidden), self._encodings(),
-                              self._chunk_queries(feats[0].device))
+                              self._chunk_queries(feats[0].device), self.read)
 
     # --- the formula, written out ---------------------------------------------------------------
     @_accepts_zeroed

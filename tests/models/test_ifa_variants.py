@@ -70,13 +70,25 @@ def test_no_power_of_two_grid_query_is_equidistant_from_two_feature_centres():
 
 @pytest.mark.parametrize("read", ["ensemble", "centred"])
 @pytest.mark.parametrize("size", [(23, 31), (90, 124), (37, 41), (360 // 4, 480 // 4)])
-def test_variant_paths_equal_the_formula(size, read):
+def test_variant_paths_equal_the_formula(size, read, monkeypatch):
+    """The fast inference path (no autograd: one combined encoding table, per-level tables, or terms computed per
+    chunk, as the tables' sizes allow; small chunks), the generic path (autograd on) and query_points equal forward_reference."""
+    import ifa.models.ifa_fast as fast
+
     head, feats = _head(read)
+    head.chunk_size = 97  # several chunks, not aligned with any level's period
     with torch.no_grad():
         grid = head(feats, size)
         reference = head.forward_reference(feats, size)
         points = head.query_points(feats, grid_coords(*size)[None].expand(2, -1, -1)).view(2, 5, *size)
-    torch.testing.assert_close(grid, reference, atol=1e-5, rtol=0)
+        smaller_tables = []
+        for cap in (16 * 4 * 150, 0):  # some levels' tables only (their classes), then none (terms per chunk)
+            monkeypatch.setattr(fast, "_COMBINED_TABLE_BYTES", cap)
+            smaller_tables.append(head(feats, size))
+    with torch.enable_grad():
+        generic = head(feats, size).detach()
+    for path in (grid, *smaller_tables, generic):
+        torch.testing.assert_close(path, reference, atol=1e-5, rtol=0)
     torch.testing.assert_close(points, reference, atol=1e-4, rtol=0)
     head.train()  # the training path (BatchNorm in batch mode) is the same sum
     assert torch.isfinite(head(feats, size)).all()
