@@ -18,7 +18,8 @@ see torch's allocations). The child runs with one intra-op thread. CUDA: max_mem
 after reset_peak_memory_stats, minus memory_allocated before the call.
 
 The comparisons double as checks: fast head vs the reference formula, the IFA model vs its
-head's reference formula, full-resolution logits (every chunk size) vs `query_points` at 2048 pixels.
+head's reference formula, full-resolution logits (every chunk size, and each of the head's reads at the small size)
+vs `query_points` at 2048 pixels.
 A mismatch makes the command exit with status 1.
 
 Targets (as ratios in one run at 1024x2048): fast head >= 6x the reference on the CPU (issue 16; issue 5 asked
@@ -49,10 +50,10 @@ from torch import nn
 from tqdm import tqdm
 
 from .models import create_model
-from .models.ifa import IFAHead
+from .models.ifa import IFA_READS, IFAHead
 from .timing import measure_times, sync
 
-PARTS = ("head", "models", "fullres", "cpu_paths")
+PARTS = ("head", "models", "fullres", "cpu_paths", "reads")
 MODEL_BACKBONES = (("efficientnet_lite0", "effl0"), ("resnet50", "r50"))
 # Paper widths: C = 256 per level, MLP 512-256-256, K = 19 (Cityscapes), learned PE with d = 24.
 PAPER = {"channels": 256, "hidden": (512, 256, 256), "num_classes": 19}
@@ -418,6 +419,37 @@ def bench_fullres(size: tuple[int, int], device: torch.device, precision: str, c
     return {"size": list(size), "precision": precision, "default_chunk_size": default_chunk, "rows": rows}
 
 
+# --- 4. the head's reads: the paper's nearest cell and the named variants ------------------------
+def bench_reads(size: tuple[int, int], device: torch.device, precision: str, warmup: int, repeats: int) -> dict:
+    """The paper head's fast path with each read (`IFA_READS`, the same weights) on the stride-4 grid and at every
+    pixel of an input of `size` (the level maps resident, ceil(size / stride) as EfficientNet-Lite0 gives them to the
+    app: at 360x480 the stride-16 level's 23 rows do not divide the grid's), all interleaved. Checks: each read's
+    every-pixel logits at 2048 random pixels equal `query_points` there."""
+    dtype = DTYPES[precision]
+    feats = head_inputs(size, device)
+    heads = {}
+    for read in IFA_READS:
+        heads[read] = paper_head()
+        heads[read].read = read
+        heads[read].to(device)
+    g = torch.Generator().manual_seed(3)
+    pix = torch.stack([torch.randint(0, n, (2048,), generator=g) for n in size], dim=-1).to(device)
+    centres = -1 + (2 * pix.double() + 1) / torch.tensor(size, dtype=torch.float64, device=device)
+    fns, checks = {}, {}
+    for read, head in heads.items():
+        for where, grid in (("grid", None), ("full", tuple(size))):
+            def fn(head=head, grid=grid):
+                with _autocast(device, dtype):
+                    return head(feats, grid)
+            fns[f"{read}_{where}"] = fn
+        with torch.inference_mode(), _autocast(device, dtype):
+            points = head.query_points(feats, centres[None].float())[0].float().cpu()
+            full = fns[f"{read}_full"]()[0][:, pix[:, 0], pix[:, 1]].float().cpu()
+        checks[read] = compare(full, points, dtype)
+    return {"size": list(size), "precision": precision,
+            "times": measure_times(fns, device, warmup, repeats), "vs_query_points": checks}
+
+
 # --- report -------------------------------------------------------------------------------------
 def machine_info(device: torch.device) -> dict:
     info = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
@@ -483,6 +515,16 @@ def summarize(results: dict, clock: str) -> tuple[dict, dict, dict]:
             btag = size_tag(bf16["size"])
             ratios[f"bf16_over_fp32_ifa_{btag}"] = _ms(bf16["bf16"], clock) / _ms(bf16["fp32"], clock)
             ratios[f"bf16_argmax_agreement_{btag}"] = bf16["argmax_agreement"]
+    reads = results.get("reads")
+    if reads:
+        tag, times = size_tag(reads["size"]), reads["times"]
+        for read in IFA_READS:
+            ratios[f"full_over_grid_{read}_{tag}"] = _ms(times[f"{read}_full"], clock) / _ms(times[f"{read}_grid"],
+                                                                                                clock)
+            if read != "nearest":
+                for where in ("grid", "full"):
+                    ratios[f"{read}_over_nearest_{where}_{tag}"] = (_ms(times[f"{read}_{where}"], clock)
+                                                                   / _ms(times[f"nearest_{where}"], clock))
     full = size_tag(FULL_SIZE)
     if f"head_speedup_{full}" in ratios:
         targets[f"head_speedup_{full} >= {TARGETS['head_speedup']}"] = (
@@ -512,6 +554,8 @@ def all_checks(results: dict) -> dict[str, dict]:
                 checks[f"model {r['tag']}: {arch} compiled vs eager"] = r[f"{arch}_compiled_vs_eager"]
     for r in results.get("fullres", {}).get("rows", []):
         checks[f"fullres chunk {r['chunk_size']}: vs query_points"] = r["vs_query_points"]
+    for read, check in results.get("reads", {}).get("vs_query_points", {}).items():
+        checks[f"{read} read, every pixel: vs query_points"] = check
     return checks
 
 
@@ -559,6 +603,12 @@ def format_report(report: dict) -> str:
         lines.append(f"  shipped IFA {size_tag(b['size'])}: fp32 {fmt(b['fp32']).strip()} ms, bf16 "
                      f"{fmt(b['bf16']).strip()} ms, labels kept {100 * b['argmax_agreement']:.2f}%"
                      if "skipped" not in b else f"  bf16: skipped ({b['skipped']})")
+    if results.get("reads"):
+        rd = results["reads"]
+        lines += ["", f"the head's reads, input {size_tag(rd['size'])} {rd['precision']}",
+                  f"{'read':<34}{'grid':>10}{'every px':>10}"]
+        for read in IFA_READS:
+            lines.append(f"{read:<34}{fmt(rd['times'][f'{read}_grid'])}{fmt(rd['times'][f'{read}_full'])}")
     lines += ["", "ratios:"] + [f"  {k:<44}{v:8.3f}" for k, v in report["ratios"].items()]
     lines += ["memory:"] + [f"  {k:<44}{v:8.1f}" for k, v in report["memory"].items()]
     if report["targets"]:
@@ -649,6 +699,8 @@ def run(args: argparse.Namespace) -> dict:
         elif part == "fullres":
             results["fullres"] = bench_fullres(args.size, device, args.precision, args.chunks, args.warmup,
                                                args.fullres_repeats, memory)
+        elif part == "reads":
+            results["reads"] = bench_reads(args.small_size, device, args.precision, args.warmup, args.repeats)
         elif part == "cpu_paths" and device.type == "cpu":
             results["cpu_paths"] = bench_cpu_paths(args.size, args.warmup, args.repeats, args.quick)
     if hasattr(os, "getloadavg"):

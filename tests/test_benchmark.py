@@ -35,7 +35,10 @@ def test_quick_run_writes_ratios_and_all_compared_outputs_are_equal(tmp_path, ca
     for key in ("head_speedup_64x128", "head_speedup_32x64", "ifa_over_fpn_latency_effl0", "ifa_over_fpn_latency_r50"):
         assert report["ratios"][key] > 0, key
     assert report["checks"] and all(c["equal"] for c in report["checks"].values()), report["checks"]
-    assert len(report["checks"]) == 2 + 2 + 2  # two head sizes, two backbones, two chunk sizes
+    assert len(report["checks"]) == 2 + 2 + 2 + 3  # two head sizes, two backbones, two chunk sizes, three reads
+    for read in ("nearest", "ensemble", "centred"):  # each read's every-pixel time against its grid, one run
+        assert report["ratios"][f"full_over_grid_{read}_32x64"] > 0
+    assert report["ratios"]["ensemble_over_nearest_full_32x64"] > 0
     fullres = report["results"]["fullres"]
     assert [r["chunk_size"] for r in fullres["rows"]] == [fullres["default_chunk_size"], 1000]
     if benchmark.cpu_memory_supported():

@@ -23,7 +23,8 @@ from .geometry import grid_taps, offset_classes
 # Inference sums all levels' encoding terms (and the first bias) into one table over the classes of rows and of
 # columns that share every level's offsets (e.g. 8 x 8 on the stride-4 grid, 32 x 32 at full resolution when every
 # level's size divides the grid's; 360 x 64 at every pixel of a 360 x 480 image, whose stride-16 level has 23 rows)
-# when it takes at most this many bytes; otherwise each level's term is computed per chunk.
+# when it takes at most this many bytes; otherwise per-level tables (at most this many bytes in all) or, beyond
+# them, each level's term computed per chunk.
 _COMBINED_TABLE_BYTES = 64 * 2 ** 20
 
 
@@ -127,16 +128,17 @@ def inference_rows(feats: list[torch.Tensor], size: tuple[int, int], layers: lis
         def classes(taps_of, n):  # rows (columns) sharing the given levels' offsets and weights: (ids, reps)
             return offset_classes([a for taps in taps_of for tap in taps for a in _geometry(tap)], n)
 
-        def fits(rows, cols):
-            return len(rows) * len(cols) * d * w0.element_size() <= _COMBINED_TABLE_BYTES
+        def table_bytes(rows, cols):
+            return len(rows) * len(cols) * d * w0.element_size()
 
-        # Each level's encoding terms over its own classes of rows and columns (few: its period) when that table
-        # fits, gathered from there; the rest computed where needed.
-        level_terms = {}
+        # Each level's encoding terms over its own classes of rows and columns (few: its period) while the levels'
+        # tables together fit, gathered from there; the rest computed where needed.
+        level_terms, spent = {}, 0
         for i, lv in enumerate(levels):
             if lv.pe.out_dim:
                 (ids_y, reps_y), (ids_x, reps_x) = classes([lv.rows], h), classes([lv.cols], w)
-                if fits(reps_y, reps_x):
+                if spent + table_bytes(reps_y, reps_x) <= _COMBINED_TABLE_BYTES:
+                    spent += table_bytes(reps_y, reps_x)
                     level_terms[i] = (encoding(lv, reps_y, reps_x), ids_y.to(device), ids_x.to(device))
 
         def level_term(i, rows, cols):  # level i's summed encoding terms at rows x cols (CPU long): (a, c, D)
@@ -151,11 +153,12 @@ def inference_rows(feats: list[torch.Tensor], size: tuple[int, int], layers: lis
         row_ids, row_reps = classes([levels[i].rows for i in encoded], h)
         col_ids, col_reps = classes([levels[i].cols for i in encoded], w)
         table = None
-        if fits(row_reps, col_reps):
+        if table_bytes(row_reps, col_reps) <= _COMBINED_TABLE_BYTES:
             table = b0.expand(len(row_reps), len(col_reps), d).clone()
             for i in encoded:
                 table.add_(level_term(i, row_reps, col_reps))
             row_ids, col_ids = row_ids.to(device), col_ids.to(device)
+            level_terms.clear()  # the combined table holds them all
         # Chunks of whole periods of the broadcast levels' rows (when chunks are that tall).
         align = math.lcm(1, *(lv.py for lv in levels if lv.int_rows and lv.int_cols))
         step = max(1, chunk_queries // max(w, 1))

@@ -345,10 +345,10 @@ def test_local_folders_in_typed_pairs_only_when_the_operator_allows(monkeypatch)
 
 
 def test_options_are_reduced_to_the_work_budget_with_a_notice():
-    from ifa.app.engine import Options
+    from ifa.app.engine import FULL_RESOLUTION_WORK, Options
 
     asked = Options((0.5, 1.0, 1.5, 2.0), True, "full")
-    assert asked.work_mpx(480, 640) == pytest.approx(480 * 640 * 7.5 * 2 * 4 / 1e6)
+    assert asked.work_mpx(480, 640) == pytest.approx(480 * 640 * 7.5 * 2 * FULL_RESOLUTION_WORK / 1e6)
     kept, notices = asked.within(480, 640, 2.0)
     assert kept == Options((0.5, 1.0, 1.5), False, "stride4") and kept.work_mpx(480, 640) <= 2.0
     assert "full-resolution IFA, the flip, scale 2 dropped" in notices[0] and "2 Mpx" in notices[0]
