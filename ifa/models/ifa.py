@@ -263,25 +263,28 @@ class IFAHead(nn.Module):
     def _ensemble_term(self, level: int, projection: torch.Tensor, size: tuple[int, int],
                        rows: slice | None) -> torch.Tensor:
         """`_level_term` of the local-ensemble read: sum over the four nearest cells (a, b) of w_a(y) w_b(x) times
-        (W_z z of cell (a, b) + W_pe PE(r_a, r_b)). (B, D, n_rows, w)."""
+        (W_z z of cell (a, b) + W_pe PE(r_a, r_b)) = the projection interpolated bilinearly (row taps, then column
+        taps) + the weighted encodings, one table over the rows' and columns' classes. (B, D, n_rows, w)."""
         h, w = size
         h_l, w_l = projection.shape[-2:]
         device = projection.device
         start, stop, _ = (rows or slice(None)).indices(h)
-        term = None
-        for ky, ry, wy in grid_taps(h, h_l, "ensemble"):
-            for kx, rx, wx in grid_taps(w, w_l, "ensemble"):
-                ry_rows, wy_rows = ry[start:stop], wy[start:stop]
-                part = projection.index_select(2, ky[start:stop].to(device)).index_select(3, kx.to(device))
-                if self.pos[level].out_dim:
-                    (row_ids, row_reps), (col_ids, col_reps) = (offset_classes([ry_rows], len(ry_rows)),
-                                                                offset_classes([rx], len(rx)))
-                    table = self._encoding_table(level, ry_rows[row_reps].to(device), rx[col_reps].to(device))
-                    table = table.index_select(1, row_ids.to(device)).index_select(2, col_ids.to(device))
-                    part = part + table.to(part.dtype)[None]
-                part = part * torch.outer(wy_rows, wx).to(device, part.dtype)
-                term = part if term is None else term + part
-        return term
+        row_taps = [(k[start:stop], r[start:stop], wt[start:stop]) for k, r, wt in grid_taps(h, h_l, "ensemble")]
+        col_taps = grid_taps(w, w_l, "ensemble")
+        cells = projection.permute(0, 2, 3, 1).contiguous()  # (B, h_l, w_l, D): gathers copy whole D-vectors
+        mixed = sum(cells.index_select(1, k.to(device)) * wt.to(device, cells.dtype)[:, None, None]
+                    for k, _, wt in row_taps)  # (B, n_rows, w_l, D)
+        term = sum(mixed.index_select(2, k.to(device)) * wt.to(device, cells.dtype)[:, None]
+                   for k, _, wt in col_taps)  # (B, n_rows, w, D)
+        if self.pos[level].out_dim:
+            row_ids, row_reps = offset_classes([a for t in row_taps for a in t[1:]], stop - start)
+            col_ids, col_reps = offset_classes([a for t in col_taps for a in t[1:]], w)
+            table = sum(self._encoding_table(level, ry[row_reps].to(device), rx[col_reps].to(device))
+                        * torch.outer(wy[row_reps], wx[col_reps]).to(device)
+                        for _, ry, wy in row_taps for _, rx, wx in col_taps)  # (D, u_y, u_x)
+            table = table.permute(1, 2, 0).index_select(0, row_ids.to(device)).index_select(1, col_ids.to(device))
+            term = term + table.to(term.dtype)[None]
+        return term.permute(0, 3, 1, 2)
 
     def level_term_norms(self, feats: list[torch.Tensor], size: tuple[int, int], budget: int = 2 ** 22
                          ) -> torch.Tensor:
@@ -295,10 +298,14 @@ class IFAHead(nn.Module):
         relative one (a share map does not see it). Chunks of about `budget` values bound the memory.
         """
         h, w = size
-        if self.read != "nearest":  # the terms themselves (no closed form per cell); the app's sizes fit
+        if self.read != "nearest":  # the terms themselves (no closed form per cell), in row chunks of ~budget values
             with torch.autocast(feats[0].device.type, enabled=False):
-                terms = self.first_layer_terms([f.float() for f in feats], size)
-            return torch.stack([t.float().norm(dim=1) for t in terms], dim=1)
+                projections = self.level_projections([f.float() for f in feats])
+                b, d = projections[0].shape[:2]
+                step = max(1, budget // max(1, b * d * w))
+                return torch.cat([torch.stack([self._level_term(i, p, size, slice(start, start + step)).norm(dim=1)
+                                               for i, p in enumerate(projections)], dim=1)
+                                  for start in range(0, h, step)], dim=2)
         norms = []
         with torch.autocast(feats[0].device.type, enabled=False):
             self._check(feats)

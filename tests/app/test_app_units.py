@@ -111,13 +111,15 @@ def test_inspect_returns_the_heads_own_decompositions():
     np.testing.assert_allclose(shares.sum(0), 1.0, atol=1e-5)
 
 
+@pytest.mark.parametrize("read", ["nearest", "ensemble", "centred"])
 @pytest.mark.parametrize("size", [(18, 22), (9, 11), (36, 44), (25, 31), (40, 17)])
-def test_level_term_norms_equal_the_terms_norms(size):
-    """The norms from the expansion ||z||^2 + ||e||^2 + 2 z.e (by rows or by columns, in chunks) equal the norms
-    of the terms first_layer_terms builds, at grid sizes with integer, non-integer and tied level ratios."""
+def test_level_term_norms_equal_the_terms_norms(size, read):
+    """The norms from the expansion ||z||^2 + ||e||^2 + 2 z.e (by rows or by columns, in chunks; the variant reads:
+    the terms in row chunks) equal the norms of the terms first_layer_terms builds, at grid sizes with integer,
+    non-integer and tied level ratios."""
     torch.manual_seed(1)
     model = create_model(architecture="ifa", backbone="efficientnet_lite0", num_classes=4, neck_channels=16,
-                             mlp_channels=[32, 16]).eval()
+                         mlp_channels=[32, 16], ifa_read=read).eval()
     with torch.no_grad():
         feats = model.levels(torch.randn(2, 3, 72, 88))
         head = model.decoder.head
