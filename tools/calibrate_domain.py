@@ -1,5 +1,6 @@
 """Calibrate each model's in-domain rule: its confidence (ifa.domain) on its val split and on clearly non-street
-pictures, the threshold, and the rates; recorded in the model card's `ifa.domain` block (the app reads it).
+pictures, the threshold, and the rates; recorded in the model card's `ifa.domain` block (the app reads it). An IFA
+model is measured at the output resolution the app starts it on (its card's `ifa.resolution` record).
 
 python -m tools.calibrate_domain checkpoints/camvid-effl0-fpn checkpoints/camvid-effl0-ifa-lateral-wide ...
     [--root ../shared/data/camvid] [--split val] [--max-false-alarm 0.02] [--dry-run] [--json out.json]
@@ -21,6 +22,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ifa.cards import resolution_record
 from ifa.data.datasets import build_dataset
 from ifa.domain import DomainReference, calibrate, confidence
 from ifa.hub import load_model
@@ -73,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     outside = non_street_pictures()
     report = {}
     for folder in args.models:
-        predictor = Predictor(load_model(folder), device="cpu", precision="fp32")
+        # At the resolution the app starts the model on (its card's record; the stride-4 grid when none).
+        record = resolution_record(folder) if Path(folder).is_dir() else None
+        predictor = Predictor(load_model(folder), device="cpu", precision="fp32",
+                              ifa_resolution=record["best"] if record else "stride4")
         val = [image_confidence(predictor, val_set[i][0]) for i in tqdm(range(len(val_set)), desc=folder)]
         out = {name: image_confidence(predictor, image) for name, image in outside.items()}
         reference = calibrate(val, list(out.values()), args.max_false_alarm)

@@ -7,6 +7,7 @@ python -m tools.ship_camvid_pair --run runs/camvid-effl0-ifa --out checkpoints/c
 from __future__ import annotations
 
 import argparse
+import filecmp
 import json
 import shutil
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from ifa.cards import model_card, write_card
+from ifa.cards import card_records, model_card, write_card
 from ifa.data.datasets import build_dataset
 from ifa.evaluate import evaluate
 from ifa.hub import load_model
@@ -121,14 +122,21 @@ def main() -> None:
     cache.write_text(json.dumps(results, indent=2))
     state = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
     out.mkdir(parents=True, exist_ok=True)
+    # Records other tools measured on these very weights (the domain calibration, the resolution study) stay when
+    # the card is written again for the same weights; new weights drop them (measure them again).
+    same_weights = (out / "model.safetensors").is_file() and filecmp.cmp(
+        out / "model.safetensors", run / "final" / "model.safetensors", shallow=False)
+    kept = {k: v for k, v in card_records(out).items() if k in ("domain", "resolution")} if same_weights else {}
     for file in ("config.json", "model.safetensors"):
         shutil.copyfile(run / "final" / file, out / file)
     config = json.loads((out / "config.json").read_text())
     # The hardware recorded by the training run (runs older than that record: this machine).
     trained_on = state.get("hardware", hardware())
-    write_card(card(out.name, cfg, config, results, state["elapsed"] / 60, trained_on,
-                    "\n" + args.notes.read_text() if args.notes else "", args.config,
-                    args.run if args.config else None), out)
+    shipped = card(out.name, cfg, config, results, state["elapsed"] / 60, trained_on,
+                   "\n" + args.notes.read_text() if args.notes else "", args.config, args.run if args.config else None)
+    if kept:
+        shipped.data.ifa = {**(getattr(shipped.data, "ifa", None) or {}), **kept}
+    write_card(shipped, out)
     print(f"{out}: val mIoU {results['ss']['mIoU']:.2f} SS, {results['ms_flip']['mIoU']:.2f} MS+flip")
 
 

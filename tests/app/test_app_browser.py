@@ -165,6 +165,19 @@ def test_pick_sample_run_and_probe_in_a_browser(server, shots, camvid_val):
             expect(page.locator("#baseline-time")).to_contain_text("ms")
             page.wait_for_timeout(500)
             page.screenshot(path=str(shots / shot), full_page=True)
+
+        # A pair whose IFA card says every pixel is better (the shipped registry's ensemble-read pair): switching to
+        # it moves the resolution option there, the status says why, and the shown image is run again that way.
+        choices = page.locator("#pair")
+        choices.click()
+        option = page.get_by_role("option", name=re.compile("local ensemble"))
+        if option.count():
+            option.first.click()
+            expect(page.locator("#pair-status")).to_contain_text("every-pixel query is this pair's default")
+            expect(page.locator("#ifa-resolution input:checked")).to_have_value("full")
+            expect(page.locator("#ifa-time")).to_contain_text("queried at every pixel")
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(shots / "app-every-pixel-pair.png"), full_page=True)
         browser.close()
 
 
