@@ -63,6 +63,7 @@ def card(name: str, cfg: dict, config: dict, results: dict, minutes: float, devi
     recipe = yaml.safe_dump({**{k: cfg[k] for k in ("model", "data", "optim", "schedule", "loss")}, "train": train},
                             sort_keys=False)
     role = "IFA" if config["architecture"] == "ifa" else "baseline"
+    grid = " on the stride-4 grid + bilinear upsampling (so is the class table)" if role == "IFA" else ""
     if config.get("ifa_features", "fpn") == "fpn":
         pairing = "Both models share backbone, FPN neck, recipe, seed and schedule; only the head differs."
     else:
@@ -76,7 +77,7 @@ def card(name: str, cfg: dict, config: dict, results: dict, minutes: float, devi
   `val` images for every choice; the test split was not used.
 - **Hardware and time:** {device}; {minutes:.0f} min of training ({cfg['schedule']['iters']} iterations of
   batch {cfg['train']['batch_size']}).
-- **Validation mIoU:** {ss['mIoU']:.2f} single scale at 360x480; {ms['mIoU']:.2f} with scales
+- **Validation mIoU:** {ss['mIoU']:.2f} single scale at 360x480{grid}; {ms['mIoU']:.2f} with scales
   {', '.join(map(str, MS_SCALES))} and left-right flip. mAcc {ss['mAcc']:.2f}, aAcc {ss['aAcc']:.2f} (single scale).
 
 | class | IoU single scale | IoU MS + flip |
