@@ -72,7 +72,8 @@ def test_no_power_of_two_grid_query_is_equidistant_from_two_feature_centres():
 @pytest.mark.parametrize("size", [(23, 31), (90, 124), (37, 41), (360 // 4, 480 // 4)])
 def test_variant_paths_equal_the_formula(size, read, monkeypatch):
     """The fast inference path (no autograd: one combined encoding table, per-level tables, or terms computed per
-    chunk, as the tables' sizes allow; small chunks), the generic path (autograd on) and query_points equal forward_reference."""
+    chunk, as the tables' sizes allow; small chunks), the generic path (autograd on) and query_points equal
+    forward_reference."""
     import ifa.models.ifa_fast as fast
 
     head, feats = _head(read)
