@@ -34,5 +34,5 @@ Probe = _outputs("Probe", ("probe_view", "baseline_probs", "ifa_probs", "probe_t
 Ablation = _outputs("Ablation", ("ablation_view", "ablation_md", "ablation_summary"))
 Rank = _outputs("Rank", ("rank_table", "rank_gallery", "rank_status", "rank_summary"))
 Export = _outputs("Export", ("figure_files", "figure_md"))
-Pair = _outputs("Pair", ("pair_status", "classes", "gallery", "ifa_resolution"))
-HubPair = _outputs("HubPair", ("pair", "pair_status", "classes", "gallery", "ifa_resolution"))
+Pair = _outputs("Pair", ("pair_status", "classes", "gallery"))
+HubPair = _outputs("HubPair", ("pair", "pair_status", "classes", "gallery"))

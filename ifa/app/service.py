@@ -276,12 +276,16 @@ class AppService(DatasetView):
 
     @guarded("loading the model pair")
     def load_pair(self, pair_id):
-        """Load a pair (cached) -> (status markdown, class filter update, gallery, IFA resolution update: the pair's
-        best on val, with its numbers as the option's help)."""
+        """Load a pair (cached) -> (status markdown, class filter update, gallery)."""
         pair = engine.load_pair(self._spec(pair_id))
         names = pair.class_names
-        return Pair(self._status(pair), gr.update(choices=names, value=names), self.gallery(pair_id),
-                    self._resolution_update(pair))
+        return Pair(self._status(pair), gr.update(choices=names, value=names), self.gallery(pair_id))
+
+    @guarded("loading the model pair")
+    def pair_resolution(self, pair_id):
+        """The IFA resolution option for a (loaded) pair: its best on val, with its card's numbers as the help."""
+        pair = engine.load_pair(self._spec(pair_id))
+        return gr.update(value=pair.best_resolution, info=self.resolution_info(pair))
 
     @staticmethod
     def resolution_info(pair) -> str:
@@ -293,9 +297,6 @@ class AppService(DatasetView):
         return (f"{IFA_RESOLUTION_INFO}; for this pair's IFA model it is {verdict}: {record['full']:.2f} val mIoU "
                 f"against {record['stride4']:.2f} on the stride-4 grid (its card), so the pair starts on the "
                 f"{'every-pixel query' if record['best'] == 'full' else 'stride-4 grid'}")
-
-    def _resolution_update(self, pair):
-        return gr.update(value=pair.best_resolution, info=self.resolution_info(pair))
 
     def _default_loaded(self):
         """The default pair, loaded (cached), or None when it cannot load (the status line reports why)."""
@@ -332,8 +333,7 @@ class AppService(DatasetView):
         names = pair.class_names
         # In this session's dropdown only: a pair one user loads is not added to everyone's list.
         return HubPair(gr.update(choices=[*self.pair_choices(), (spec.title, spec.id)], value=spec.id),
-                       self._status(pair), gr.update(choices=names, value=names), self.gallery(spec.id),
-                       self._resolution_update(pair))
+                       self._status(pair), gr.update(choices=names, value=names), self.gallery(spec.id))
 
     # --- inputs -----------------------------------------------------------------------------------
     def _options(self, scales, flip, ifa_resolution, spec: PairSpec | None = None) -> tuple[Options, list[str]]:

@@ -257,10 +257,14 @@ def build_demo(service: AppService | None = None) -> gr.Blocks:
         # preprocess=False also here and for /dataset_rank: the handlers check the values themselves and answer
         # a bad one with a shortened echo (Gradio's own choice check repeats the whole value)
         # Switching the pair re-runs the shown image on the new pair (nothing happens before a first image).
+        # The resolution option then moves to the new pair's best on val (a step of its own: /load_pair and
+        # /load_hub_pair answer as they always have).
+        resolution = {"fn": service.pair_resolution, "inputs": c["pair"], "outputs": c["ifa_resolution"],
+                      "api_visibility": "private", **model}
         run_chain(c["pair"].input(service.load_pair, c["pair"], out(S.PAIR_OUTPUTS), api_name="load_pair",
-                                  preprocess=False, **model), public=False)
+                                  preprocess=False, **model).success(**resolution), public=False)
         hub_load.click(service.load_hub_pair, [hub_b, hub_b_rev, hub_i, hub_i_rev], out(S.HUB_OUTPUTS),
-                       api_name="load_hub_pair", **model)
+                       api_name="load_hub_pair", **model).success(**resolution)
 
         # What the options will run as, before the run (and never more scales than the server takes).
         plan_in = out(("result_state", "scales", "flip", "ifa_resolution"))

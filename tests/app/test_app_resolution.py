@@ -79,11 +79,10 @@ def test_every_surface_follows_the_pairs_record(tmp_path, monkeypatch):
     assert service.default_resolution() == "stride4"
     assert "70.74" in service.default_resolution_info() and "stride-4 grid" in service.default_resolution_info()
 
-    switched = service.load_pair("every-pixel")
-    assert switched.ifa_resolution["value"] == "full"
-    assert "71.50 val mIoU against 70.00" in switched.ifa_resolution["info"]
-    assert "every-pixel query is this pair's default" in switched.pair_status
-    assert service.load_pair("grid").ifa_resolution["value"] == "stride4"
+    assert "every-pixel query is this pair's default" in service.load_pair("every-pixel").pair_status
+    option = service.pair_resolution("every-pixel")
+    assert option["value"] == "full" and "71.50 val mIoU against 70.00" in option["info"]
+    assert service.pair_resolution("grid")["value"] == "stride4"
 
     catalog = {p["id"]: p["ifa_resolution"] for p in service.catalog()["pairs"]}
     assert catalog["every-pixel"]["best"] == "full" and catalog["grid"]["best"] == "stride4"
