@@ -98,7 +98,7 @@ class DatasetView:
         status += " Click a row or a thumbnail to open that image in the comparison."
         gallery = [(r["thumbnail"], f"{r['image'].split(' (')[0]} · Δ {r['gain']:+.1f}" if r["gain"] is not None else
                     f"{r['image'].split(' (')[0]} · differ {r['disagreement']:.1f}%") for r in rows]
-        summary = {"source": source, "pair": spec.summary(), "options": {"scales": list(options.scales),
+        summary = {"source": source, "pair": engine.pair_summary(spec), "options": {"scales": list(options.scales),
                    "flip": options.flip, "ifa_resolution": options.ifa_resolution}, "images": len(samples),
                    "ranked": len(rows), "pending": pending, "computed": computed, "seconds": round(seconds, 2),
                    "notices": notices, "rows": [{k: v for k, v in r.items() if k != "thumbnail"} for r in rows]}

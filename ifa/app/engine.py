@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from ..domain import confidence
 from ..inference import Predictor, autocast_dtype, class_argmax
 from .probe import softmax
-from .registry import LoadedPair, PairCache, PairSpec
+from .registry import LoadedPair, PairCache, PairSpec, ifa_resolution_record
 
 try:  # Hugging Face ZeroGPU; a no-op elsewhere
     import spaces  # type: ignore[import-not-found]
@@ -102,6 +102,12 @@ def _autocast():
 def load_pair(spec: PairSpec) -> LoadedPair:
     """Load (or fetch from the cache) a pair of models on DEVICE."""
     return PAIRS.get(spec)
+
+
+def pair_summary(spec: PairSpec) -> dict:
+    """The pair as JSON (catalog, every summary) with "ifa_resolution": its IFA card's record, which the app defaults
+    to (`ifa_resolution_record`: the loaded pair's, or a local card's; a Hub pair not loaded yet is not fetched)."""
+    return {**spec.summary(), "ifa_resolution": ifa_resolution_record(spec, PAIRS.peek(spec.id))}
 
 
 @dataclass

@@ -126,10 +126,8 @@ class PairSpec:
                 "baseline": self.baseline.to_dict(), "ifa": self.ifa.to_dict()}
 
     def summary(self) -> dict:
-        """A JSON description (catalog, summaries); "ifa_resolution": the IFA card's record, as the app defaults."""
         return {"id": self.id, "title": self.title, "dataset": self.dataset, "classes": list(self.classes),
-                "baseline": self.baseline.summary(), "ifa": self.ifa.summary(),
-                "ifa_resolution": ifa_resolution_record(self)}
+                "baseline": self.baseline.summary(), "ifa": self.ifa.summary()}
 
 
 @dataclass
@@ -362,10 +360,13 @@ def _recorded(source: ModelSource, read):
         return None
 
 
-def ifa_resolution_record(spec: PairSpec) -> dict | None:
+def ifa_resolution_record(spec: PairSpec, pair: LoadedPair | None = None) -> dict | None:
     """The pair's IFA model's val mIoU on its stride-4 grid and at every pixel, and the better ("best"), as its card
-    records them (ifa.cards.resolution_record); read from the card alone, so the catalog needs no model loaded."""
-    return _recorded(spec.ifa, resolution_record)
+    records them (ifa.cards.resolution_record): the loaded `pair`'s, else read from a local folder's card (a Hub
+    repo's card is read when its pair loads: nothing is downloaded here); None when not known."""
+    if pair is not None:
+        return pair.ifa_resolution
+    return _recorded(spec.ifa, resolution_record) if spec.ifa.source == "local" else None
 
 
 def check_pair(spec: PairSpec, baseline: SegmentationModel, ifa: SegmentationModel) -> list[str]:
@@ -408,6 +409,10 @@ class PairCache:
     def cached(self, pair_id: str) -> bool:
         return pair_id in self._pairs
 
+    def peek(self, pair_id: str) -> LoadedPair | None:
+        """The loaded pair, or None when it is not loaded (nothing is loaded, the order of eviction unchanged)."""
+        return self._pairs.get(pair_id)
+
     def get(self, spec: PairSpec) -> LoadedPair:
         with self._lock:
             if spec.id in self._pairs:
@@ -423,7 +428,7 @@ class PairCache:
                               time.perf_counter() - start, notes, _recorded(spec.ifa, offset_ablation),
                               {role: _recorded(src, domain_reference) for role, src in
                                (("baseline", spec.baseline), ("ifa", spec.ifa))},
-                              ifa_resolution_record(spec))
+                              _recorded(spec.ifa, resolution_record))
             self._pairs[spec.id] = pair
             while len(self._pairs) > self.capacity:
                 self._pairs.popitem(last=False)

@@ -247,7 +247,7 @@ class AppService(DatasetView):
         return {
             "device": engine.device_description(),
             "default_pair": self.default_pair,
-            "pairs": [spec.summary() for spec in self.registry.pairs.values()],
+            "pairs": [engine.pair_summary(spec) for spec in self.registry.pairs.values()],
             "samples": [s.summary() for s in self.samples],
             "registry": public_path(self.registry.path, self.settings.home) if self.registry.path else None,
             "registry_error": self.registry_error,
@@ -606,7 +606,7 @@ class AppService(DatasetView):
         differing = 100 * comparison.differing / max(comparison.total, 1)
         return {
             "result_id": result.id, "image": result.name, "size": {"height": h, "width": w},
-            "pair": result.spec.summary(), "device": result.device,
+            "pair": engine.pair_summary(result.spec), "device": result.device,
             "options": {"scales": list(result.options.scales), "flip": result.options.flip,
                         "ifa_resolution": result.options.ifa_resolution},
             "timings_ms": {"baseline": round(b_ms, 1), "ifa": round(i_ms, 1)},

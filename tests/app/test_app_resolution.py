@@ -95,3 +95,20 @@ def test_every_surface_follows_the_pairs_record(tmp_path, monkeypatch):
     answers = {pair: json.loads(service.compare_models(str(path), pair_id=pair))["summary"]["options"]
                for pair in ("grid", "every-pixel")}
     assert answers["grid"]["ifa_resolution"] == "stride4" and answers["every-pixel"]["ifa_resolution"] == "full"
+
+
+def test_a_hub_pair_not_loaded_is_not_fetched_for_its_record(monkeypatch):
+    """The catalog and summaries read a local card; a Hub pair's card is read when the pair loads, never fetched
+    for a summary (that would download its weights on a /catalog request)."""
+    from ifa.app import engine, registry
+    from ifa.app.registry import ModelSource, PairSpec
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("a summary must not fetch a Hub repo")
+
+    monkeypatch.setattr(registry, "resolve_checkpoint", no_download)
+    spec = PairSpec("hub-pair", "a Hub pair", ModelSource("hub", "org/fpn"), ModelSource("hub", "org/ifa"))
+    assert engine.pair_summary(spec)["ifa_resolution"] is None
+    local = PairSpec("local-pair", "a local pair", ModelSource("local", str(ROOT_IFA.parent / "camvid-effl0-fpn")),
+                     ModelSource("local", str(ROOT_IFA)))
+    assert engine.pair_summary(local)["ifa_resolution"]["best"] == "stride4"
