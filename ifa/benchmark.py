@@ -85,10 +85,11 @@ def level_sizes(size: tuple[int, int]) -> list[tuple[int, int]]:
     return [(-(-size[0] // s), -(-size[1] // s)) for s in (4, 8, 16, 32)]
 
 
-def paper_head(seed: int = 0) -> IFAHead:
-    """An IFA head at the paper's widths with random weights and non-trivial BatchNorm statistics."""
+def paper_head(seed: int = 0, read: str = "nearest") -> IFAHead:
+    """An IFA head at the paper's widths with random weights and non-trivial BatchNorm statistics (the same for
+    every `read`)."""
     torch.manual_seed(seed)
-    head = IFAHead([PAPER["channels"]] * 4, PAPER["num_classes"], hidden=PAPER["hidden"])
+    head = IFAHead([PAPER["channels"]] * 4, PAPER["num_classes"], hidden=PAPER["hidden"], read=read)
     with torch.no_grad():
         for module in head.modules():
             if isinstance(module, nn.BatchNorm2d):
@@ -427,11 +428,7 @@ def bench_reads(size: tuple[int, int], device: torch.device, precision: str, war
     every-pixel logits at 2048 random pixels equal `query_points` there."""
     dtype = DTYPES[precision]
     feats = head_inputs(size, device)
-    heads = {}
-    for read in IFA_READS:
-        heads[read] = paper_head()
-        heads[read].read = read
-        heads[read].to(device)
+    heads = {read: paper_head(read=read).to(device) for read in IFA_READS}
     g = torch.Generator().manual_seed(3)
     pix = torch.stack([torch.randint(0, n, (2048,), generator=g) for n in size], dim=-1).to(device)
     centres = -1 + (2 * pix.double() + 1) / torch.tensor(size, dtype=torch.float64, device=device)

@@ -35,7 +35,7 @@ from ifa.metrics import band_scores, confusion_matrix, summarize, trimap_confusi
 
 BANDS = (1, 2, 4, 8)
 STRIDE = 4
-CHECK_IMAGES = 8  # as tools.ship_camvid_pair's check: the first val images, re-measured by tests/shipped
+CHECK_IMAGES = 8  # the cards' checks (here, tools.ship_camvid_pair): first val images, re-measured by tests/shipped
 
 
 def place_samples(samples: torch.Tensor, phase: int, size: tuple[int, int], stride: int = STRIDE) -> torch.Tensor:

@@ -23,9 +23,9 @@ from ifa.inference import Predictor
 from ifa.metrics import summarize
 from ifa.train import hardware
 from tools.offset_ablation import ablate
+from tools.resolution_study import CHECK_IMAGES  # tests/shipped re-measures mIoU on the first val images
 
 MS_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
-CHECK_IMAGES = 8  # tests/test_shipped_checkpoints.py re-measures mIoU on the first val images
 
 
 def measure(model, dataset, scales=(1.0,), flip=False, limit=None) -> dict:

@@ -234,57 +234,56 @@ class IFAHead(nn.Module):
 
     def _level_term(self, level: int, projection: torch.Tensor, size: tuple[int, int],
                     rows: slice | None) -> torch.Tensor:
-        if self.read == "ensemble":
-            return self._ensemble_term(level, projection, size, rows)
+        """Level `level`'s first-layer term on the rows `rows` of a size-(h, w) query grid: (B, D, n_rows, w). Summed
+        over the read's taps (`grid_taps`: the nearest or centred cell, or the ensemble's two per axis, weighted) of
+        w_row w_col (W_z z of the cell + W_pe PE(r_row, r_col)): the projection gathered (row taps at the level's
+        width, then column taps) plus the encodings, one table over the rows' and columns' classes."""
         h, w = size
         h_l, w_l = projection.shape[-2:]
         device = projection.device
-        (ky, ry), (kx, rx) = grid_reads(h, h_l, self.read), grid_reads(w, w_l, self.read)
         start, stop, _ = (rows or slice(None)).indices(h)
         if (self.read == "nearest" and h % h_l == 0 and w % w_l == 0 and start % (h // h_l) == 0
                 and stop % (h // h_l) == 0):
             # Integer ratios (never a tie): cell k holds queries k*s .. k*s + s - 1, and the offsets repeat
             # with period s, so gathering is a broadcast.
             py, px = h // h_l, w // w_l
+            (_, ry), (_, rx) = grid_reads(h, h_l), grid_reads(w, w_l)
             table = self._encoding_table(level, ry[:py].to(device), rx[:px].to(device))
             b, d = projection.shape[:2]
             term = projection[:, :, start // py:stop // py, None, :, None]
             if table is not None:
                 term = term + table.to(term.dtype)[None, :, None, :, None, :]
             return term.expand(b, d, (stop - start) // py, py, w_l, px).reshape(b, d, stop - start, w)
-        term = projection.index_select(2, ky[start:stop].to(device)).index_select(3, kx.to(device))
+        row_taps = [(k[start:stop], r[start:stop], None if wt is None else wt[start:stop])
+                    for k, r, wt in grid_taps(h, h_l, self.read)]
+        col_taps = grid_taps(w, w_l, self.read)
+
+        def weighted(x: torch.Tensor, weight: torch.Tensor | None, shape: tuple[int, ...]) -> torch.Tensor:
+            return x if weight is None else x * weight.to(device, x.dtype).view(shape)
+
+        # One tap per axis: two gathers in the projection's own layout. Weighted taps: channels last, so that the
+        # gathers copy whole D-vectors (3x faster for the ensemble read's four than strided NCHW gathers).
+        if len(row_taps) == len(col_taps) == 1:
+            (ky, _, _), (kx, _, _) = row_taps[0], col_taps[0]
+            term = projection.index_select(2, ky.to(device)).index_select(3, kx.to(device))
+        else:
+            cells = projection.permute(0, 2, 3, 1).contiguous()  # (B, h_l, w_l, D)
+            mixed = sum(weighted(cells.index_select(1, k.to(device)), wt, (-1, 1, 1))
+                        for k, _, wt in row_taps)  # (B, n_rows, w_l, D)
+            term = sum(weighted(mixed.index_select(2, k.to(device)), wt, (-1, 1))
+                       for k, _, wt in col_taps).permute(0, 3, 1, 2)  # (B, D, n_rows, w)
         if self.pos[level].out_dim:
-            (row_ids, row_reps), (col_ids, col_reps) = offset_classes([ry], h), offset_classes([rx], w)
-            table = self._encoding_table(level, ry[row_reps].to(device), rx[col_reps].to(device))  # (D, u_y, u_x)
-            table = table.index_select(1, row_ids[start:stop].to(device)).index_select(2, col_ids.to(device))
+            row_ids, row_reps = offset_classes([a for t in row_taps for a in t[1:] if a is not None], stop - start)
+            col_ids, col_reps = offset_classes([a for t in col_taps for a in t[1:] if a is not None], w)
+            table = 0  # (D, u_y, u_x)
+            for _, ry, wy in row_taps:
+                for _, rx, wx in col_taps:
+                    part = self._encoding_table(level, ry[row_reps].to(device), rx[col_reps].to(device))
+                    table = table + weighted(part, None if wy is None else torch.outer(wy[row_reps], wx[col_reps]),
+                                             (1, len(row_reps), len(col_reps)))
+            table = table.index_select(1, row_ids.to(device)).index_select(2, col_ids.to(device))
             term = term + table.to(term.dtype)[None]
         return term
-
-    def _ensemble_term(self, level: int, projection: torch.Tensor, size: tuple[int, int],
-                       rows: slice | None) -> torch.Tensor:
-        """`_level_term` of the local-ensemble read: sum over the four nearest cells (a, b) of w_a(y) w_b(x) times
-        (W_z z of cell (a, b) + W_pe PE(r_a, r_b)) = the projection interpolated bilinearly (row taps, then column
-        taps) + the weighted encodings, one table over the rows' and columns' classes. (B, D, n_rows, w)."""
-        h, w = size
-        h_l, w_l = projection.shape[-2:]
-        device = projection.device
-        start, stop, _ = (rows or slice(None)).indices(h)
-        row_taps = [(k[start:stop], r[start:stop], wt[start:stop]) for k, r, wt in grid_taps(h, h_l, "ensemble")]
-        col_taps = grid_taps(w, w_l, "ensemble")
-        cells = projection.permute(0, 2, 3, 1).contiguous()  # (B, h_l, w_l, D): gathers copy whole D-vectors
-        mixed = sum(cells.index_select(1, k.to(device)) * wt.to(device, cells.dtype)[:, None, None]
-                    for k, _, wt in row_taps)  # (B, n_rows, w_l, D)
-        term = sum(mixed.index_select(2, k.to(device)) * wt.to(device, cells.dtype)[:, None]
-                   for k, _, wt in col_taps)  # (B, n_rows, w, D)
-        if self.pos[level].out_dim:
-            row_ids, row_reps = offset_classes([a for t in row_taps for a in t[1:]], stop - start)
-            col_ids, col_reps = offset_classes([a for t in col_taps for a in t[1:]], w)
-            table = sum(self._encoding_table(level, ry[row_reps].to(device), rx[col_reps].to(device))
-                        * torch.outer(wy[row_reps], wx[col_reps]).to(device)
-                        for _, ry, wy in row_taps for _, rx, wx in col_taps)  # (D, u_y, u_x)
-            table = table.permute(1, 2, 0).index_select(0, row_ids.to(device)).index_select(1, col_ids.to(device))
-            term = term + table.to(term.dtype)[None]
-        return term.permute(0, 3, 1, 2)
 
     def level_term_norms(self, feats: list[torch.Tensor], size: tuple[int, int], budget: int = 2 ** 22
                          ) -> torch.Tensor:
